@@ -1,0 +1,51 @@
+"""The one exception family of ``frozen``.
+
+Every error the library raises on bad input is a :class:`FrozenError` (a
+``ValueError``), or a ``TypeError`` where the *type* of an argument is wrong.
+Messages name the argument or path, what was expected, what was received, and
+the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "FrozenError",
+    "InvalidModeError",
+    "NonScalarLossError",
+    "UnknownPathError",
+    "closest",
+]
+
+
+class FrozenError(ValueError):
+    """Base class of every error ``frozen`` raises on bad input."""
+
+
+class InvalidModeError(FrozenError):
+    """A ``mode=`` argument that is not one of the documented modes."""
+
+
+class UnknownPathError(FrozenError, KeyError):
+    """A module or parameter path that does not exist in the model."""
+
+    # KeyError.__str__ would wrap the message in quotes; keep it readable.
+    __str__ = ValueError.__str__
+
+
+class NonScalarLossError(FrozenError):
+    """``frozen.grad`` was given a loss that is not a single number."""
+
+
+def closest(name: str, candidates: Iterable[str], n: int = 5) -> str:
+    """Return a human-readable list of the candidates closest to ``name``."""
+    pool = [c for c in candidates]
+    near = difflib.get_close_matches(name, pool, n=n, cutoff=0.4)
+    if not near:
+        # Fall back to paths that share the first segment, then to the first few.
+        head = name.split(".", 1)[0]
+        near = [c for c in pool if c.split(".", 1)[0] == head][:n] or pool[:n]
+    shown = ", ".join(repr(c) for c in near) if near else "(the model has none)"
+    return shown
