@@ -13,6 +13,8 @@ from ._grad import grad as grad
 from ._query import is_frozen as is_frozen
 from ._query import named_trainable as named_trainable
 from ._query import trainable as trainable
+from ._report import Report as Report
+from ._report import report as report
 from ._settle import settle as settle
 from ._wrapper import Frozen as Frozen
 
@@ -23,10 +25,12 @@ __all__ = [
     "FrozenError",
     "InvalidModeError",
     "NonScalarLossError",
+    "Report",
     "UnknownPathError",
     "grad",
     "is_frozen",
     "named_trainable",
+    "report",
     "settle",
     "trainable",
 ]

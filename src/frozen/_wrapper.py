@@ -111,11 +111,19 @@ class Frozen(nn.Module):
             restore_slots(swapped)
 
     def train(self, mode: bool = True) -> Frozen:
-        """Set the wrapper's mode; the wrapped module follows only if ``mode="inherit"``."""
+        """Set the wrapper's mode; the wrapped module follows only if ``mode="inherit"``.
+
+        In ``mode="eval"`` the wrapped module's own flags are left alone: it may also be
+        used plainly elsewhere, where the parent's ``train()`` must reach it. Each frozen
+        call runs it in eval behaviour regardless (switching it for that call only if it
+        is in training mode); :func:`frozen.settle` puts a module used only frozen into
+        eval once, so that its calls need no switching.
+        """
         if not isinstance(mode, bool):
             raise ValueError("training mode is expected to be boolean")
         self.training = mode
-        self.module.train(mode if self.mode == "inherit" else False)
+        if self.mode == "inherit":
+            self.module.train(mode)
         return self
 
     # -- transparency ----------------------------------------------------------------

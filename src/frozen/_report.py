@@ -1,0 +1,267 @@
+"""``report``: what is frozen in a model, row by row, and what freezing saves.
+
+The report is a data object (:class:`Report`): rows and totals you can test and
+serialise; ``str()`` is a deterministic plain table, ``rich`` renders it in colour,
+Jupyter renders it as HTML (see ``_render.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+from ._query import check_model, trainable_ids
+from ._state import INPLACE_MARK
+from ._tree import iter_module_uses, iter_param_uses
+
+__all__ = ["Report", "ReportRow", "report"]
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One use of a module in the model (a module used at two paths has two rows).
+
+    Attributes:
+        path: ``state_dict``-style path (``""`` is the model itself).
+        type: the module's class name (a ``Frozen`` wrapper's inner module).
+        params: number of parameter elements under this path, each tensor counted once.
+        state: ``"trainable"`` (every parameter under it trains through this use),
+            ``"frozen"`` (none does), ``"mixed"``, or ``"-"`` (no parameters, not frozen).
+        inference: ``"forced eval"`` when this use is frozen with ``mode="eval"`` (BatchNorm
+            and Dropout keep inference behaviour while the model trains), ``"inherit"``
+            for a frozen use with ``mode="inherit"``, ``"inherit, buffers may change"``
+            when such a part holds buffers, and ``""`` for a use that is not frozen.
+        tied_with: paths of the same parameter objects reached from outside this row.
+        dtype: the parameters' dtype (``"float32"``), several joined by ``","``, or ``"-"``.
+    """
+
+    path: str
+    type: str
+    params: int
+    state: str
+    inference: str
+    tied_with: tuple[str, ...]
+    dtype: str
+
+    @property
+    def eval_forced(self) -> bool:
+        """Whether this part runs in inference behaviour even while the model trains."""
+        return self.inference == "forced eval"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``frozen`` sees in a model: one row per module use, and totals.
+
+    ``str(report)`` is a plain table (deterministic: the same model gives the same
+    text); printed with ``rich`` it is coloured; in Jupyter it is an HTML table.
+    Memory figures assume gradients and optimizer state in the parameters' dtype:
+    a frozen parameter needs no gradient (its bytes once) and no Adam-style state
+    (``exp_avg`` and ``exp_avg_sq``: its bytes twice).
+
+    Attributes:
+        rows: one :class:`ReportRow` per module use, ``named_modules()`` order.
+        trainable_params, frozen_params: element counts over distinct parameters.
+        trainable_bytes, frozen_bytes: the same, in bytes.
+        depth: the depth the rows were collapsed to (``None``: every row).
+    """
+
+    rows: tuple[ReportRow, ...]
+    trainable_params: int
+    frozen_params: int
+    trainable_bytes: int
+    frozen_bytes: int
+    depth: int | None = None
+
+    @property
+    def total_params(self) -> int:
+        """All parameter elements, each tensor counted once."""
+        return self.trainable_params + self.frozen_params
+
+    @property
+    def trainable_percent(self) -> float:
+        """Share of parameter elements that train, in percent (0 for an empty model)."""
+        return 100.0 * self.trainable_params / self.total_params if self.total_params else 0.0
+
+    @property
+    def frozen_percent(self) -> float:
+        """Share of parameter elements that are frozen, in percent (0 for an empty model)."""
+        return 100.0 * self.frozen_params / self.total_params if self.total_params else 0.0
+
+    @property
+    def gradient_bytes_saved(self) -> int:
+        """Gradient memory that freezing saves: one gradient per frozen parameter."""
+        return self.frozen_bytes
+
+    @property
+    def adam_state_bytes_saved(self) -> int:
+        """Adam/AdamW state freezing saves: two moment tensors per frozen parameter."""
+        return 2 * self.frozen_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as plain Python data (for JSON, logging, tests)."""
+        rows = []
+        for row in self.rows:
+            item = asdict(row)
+            item["tied_with"] = list(row.tied_with)
+            item["eval_forced"] = row.eval_forced
+            rows.append(item)
+        return {
+            "rows": rows,
+            "totals": {
+                "trainable_params": self.trainable_params,
+                "frozen_params": self.frozen_params,
+                "total_params": self.total_params,
+                "trainable_percent": round(self.trainable_percent, 2),
+                "frozen_percent": round(self.frozen_percent, 2),
+                "trainable_bytes": self.trainable_bytes,
+                "frozen_bytes": self.frozen_bytes,
+                "gradient_bytes_saved": self.gradient_bytes_saved,
+                "adam_state_bytes_saved": self.adam_state_bytes_saved,
+            },
+            "depth": self.depth,
+        }
+
+    def __str__(self) -> str:
+        from ._render import plain_table
+
+        return plain_table(self)
+
+    def __rich__(self) -> Any:
+        from ._render import rich_renderable
+
+        return rich_renderable(self)
+
+    def _repr_html_(self) -> str:
+        from ._render import html_table
+
+        return html_table(self)
+
+
+def report(model: nn.Module, *, depth: int | None = None) -> Report:
+    """Return a :class:`Report` of what is frozen in ``model`` and what it saves.
+
+    Args:
+        model: the model to describe.
+        depth: keep rows whose path has at most this many dotted segments (``0``: the
+            model only, ``1``: its children too); deeper parts are still counted in
+            their ancestors' rows and in the totals. ``None`` (default) keeps every row.
+
+    Returns:
+        A :class:`Report`; ``print(report)`` shows the table.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or ``depth`` is not an int.
+        frozen.FrozenError: ``depth`` is negative.
+
+    Example:
+        >>> import torch, frozen
+        >>> net = torch.nn.Sequential(frozen.Frozen(torch.nn.Linear(4, 4)), torch.nn.Linear(4, 2))
+        >>> r = frozen.report(net)
+        >>> [(row.path, row.state, row.inference) for row in r.rows]
+        [('', 'mixed', ''), ('0', 'frozen', 'forced eval'), ('1', 'trainable', '')]
+        >>> r.trainable_params, r.frozen_params, r.adam_state_bytes_saved
+        (10, 20, 160)
+    """
+    from ._errors import FrozenError
+
+    check_model(model, "frozen.report")
+    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool)):
+        raise TypeError(f"frozen.report(model, depth=...): expected depth to be an int or None, received {type(depth).__name__}.")
+    if depth is not None and depth < 0:
+        raise FrozenError(
+            f"frozen.report(model, depth={depth}): expected depth >= 0 (0 shows the model only, "
+            f"1 its children too) or None for every row, received {depth}."
+        )
+    wanted = trainable_ids(model)
+    uses = list(iter_module_uses(model))
+    modes = _use_modes(uses)
+
+    # Per path: parameter id -> trains through some use under this path.
+    under: dict[str, dict[int, bool]] = {use.path: {} for use in uses}
+    reached_at: dict[int, list[str]] = {}
+    sizes: dict[int, tuple[int, int, str]] = {}
+    for puse in iter_param_uses(model):
+        key = id(puse.param)
+        reached_at.setdefault(key, []).append(puse.path)
+        sizes[key] = (puse.param.numel(), puse.param.numel() * puse.param.element_size(), str(puse.param.dtype).removeprefix("torch."))
+        trains_here = not puse.frozen and key in wanted
+        for prefix in _ancestors(puse.path):
+            held = under[prefix]
+            held[key] = held.get(key, False) or trains_here
+
+    rows = []
+    for use in uses:
+        if depth is not None and _depth(use.path) > depth:
+            continue
+        held = under[use.path]
+        if not held:
+            state = "frozen" if use.frozen else "-"
+        elif all(held.values()):
+            state = "trainable"
+        elif not any(held.values()):
+            state = "frozen"
+        else:
+            state = "mixed"
+        inside = use.path + "." if use.path else ""
+        tied = sorted({p for key in held for p in reached_at[key] if not p.startswith(inside)})
+        dtypes = sorted({sizes[key][2] for key in held})
+        rows.append(
+            ReportRow(
+                path=use.path,
+                type=type(use.module).__name__,
+                params=sum(sizes[key][0] for key in held),
+                state=state,
+                inference=_inference(use, modes[use.path]),
+                tied_with=tuple(tied),
+                dtype=",".join(dtypes) if dtypes else "-",
+            )
+        )
+    trainable_keys = [key for key in sizes if key in wanted]
+    frozen_keys = [key for key in sizes if key not in wanted]
+    return Report(
+        rows=tuple(rows),
+        trainable_params=sum(sizes[k][0] for k in trainable_keys),
+        frozen_params=sum(sizes[k][0] for k in frozen_keys),
+        trainable_bytes=sum(sizes[k][1] for k in trainable_keys),
+        frozen_bytes=sum(sizes[k][1] for k in frozen_keys),
+        depth=depth,
+    )
+
+
+def _depth(path: str) -> int:
+    return path.count(".") + 1 if path else 0
+
+
+def _ancestors(param_path: str) -> list[str]:
+    """Module paths that contain the parameter at ``param_path``, root first."""
+    parts = param_path.split(".")[:-1]
+    return [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _use_modes(uses: list) -> dict[str, str | None]:
+    """The freezing mode (``"eval"``/``"inherit"``) in force at each frozen use, else None."""
+    modes: dict[str, str | None] = {}
+    for use in uses:
+        record = use.module.__dict__.get(INPLACE_MARK)
+        if use.wrapper is not None:
+            modes[use.path] = use.wrapper.mode
+        elif record is not None:
+            # In-place freezing records its mode; default to the library default.
+            modes[use.path] = getattr(record, "mode", "eval")
+        elif use.frozen:
+            modes[use.path] = modes.get(use.path.rpartition(".")[0], "eval")
+        else:
+            modes[use.path] = None
+    return modes
+
+
+def _inference(use: Any, mode: str | None) -> str:
+    if not use.frozen or mode is None:
+        return ""
+    if mode == "eval":
+        return "forced eval"
+    has_buffers = any(b is not None for b in use.module.buffers())
+    return "inherit, buffers may change" if has_buffers else "inherit"
