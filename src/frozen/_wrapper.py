@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ._errors import InvalidModeError
+from ._precision import cast_floating, cast_module, caller_dtype, check_dtype, module_float_dtype
 from ._use import Plan, detach_slots, enter_eval, live_plan, restore_modes, restore_slots
 
 __all__ = ["Frozen", "MODES", "check_mode"]
@@ -15,7 +16,7 @@ __all__ = ["Frozen", "MODES", "check_mode"]
 MODES = ("eval", "inherit")
 
 # Attributes that belong to the wrapper itself; everything else is forwarded.
-_OWN = frozenset({"module", "mode", "training", "_plan", "_loading_prefix"})
+_OWN = frozenset({"module", "mode", "dtype", "original_dtype", "training", "_plan", "_loading_prefix"})
 
 
 def check_mode(mode: object, argument: str = "mode") -> str:
@@ -49,9 +50,20 @@ class Frozen(nn.Module):
             Dropout is the identity, and ``model.train()`` does not undo it.
             ``"inherit"`` follows the parent's ``train()`` / ``eval()`` (BatchNorm
             statistics may then change).
+        dtype: store the wrapped module's floating parameters and buffers in this
+            type (e.g. ``torch.bfloat16``: half the memory). The module is cast in
+            place (same ``Parameter`` objects); floating inputs are cast to ``dtype``
+            at the boundary and floating outputs back to the caller's type (that of the
+            first floating input, else the module's original type, kept in
+            ``wrapper.original_dtype``). ``.module`` stays in ``dtype``: unwrapping does
+            not restore precision — cast back with ``.module.to(wrapper.original_dtype)``
+            (values keep the rounding) or reload the checkpoint. Do not use it on a
+            module that is also used plainly elsewhere: that use would see the cast
+            weights.
 
     Raises:
-        TypeError: ``module`` is not an ``nn.Module``.
+        TypeError: ``module`` is not an ``nn.Module``, or ``dtype`` is not a ``torch.dtype``.
+        frozen.FrozenError: ``dtype`` is not a floating-point type.
         frozen.InvalidModeError: ``mode`` is not ``"eval"`` or ``"inherit"``.
 
     Performance: before :func:`frozen.settle`, each call detaches the parameters under
@@ -70,7 +82,7 @@ class Frozen(nn.Module):
 
     module: nn.Module
 
-    def __init__(self, module: nn.Module, *, mode: str = "eval") -> None:
+    def __init__(self, module: nn.Module, *, mode: str = "eval", dtype: torch.dtype | None = None) -> None:
         if not isinstance(module, nn.Module):
             raise TypeError(
                 f"Frozen(module): expected a torch.nn.Module, received "
@@ -79,9 +91,14 @@ class Frozen(nn.Module):
                 f"register it as a buffer instead: it is not trained)."
             )
         check_mode(mode)
+        check_dtype(dtype)
         super().__init__()
         self.module = module
         self.mode = mode
+        self.dtype = dtype
+        self.original_dtype = module_float_dtype(module)
+        if dtype is not None:
+            cast_module(module, dtype)
         # None: not settled, compute the detach plan on each call. A tuple: settled.
         self._plan: Plan | None = None
         self.register_load_state_dict_post_hook(_unprefix_incompatible_keys)
@@ -89,6 +106,13 @@ class Frozen(nn.Module):
     # -- calling ---------------------------------------------------------------------
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.dtype is not None:
+            back = caller_dtype(args, kwargs, self.original_dtype)
+            out = self._forward(*cast_floating(args, self.dtype), **cast_floating(kwargs, self.dtype))
+            return cast_floating(out, back)
+        return self._forward(*args, **kwargs)
+
+    def _forward(self, *args: Any, **kwargs: Any) -> Any:
         module = self.module
         if self.mode == "eval" and module.training:
             saved = enter_eval(module)
@@ -159,6 +183,7 @@ class Frozen(nn.Module):
 
     def __repr__(self) -> str:
         options = "" if self.mode == "eval" else f", mode={self.mode!r}"
+        options += "" if self.dtype is None else f", dtype={self.dtype}"
         return f"Frozen({self.module!r}{options})"
 
 
