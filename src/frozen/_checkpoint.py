@@ -1,0 +1,120 @@
+"""Optimizer checkpoints keyed by parameter path, for exact resume after freeze/thaw.
+
+``torch.optim.Optimizer.state_dict`` identifies parameters by their position in the
+groups. After freezing and thawing mid-training, the positions depend on the history
+(a thawed parameter is appended to its group), so a fresh process that rebuilt its
+optimizer cannot line them up. Saving each position's *path* fixes that: loading
+rearranges the groups to the saved layout first, then lets torch load the state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._errors import FrozenError
+from ._query import check_model, trainable_ids
+from ._sync import check_optimizer, paths_by_id
+from ._tree import named_parameters
+
+__all__ = ["state_dict", "load_state_dict", "PATHS_KEY"]
+
+PATHS_KEY = "frozen_param_paths"
+
+
+def state_dict(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
+    """Return ``optimizer.state_dict()`` plus the path of every parameter position.
+
+    Save it with ``torch.save``; restore with :func:`load_state_dict`.
+
+    Raises:
+        frozen.FrozenError: the optimizer holds a parameter that is not in the model.
+
+    Example:
+        >>> import torch, frozen
+        >>> net = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        >>> frozen.optim.state_dict(opt, net)["frozen_param_paths"]
+        [['weight', 'bias']]
+    """
+    check_optimizer(optimizer, "frozen.optim.state_dict")
+    check_model(model, "frozen.optim.state_dict")
+    path_of = paths_by_id(optimizer, model, "frozen.optim.state_dict")
+    saved = optimizer.state_dict()
+    saved[PATHS_KEY] = [[path_of[id(p)] for p in group["params"]] for group in optimizer.param_groups]
+    return saved
+
+
+def load_state_dict(optimizer: torch.optim.Optimizer, model: nn.Module, saved: dict[str, Any]) -> torch.optim.Optimizer:
+    """Load a :func:`state_dict` into ``optimizer``, whatever its current group layout.
+
+    Restore the model's freeze state first (``frozen.load_state(model, ...)``): every
+    saved parameter must be trainable in ``model`` now. The optimizer's groups are then
+    rearranged to the saved layout — same groups, same parameters in the same order,
+    groups the saved run added are added — and ``optimizer.load_state_dict`` restores
+    options (including ``"frozen_params"``) and state.
+
+    Returns:
+        ``optimizer``.
+
+    Raises:
+        frozen.FrozenError: ``saved`` lacks the paths (it came from
+            ``optimizer.state_dict()``), names a parameter the model lacks or that is
+            frozen, or the optimizer has more groups than ``saved``. Nothing is modified.
+
+    Example:
+        >>> import torch, frozen
+        >>> net = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.Adam(net.parameters())
+        >>> saved = frozen.optim.state_dict(opt, net)
+        >>> opt = frozen.optim.load_state_dict(torch.optim.Adam(net.parameters()), net, saved)
+    """
+    where = "frozen.optim.load_state_dict"
+    check_optimizer(optimizer, where)
+    check_model(model, where)
+    if not isinstance(saved, dict) or PATHS_KEY not in saved or "param_groups" not in saved:
+        raise FrozenError(
+            f"{where}(optimizer, model, saved): expected saved to come from frozen.optim.state_dict"
+            f"(optimizer, model) (with the key {PATHS_KEY!r}), received "
+            f"{'a dict with keys ' + repr(sorted(saved)) if isinstance(saved, dict) else type(saved).__name__}. "
+            f"For a plain optimizer.state_dict(), use optimizer.load_state_dict. Nothing was modified."
+        )
+    paths_by_id(optimizer, model, where)  # validates the optimizer against the model
+    by_path = dict(named_parameters(model))
+    wanted = trainable_ids(model)
+    layout = saved[PATHS_KEY]
+    if len(layout) != len(saved["param_groups"]) or len(optimizer.param_groups) > len(layout):
+        raise FrozenError(
+            f"{where}: the optimizer has {len(optimizer.param_groups)} groups and saved has "
+            f"{len(saved['param_groups'])} (paths for {len(layout)}); expected at most as many groups "
+            f"as saved. Build the optimizer the way the saved run did. Nothing was modified."
+        )
+    seen: set[str] = set()
+    for index, paths in enumerate(layout):
+        for path in paths:
+            if path not in by_path or id(by_path[path]) not in wanted or path in seen:
+                problem = "appears twice" if path in seen else "is not in the model" if path not in by_path else "is frozen in the model"
+                raise FrozenError(
+                    f"{where}: saved param_groups[{index}] holds {path!r}, which {problem}. Expected every "
+                    f"saved parameter to be trainable now: restore the freeze state first "
+                    f"(frozen.load_state(model, saved_freeze_state)). Nothing was modified."
+                )
+            seen.add(path)
+
+    for group in optimizer.param_groups:  # empty first, so add_param_group sees no duplicates
+        group["params"][:] = []
+    for index, paths in enumerate(layout):
+        params = [by_path[path] for path in paths]
+        if index < len(optimizer.param_groups):
+            optimizer.param_groups[index]["params"][:] = params
+        else:
+            options = {k: v for k, v in saved["param_groups"][index].items() if k != "params"}
+            if "param_names" in options:
+                options["param_names"] = list(paths)
+            optimizer.add_param_group({**options, "params": params})
+        if "param_names" in optimizer.param_groups[index]:
+            optimizer.param_groups[index]["param_names"][:] = list(paths)
+    optimizer.load_state_dict({k: v for k, v in saved.items() if k != PATHS_KEY})
+    return optimizer

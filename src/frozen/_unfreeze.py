@@ -1,0 +1,202 @@
+"""Gradual unfreezing: thaw parts of a model in order and keep the optimizer in sync."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._errors import FrozenError
+from ._query import check_model
+from ._sync import check_optimizer, sync
+
+__all__ = ["Stage", "GradualUnfreezing"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a plan: thaw ``targets`` once ``at`` units (epochs or steps) are done.
+
+    Args:
+        at: the number of :meth:`GradualUnfreezing.step` calls after which to thaw
+            (``at=3``: the part trains from epoch 3, counting from 0). At least 1.
+        targets: what to thaw, as ``frozen.thaw`` takes it (patterns, modules, ...).
+        lr: put the thawed parameters in a new group with this learning rate.
+        lr_ratio: same, with ``lr_ratio`` times the reference group's current rate
+            (Lightning's ``backbone_initial_ratio_lr``).
+        name: the new group's name (default: the targets joined with ``","``).
+        growth: after the thaw, multiply the new group's rate by this factor at every
+            later step, or by ``growth(count)`` if callable (Lightning's ``lambda_func``).
+        align: with ``growth``, never let the rate pass the reference group's rate
+            (Lightning's ``should_align``).
+
+    Without ``lr`` / ``lr_ratio`` the thawed parameters return to the groups that
+    record them (see :func:`frozen.optim.sync`).
+    """
+
+    at: int
+    targets: tuple[Any, ...]
+    lr: float | None = None
+    lr_ratio: float | None = None
+    name: str | None = None
+    growth: float | Callable[[int], float] | None = None
+    align: bool = True
+
+    def __post_init__(self) -> None:
+        # Stage(2, "encoder") means one target, not the characters of a string.
+        targets = self.targets
+        if isinstance(targets, (str, nn.Module, type)) or callable(targets):
+            targets = (targets,)
+        object.__setattr__(self, "targets", tuple(targets))
+
+    @property
+    def group_name(self) -> str:
+        return self.name or ",".join(str(t) for t in self.targets)
+
+
+class GradualUnfreezing:
+    """Thaw parts of ``model`` on a plan and re-synchronise ``optimizer`` each time.
+
+    Call :meth:`step` once per unit of the plan — after each epoch (or each
+    optimizer step, if the plan counts steps), next to ``lr_scheduler.step()``. Freeze
+    the parts before training starts (``frozen.freeze``); the schedule only thaws.
+
+    Args:
+        model: the model.
+        optimizer: its optimizer; build it from :func:`frozen.optim.param_groups` so
+            that parts thawed without their own ``lr`` return to their groups.
+        stages: :class:`Stage` objects (any order; applied by ``at``).
+        reference_group: index or name of the group ``lr_ratio`` and ``align`` refer
+            to (default 0, the first group, as Lightning).
+
+    Raises:
+        TypeError: wrong argument types.
+        frozen.FrozenError: a stage with ``at < 1`` or with both ``lr`` and
+            ``lr_ratio``, or an unknown reference group.
+
+    Example:
+        >>> import torch, frozen
+        >>> net = frozen.freeze(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)), "0")
+        >>> opt = torch.optim.SGD(frozen.optim.param_groups(net, lr=0.1), lr=0.1)
+        >>> plan = frozen.schedule.GradualUnfreezing(net, opt, [frozen.schedule.Stage(2, ("0",))])
+        >>> [len(plan.step()) for epoch in range(3)], len(opt.param_groups[0]["params"])
+        ([0, 1, 0], 4)
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, stages: Sequence[Stage], *, reference_group: int | str = 0) -> None:
+        check_model(model, "frozen.schedule.GradualUnfreezing")
+        check_optimizer(optimizer, "frozen.schedule.GradualUnfreezing")
+        stages = list(stages)
+        for stage in stages:
+            if not isinstance(stage, Stage):
+                raise TypeError(f"GradualUnfreezing(stages=...): expected frozen.schedule.Stage objects, received {stage!r}. Write Stage(at=2, targets=('encoder.layer.11',)).")
+            if not isinstance(stage.at, int) or stage.at < 1 or (stage.lr is not None and stage.lr_ratio is not None):
+                raise FrozenError(
+                    f"GradualUnfreezing(stages=...): stage {stage!r} is invalid: expected an int at >= 1 "
+                    f"(the number of step() calls before the thaw) and at most one of lr / lr_ratio. "
+                    f"Fix that stage; to train a part from the start, leave it unfrozen."
+                )
+        self.model, self.optimizer, self.reference_group = model, optimizer, reference_group
+        self._reference()  # fail now, not at the first thaw
+        self.stages = sorted(stages, key=lambda s: s.at)  # stable: same-`at` stages keep order
+        self.count = 0
+        self.applied: list[int] = []
+
+    # -- presets -----------------------------------------------------------------------
+
+    @classmethod
+    def ulmfit(cls, model: nn.Module, optimizer: torch.optim.Optimizer, parts: Sequence[Any], *, every: int = 1) -> GradualUnfreezing:
+        """ULMFiT: thaw ``parts`` (earliest layers first) from the last one down, one every ``every`` steps.
+
+        Pair it with ``param_groups(model, parts=parts, lr=..., lr_decay=1/2.6)`` so each
+        part returns to its own discriminative group.
+        """
+        stages = [Stage(every * (k + 1), part) for k, part in enumerate(reversed(list(parts)))]
+        return cls(model, optimizer, stages)
+
+    @classmethod
+    def backbone_finetuning(
+        cls, model: nn.Module, optimizer: torch.optim.Optimizer, backbone: Any = "backbone", *,
+        unfreeze_at: int = 10, lr_ratio: float = 0.1, growth: float | Callable[[int], float] = 1.5, align: bool = True,
+    ) -> GradualUnfreezing:
+        """Lightning ``BackboneFinetuning``: thaw ``backbone`` at epoch ``unfreeze_at`` into a new
+        group at ``lr_ratio`` times the first group's rate, then grow it by ``growth`` each epoch."""
+        stage = Stage(unfreeze_at, backbone, lr_ratio=lr_ratio, name="backbone", growth=growth, align=align)
+        return cls(model, optimizer, [stage])
+
+    @classmethod
+    def fine_tune(cls, model: nn.Module, optimizer: torch.optim.Optimizer, body: Any, *, freeze_epochs: int = 1) -> GradualUnfreezing:
+        """fastai ``fine_tune``: train with ``body`` frozen for ``freeze_epochs``, then thaw it.
+
+        The body returns to its groups, so build them with discriminative rates:
+        ``param_groups(model, parts=[...], lr=slice(base_lr / 100, base_lr))``.
+        """
+        return cls(model, optimizer, [Stage(freeze_epochs, body)])
+
+    # -- running -----------------------------------------------------------------------
+
+    def _reference(self) -> dict[str, Any]:
+        groups = self.optimizer.param_groups
+        ref = self.reference_group
+        if isinstance(ref, int) and not isinstance(ref, bool) and -len(groups) <= ref < len(groups):
+            return groups[ref]
+        for group in groups:
+            if isinstance(ref, str) and group.get("name") == ref:
+                return group
+        raise FrozenError(
+            f"GradualUnfreezing(reference_group={ref!r}): no such optimizer group. Expected an index "
+            f"below {len(groups)} or one of the names {[g.get('name') for g in groups]!r}."
+        )
+
+    def step(self) -> list[Stage]:
+        """Count one unit; thaw the stages now due, sync the optimizer, grow rates; return the stages thawed."""
+        from . import thaw  # at call time: the package imports this module
+
+        self.count += 1
+        due = [k for k, stage in enumerate(self.stages) if stage.at <= self.count and k not in self.applied]
+        for k in due:
+            stage = self.stages[k]
+            thaw(self.model, *stage.targets)
+            if stage.lr is None and stage.lr_ratio is None:
+                sync(self.optimizer, self.model)
+            else:
+                lr = stage.lr if stage.lr is not None else stage.lr_ratio * self._reference()["lr"]
+                sync(self.optimizer, self.model, new_group={"name": stage.group_name, "lr": lr})
+            self.applied.append(k)
+        for k in self.applied:
+            stage = self.stages[k]
+            if stage.growth is not None and k not in due:
+                self._grow(stage)
+        return [self.stages[k] for k in due]
+
+    def _grow(self, stage: Stage) -> None:
+        group = next((g for g in self.optimizer.param_groups if g.get("name") == stage.group_name), None)
+        if group is None:
+            return  # nothing was thawed into it (the part had no parameters)
+        factor = stage.growth(self.count) if callable(stage.growth) else stage.growth
+        lr = group["lr"] * factor
+        if stage.align:
+            lr = min(lr, self._reference()["lr"])
+        group["lr"] = lr
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the progress through the plan (JSON-serialisable)."""
+        return {"count": self.count, "applied": list(self.applied)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore progress saved by :meth:`state_dict`.
+
+        Only the counters: restore the model's freeze state with ``frozen.load_state``
+        and the optimizer with ``frozen.optim.load_state_dict`` (the learning rates the
+        schedule set live in the optimizer's groups).
+        """
+        if not isinstance(state, dict) or set(state) != {"count", "applied"}:
+            raise FrozenError(f"GradualUnfreezing.load_state_dict(state): expected the dict state_dict() returned, with keys 'count' and 'applied', received {state!r}.")
+        if any(not 0 <= k < len(self.stages) for k in state["applied"]):
+            raise FrozenError(f"GradualUnfreezing.load_state_dict(state): state['applied'] = {state['applied']!r} names stages this plan does not have (it has {len(self.stages)}). Build the schedule with the same stages as the saved run.")
+        self.count, self.applied = int(state["count"]), list(state["applied"])

@@ -1,0 +1,138 @@
+"""The S10 guarantee: a frozen parameter is bit-identical after any number of optimizer steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import frozen
+
+SGD, Adam, AdamW, RMSprop, Adagrad, Adamax = (
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adamax,
+)
+# Every optimizer with options that move a parameter even when its gradient is zero.
+OPTIMIZERS = {
+    "sgd-momentum-wd": (SGD, dict(lr=0.1, momentum=0.9, weight_decay=0.1)),
+    "sgd-nesterov-wd": (SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    "adam": (Adam, dict(lr=0.01)),
+    "adam-wd-amsgrad": (Adam, dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+    "adamw": (AdamW, dict(lr=0.01, weight_decay=0.1)),
+    "rmsprop-momentum-centered-wd": (RMSprop, dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.1)),
+    "adagrad-wd": (Adagrad, dict(lr=0.1, weight_decay=0.1)),
+    "adamax-wd": (Adamax, dict(lr=0.01, weight_decay=0.1)),
+}
+FUSED_ON_CPU = {SGD, Adam, AdamW, Adagrad}  # checked on torch 2.13 CPU: RMSprop/Adamax take no `fused`
+CASES = [
+    pytest.param(cls, {**kwargs, **impl}, id=f"{name}-{impl_id}")
+    for name, (cls, kwargs) in OPTIMIZERS.items()
+    for impl_id, impl in [("for-loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})]
+    if impl_id != "fused" or cls in FUSED_ON_CPU
+]
+
+
+def make_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 2))
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int, *, set_to_none: bool = False) -> None:
+    torch.manual_seed(1)
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=set_to_none)
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        optimizer.step()
+
+
+def snapshot(params) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+def assert_state_only_for(optimizer: torch.optim.Optimizer, kwargs: dict, params, record_property) -> None:
+    assert {id(p) for p in optimizer.state} == {id(p) for p in params}
+    # The bytes an optimizer of the same kind keeps for the trainable parameters alone.
+    alone = [nn.Parameter(p.detach().clone()) for p in params]
+    reference = type(optimizer)(alone, **kwargs)
+    for p in alone:
+        p.grad = torch.ones_like(p)
+    reference.step()
+    got, expected = frozen.optim.state_nbytes(optimizer), frozen.optim.state_nbytes(reference)
+    record_property("optimizer_state_bytes", got)
+    record_property("optimizer_state_bytes_trainable_alone", expected)
+    assert got == expected
+
+
+@pytest.mark.parametrize("cls, kwargs", CASES)
+def test_frozen_from_the_start_never_moves_even_with_zero_grads(cls, kwargs, record_property):
+    model = make_model()
+    model[0] = frozen.Frozen(model[0])
+    frozen.settle(model)
+    optimizer = cls(frozen.optim.param_groups(model), **kwargs)
+    before = snapshot(model[0].parameters())
+    trained_before = snapshot(model[3].parameters())
+    for p in model[0].parameters():
+        p.grad = torch.zeros_like(p)  # what zero_grad(set_to_none=False) leaves behind elsewhere
+    train(model, optimizer, steps=6, set_to_none=False)
+    assert all(torch.equal(a, p) for a, p in zip(before, model[0].parameters()))
+    assert not any(torch.equal(a, p) for a, p in zip(trained_before, model[3].parameters()))
+    assert_state_only_for(optimizer, kwargs, frozen.trainable(model), record_property)
+
+
+def freeze_first_layer(model: nn.Sequential, how: str) -> None:
+    if how == "freeze":
+        frozen.freeze(model, "0")
+    else:
+        model[0] = frozen.Frozen(model[0])
+        frozen.settle(model)
+
+
+@pytest.mark.parametrize("how", ["freeze", "wrapper"])
+@pytest.mark.parametrize("cls, kwargs", CASES)
+def test_frozen_mid_training_never_moves_after_sync(cls, kwargs, how, record_property):
+    model = make_model()
+    optimizer = cls(model.parameters(), **kwargs)  # holds everything, builds momentum for everything
+    train(model, optimizer, steps=3)
+    # Freeze the first layer mid-training; its .grad still holds the last (stale) gradient.
+    freeze_first_layer(model, how)
+    assert all(p.grad is not None for p in model[0].parameters())
+    frozen.optim.sync(optimizer, model)
+    assert all(p.grad is None for p in model[0].parameters())  # sync cleared the stale gradients
+    before = snapshot(model[0].parameters())
+    trained_before = snapshot(model[3].parameters())
+    train(model, optimizer, steps=6, set_to_none=False)
+    assert all(torch.equal(a, p) for a, p in zip(before, model[0].parameters()))
+    assert all(p.grad is None for p in model[0].parameters())
+    assert not any(torch.equal(a, p) for a, p in zip(trained_before, model[3].parameters()))
+    assert_state_only_for(optimizer, kwargs, frozen.trainable(model), record_property)
+
+
+@pytest.mark.parametrize("cls, kwargs", [c for c in CASES if "adamw" in c.id or "sgd-momentum" in c.id])
+def test_without_sync_weight_decay_and_momentum_move_frozen_weights(cls, kwargs):
+    # The failure the guarantee prevents: the optimizer still holds the frozen part and a
+    # zero gradient, so weight decay / momentum keep moving it.
+    model = make_model()
+    optimizer = cls(model.parameters(), **kwargs)
+    train(model, optimizer, steps=2)
+    model[0] = frozen.Frozen(model[0])
+    frozen.settle(model)
+    before = snapshot(model[0].parameters())
+    train(model, optimizer, steps=2, set_to_none=False)
+    assert not torch.equal(before[0], model[0].weight)
+
+
+def test_thawed_parameters_train_again_from_fresh_state():
+    model = make_model()
+    optimizer = Adam(model.parameters(), lr=0.01)
+    train(model, optimizer, steps=3)
+    model[0] = frozen.Frozen(model[0])
+    frozen.settle(model)
+    frozen.optim.sync(optimizer, model)
+    train(model, optimizer, steps=2)
+    model[0] = model[0].module  # thaw: the same parameter objects, used plainly again
+    frozen.settle(model)
+    frozen.optim.sync(optimizer, model)
+    assert all(p not in optimizer.state for p in model[0].parameters())
+    before = snapshot(model[0].parameters())
+    train(model, optimizer, steps=1)
+    assert int(optimizer.state[model[0].weight]["step"]) == 1  # fresh Adam state
+    assert not torch.equal(before[0], model[0].weight)
