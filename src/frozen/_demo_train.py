@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["Split", "digits_splits", "DigitNet", "Curve", "train", "accuracy", "optimizer_state_bytes"]
+__all__ = ["Split", "digits_splits", "DigitNet", "Curve", "train", "accuracy"]
 
 
 @dataclass
@@ -60,9 +60,9 @@ class DigitNet(nn.Module):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
 
         self.backbone = nn.Sequential(
-            block(1, 16), block(16, 32), nn.MaxPool2d(2), block(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+            block(1, 16), block(16, 32), nn.MaxPool2d(2), block(32, 32), nn.MaxPool2d(2), nn.Flatten()
         )
-        self.head = nn.Linear(64, classes)
+        self.head = nn.Linear(128, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -122,13 +122,3 @@ def train(
         if on_epoch_end is not None:
             on_epoch_end(epoch, curve)
     return curve
-
-
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held in the optimizer's per-parameter state (Adam: ``exp_avg``, ``exp_avg_sq``, ``step``)."""
-    return sum(
-        value.numel() * value.element_size()
-        for state in optimizer.state.values()
-        for value in state.values()
-        if isinstance(value, torch.Tensor)
-    )
