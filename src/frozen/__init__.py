@@ -8,15 +8,26 @@ concepts and recipes.
 from ._errors import FrozenError as FrozenError
 from ._errors import InvalidModeError as InvalidModeError
 from ._errors import NonScalarLossError as NonScalarLossError
+from ._errors import SelectorError as SelectorError
+from ._errors import TiedParameterError as TiedParameterError
+from ._errors import TiedParameterWarning as TiedParameterWarning
 from ._errors import UnknownPathError as UnknownPathError
+from ._context import freezing as freezing
+from ._freeze import freeze as freeze
+from ._freeze import thaw as thaw
 from ._grad import grad as grad
+from ._persist import load_state as load_state
+from ._persist import state as state
 from ._query import is_frozen as is_frozen
 from ._query import named_trainable as named_trainable
 from ._query import trainable as trainable
 from ._report import Report as Report
 from ._report import report as report
+from ._select import select as select
 from ._settle import settle as settle
 from ._wrapper import Frozen as Frozen
+from . import optim as optim
+from . import schedule as schedule
 
 __version__ = "0.1.0"
 
@@ -26,11 +37,22 @@ __all__ = [
     "InvalidModeError",
     "NonScalarLossError",
     "Report",
+    "SelectorError",
+    "TiedParameterError",
+    "TiedParameterWarning",
     "UnknownPathError",
+    "freeze",
+    "freezing",
     "grad",
     "is_frozen",
+    "load_state",
     "named_trainable",
+    "optim",
     "report",
+    "schedule",
+    "select",
     "settle",
+    "state",
+    "thaw",
     "trainable",
 ]

@@ -15,6 +15,9 @@ __all__ = [
     "FrozenError",
     "InvalidModeError",
     "NonScalarLossError",
+    "SelectorError",
+    "TiedParameterError",
+    "TiedParameterWarning",
     "UnknownPathError",
     "closest",
 ]
@@ -49,3 +52,15 @@ def closest(name: str, candidates: Iterable[str], n: int = 5) -> str:
         near = [c for c in pool if c.split(".", 1)[0] == head][:n] or pool[:n]
     shown = ", ".join(repr(c) for c in near) if near else "(the model has none)"
     return shown
+
+
+class SelectorError(FrozenError):
+    """A target or ``exclude=`` selector that is malformed or matches no module."""
+
+
+class TiedParameterError(FrozenError):
+    """``freeze`` would reach a parameter or module that an unselected part also uses."""
+
+
+class TiedParameterWarning(UserWarning):
+    """``freeze(..., tied="freeze")`` froze a parameter an unselected part also uses."""

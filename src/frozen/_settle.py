@@ -51,12 +51,12 @@ def settle(model: nn.Module) -> nn.Module:
     for key, param in params.items():
         slots = owners[key]
         if key not in wanted and param.requires_grad:
-            param.requires_grad_(False)
+            param.requires_grad = False  # not requires_grad_(): lazy (uninitialised) parameters refuse methods
             for owner, name in slots:
                 set_switched_off(owner, name, True)
         elif key in wanted:
             if not param.requires_grad:
-                param.requires_grad_(True)  # only reached when the library had switched it off
+                param.requires_grad = True  # only reached when the library had switched it off
             for owner, name in slots:
                 if name in switched_off_names(owner):
                     set_switched_off(owner, name, False)

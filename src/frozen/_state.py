@@ -16,6 +16,9 @@ __all__ = [
     "is_marked_frozen",
     "switched_off_names",
     "set_switched_off",
+    "FROZEN_SLOTS",
+    "frozen_slot_names",
+    "set_frozen_slot",
 ]
 
 # On a module that owns parameters: the names in ``module._parameters`` whose
@@ -46,3 +49,24 @@ def set_switched_off(owner: nn.Module, name: str, off: bool) -> None:
         owner.__dict__[SWITCHED_OFF] = frozenset(names)
     else:
         owner.__dict__.pop(SWITCHED_OFF, None)
+
+
+# On a module that owns parameters: the names in ``module._parameters`` frozen at
+# this slot although the module itself is not frozen -- ``freeze(..., tied="freeze")``
+# freezing a tied parameter at its unselected uses (GPT-2's ``lm_head.weight``).
+FROZEN_SLOTS = "_frozen_slots"
+
+
+def frozen_slot_names(owner: nn.Module) -> frozenset[str]:
+    """The parameter names of ``owner`` frozen at this slot by ``tied="freeze"``."""
+    return owner.__dict__.get(FROZEN_SLOTS, frozenset())
+
+
+def set_frozen_slot(owner: nn.Module, name: str, frozen: bool) -> None:
+    """Record (or forget) that ``owner.<name>`` does not train through ``owner``."""
+    names = set(frozen_slot_names(owner))
+    names.add(name) if frozen else names.discard(name)
+    if names:
+        owner.__dict__[FROZEN_SLOTS] = frozenset(names)
+    else:
+        owner.__dict__.pop(FROZEN_SLOTS, None)

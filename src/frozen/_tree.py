@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from ._state import is_marked_frozen
+from ._state import frozen_slot_names, is_marked_frozen
 
 __all__ = ["ModuleUse", "ParamUse", "iter_module_uses", "iter_param_uses", "named_parameters", "join"]
 
@@ -51,8 +51,10 @@ def iter_module_uses(model: nn.Module) -> Iterator[ModuleUse]:
         # Nested wrappers (Frozen(Frozen(m))) collapse onto one path.
         while isinstance(module, Frozen):
             wrapper, module, frozen = module, module.module, True
-        frozen = frozen or is_marked_frozen(module)
-        yield ModuleUse(path, module, frozen, wrapper)
+        # A wrapper freezes its whole subtree; an in-place mark (frozen.freeze) only the
+        # marked module itself -- freeze marks every module of a part individually, so a
+        # sub-part can be thawed alone and a module added to a frozen part later trains.
+        yield ModuleUse(path, module, frozen or is_marked_frozen(module), wrapper)
         for name, child in module._modules.items():
             if child is not None:
                 yield from visit(child, join(path, name), frozen)
@@ -65,7 +67,9 @@ def iter_param_uses(model: nn.Module) -> Iterator[ParamUse]:
     for use in iter_module_uses(model):
         for name, param in use.module._parameters.items():
             if param is not None:
-                yield ParamUse(join(use.path, name), use.module, name, param, use.frozen)
+                # A slot frozen on its own (tied="freeze") does not train through this use.
+                frozen = use.frozen or name in frozen_slot_names(use.module)
+                yield ParamUse(join(use.path, name), use.module, name, param, frozen)
 
 
 def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

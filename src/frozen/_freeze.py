@@ -1,0 +1,347 @@
+"""``freeze`` / ``thaw``: freezing after construction, in place (contract S6, S9).
+
+Freezing marks every module of the selected parts individually: the record of what
+changed lives in ``module.__dict__`` (``_state.INPLACE_MARK``), so it travels with
+``copy.deepcopy`` and ``torch.save(model)`` and never reaches a ``state_dict``. No
+module type, tree shape, parameter object or ``state_dict`` key changes.
+
+Per-module machinery, kept picklable (module-level functions, small classes):
+
+* ``mode="eval"``: the module's ``train`` is shadowed by an instance attribute
+  (:class:`StayInEval`) that runs the class's own ``train`` -- so the children follow
+  the requested mode -- and then puts the module itself back in eval. This costs
+  nothing per forward call, unlike a forward pre-hook.
+* white box for tied parameters (``tied="train"``): a forward pre-hook detaches the
+  module's own parameters that still require grad, a forward hook with
+  ``always_call=True`` puts them back. The hooks exist only while the module's
+  *plan* (set by :func:`frozen.settle`) is not empty, so a settled frozen module
+  without tied parameters is called exactly like a plain one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._errors import FrozenError, TiedParameterError, TiedParameterWarning
+from ._query import check_model, trainable_ids
+from ._select import Selector, resolve
+from ._settle import settle
+from ._state import INPLACE_MARK, frozen_slot_names, set_frozen_slot
+from ._tree import iter_module_uses, iter_param_uses
+from ._use import Plan, detach_slots, live_plan, restore_slots
+from ._wrapper import check_mode
+
+__all__ = ["freeze", "thaw", "InplaceRecord", "StayInEval", "mark", "unmark", "record_of", "TIED_POLICIES"]
+
+TIED_POLICIES = ("freeze", "train", "error")
+_ABSENT = "absent"  # the module had no instance attribute "train" of its own
+
+
+class InplaceRecord:
+    """What freezing changed on one module, so that thawing undoes exactly that."""
+
+    def __init__(self, module: nn.Module, mode: str, tied: str) -> None:
+        self.module = module
+        self.mode = mode
+        self.tied = tied
+        # The mode last asked of this module by its parent (or the user) through
+        # train()/eval(); thaw gives it back, so the module follows its parent again.
+        self.requested_training = module.training
+        self.own_train: Any = module.__dict__.get("train", _ABSENT)
+        self.tied_slots: tuple[tuple[nn.Module, str], ...] = ()  # slots frozen by tied="freeze"
+        self.hook_ids: tuple[int, int] | None = None
+        self.active: list[list] = []  # detached slots of the calls in progress
+        self._plan: Plan | None = None
+        self._sync_hooks()
+
+    @property
+    def plan(self) -> Plan | None:
+        """Own-parameter slots to detach per call; ``None`` means "compute on each call"."""
+        return self._plan
+
+    @plan.setter
+    def plan(self, plan: Plan | None) -> None:
+        self._plan = plan
+        self._sync_hooks()
+
+    def _sync_hooks(self) -> None:
+        wanted = self._plan is None or bool(self._plan)
+        module = self.module
+        if wanted and self.hook_ids is None:
+            before = module.register_forward_pre_hook(_detach_own_parameters)
+            after = module.register_forward_hook(_restore_own_parameters, always_call=True)
+            self.hook_ids = (before.id, after.id)
+        elif not wanted and self.hook_ids is not None:
+            before_id, after_id = self.hook_ids
+            module._forward_pre_hooks.pop(before_id, None)
+            module._forward_hooks.pop(after_id, None)
+            module._forward_hooks_always_called.pop(after_id, None)
+            self.hook_ids = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "active": []}  # calls in progress do not travel
+
+    def __repr__(self) -> str:
+        return f"InplaceRecord(mode={self.mode!r}, tied={self.tied!r}, requested_training={self.requested_training})"
+
+
+class StayInEval:
+    """Stands in for ``module.train`` while ``module`` is frozen in place with ``mode="eval"``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        module = self.module
+        type(module).train(module, mode)  # the class's own train: children follow ``mode``
+        record = record_of(module)
+        if record is not None:
+            record.requested_training = mode
+        module.training = False
+        return module
+
+
+def _detach_own_parameters(module: nn.Module, args: Any) -> None:
+    record = record_of(module)
+    if record is None:
+        return
+    plan = () if not torch.is_grad_enabled() else record.plan if record.plan is not None else live_plan(module, recurse=False)
+    record.active.append(detach_slots(plan) if plan else [])
+
+
+def _restore_own_parameters(module: nn.Module, args: Any, output: Any) -> None:
+    record = record_of(module)
+    if record is not None and record.active:
+        restore_slots(record.active.pop())
+
+
+def record_of(module: nn.Module) -> InplaceRecord | None:
+    """The record of ``module`` if it is frozen in place, else ``None``."""
+    return module.__dict__.get(INPLACE_MARK)
+
+
+def mark(module: nn.Module, mode: str, tied: str) -> InplaceRecord:
+    """Freeze ``module`` itself in place (not its children): record, mode, hooks."""
+    record = InplaceRecord(module, mode, tied)
+    module.__dict__[INPLACE_MARK] = record
+    if mode == "eval":
+        module.__dict__["train"] = StayInEval(module)
+        module.training = False
+    return record
+
+
+def unmark(module: nn.Module) -> InplaceRecord:
+    """Undo :func:`mark` exactly; the module's mode becomes the one last asked of it."""
+    record: InplaceRecord = module.__dict__.pop(INPLACE_MARK)
+    record.plan = ()  # removes the hooks
+    if record.mode == "eval":
+        if record.own_train is _ABSENT or record.own_train == _ABSENT:
+            module.__dict__.pop("train", None)
+        else:
+            module.__dict__["train"] = record.own_train
+        module.training = record.requested_training
+    return record
+
+
+def freeze(
+    model: nn.Module,
+    *targets: Selector,
+    exclude: Any = (),
+    mode: str = "eval",
+    tied: str = "freeze",
+    train_norms: bool = False,
+) -> nn.Module:
+    """Freeze the selected parts of ``model`` in place; return ``model``.
+
+    Every module of each selected part is marked frozen (see ``docs/freeze.md``): its
+    parameters leave :func:`frozen.trainable` and get ``requires_grad=False``, and with
+    ``mode="eval"`` it keeps inference behaviour across ``model.train()`` /
+    ``model.eval()`` (BatchNorm uses and keeps its running statistics, Dropout is off).
+    Nothing else changes: no module type, tree shape, parameter object or
+    ``state_dict`` key, so optimizers holding the parameters keep working (re-sync them
+    with :func:`frozen.optim.sync`). The whole model is then settled
+    (:func:`frozen.settle`).
+
+    Freezing what is already frozen in place changes nothing and keeps the first
+    record, so :func:`thaw` restores the state from before the first ``freeze``.
+    Modules added to a frozen part afterwards are not frozen (adapters injected into a
+    frozen base train).
+
+    Args:
+        model: the model to change.
+        *targets: what to freeze (``docs/selectors.md``); none means the whole model.
+        exclude: selectors kept out of the frozen parts, e.g. ``exclude=torch.nn.LayerNorm``.
+        mode: ``"eval"`` (default) or ``"inherit"`` (follow the parent's train/eval;
+            BatchNorm statistics may then change).
+        tied: what to do when a selected module shares a parameter (or is the same
+            object) with a part that is not selected: ``"freeze"`` (default) freezes it
+            everywhere and warns with :class:`frozen.TiedParameterWarning`; ``"train"``
+            keeps the other uses training it, the frozen module sees it as a constant;
+            ``"error"`` raises :class:`frozen.TiedParameterError`.
+        train_norms: keep normalisation layers trainable (same as excluding them).
+
+    Returns:
+        ``model``.
+
+    Raises:
+        TypeError: ``model`` is not a module, or a selector has an unsupported type.
+        frozen.SelectorError: a selector is malformed or matches nothing.
+        frozen.InvalidModeError: ``mode`` is not ``"eval"`` or ``"inherit"``.
+        frozen.TiedParameterError: ``tied="error"`` and something is shared with an
+            unselected part, or ``tied="train"`` and a selected module *object* is also
+            used at an unselected path.
+        frozen.FrozenError: ``tied`` is unknown, or a module is already frozen in
+            place with another ``mode``.
+        Nothing is changed when an error is raised.
+
+    Example:
+        >>> import torch, frozen
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(), torch.nn.Linear(2, 1))
+        >>> frozen.freeze(net, "0-1").train()[1].training
+        False
+        >>> [name for name, _ in frozen.named_trainable(net)], net[0].weight.requires_grad
+        (['2.weight', '2.bias'], False)
+    """
+    check_model(model, "frozen.freeze")
+    check_mode(mode)
+    if tied not in TIED_POLICIES:
+        raise FrozenError(
+            f"frozen.freeze(..., tied={tied!r}): expected one of {TIED_POLICIES!r}. Use 'freeze' (default: a "
+            f"shared parameter freezes everywhere, with a warning), 'train' (other uses keep training it) or 'error'."
+        )
+    uses = resolve(model, targets, exclude, train_norms=train_norms, function="frozen.freeze").uses
+    new: dict[int, Any] = {}
+    for use in uses:
+        record = record_of(use.module)
+        if record is not None and record.mode != mode:
+            raise FrozenError(
+                f"frozen.freeze(..., mode={mode!r}): the module at {use.path!r} is already frozen in place "
+                f"with mode={record.mode!r}. Freezing again changes nothing; to change the mode, "
+                f"thaw it first: frozen.thaw(model, {use.path!r})."
+            )
+        if record is None:
+            new.setdefault(id(use.module), use)
+    pairs, slots = _shared_with_unselected(model, {u.path for u in uses}, new, tied)
+    if pairs:
+        listing = "; ".join(f"{frozen_at!r} and {other!r}" for frozen_at, other in pairs)
+        if tied == "freeze":
+            warnings.warn(
+                f"frozen.freeze: shared between a selected and an unselected part: {listing}. With "
+                f"tied='freeze' it is frozen at both. Pass tied='train' to keep the unselected use "
+                f"training it, or select both parts.",
+                TiedParameterWarning,
+                stacklevel=2,
+            )
+        else:
+            raise TiedParameterError(
+                f"frozen.freeze(..., tied={tied!r}): shared between a selected and an unselected part: "
+                f"{listing}. "
+                + (
+                    "The same module object is used at both paths, and freezing in place freezes the "
+                    "object; to freeze only one use, wrap that use instead: parent.child = frozen.Frozen(child)."
+                    if tied == "train"
+                    else "Pass tied='freeze' to freeze it everywhere, tied='train' to keep the unselected use "
+                    "training it, or select both parts. Nothing was changed."
+                )
+            )
+    for use in new.values():
+        mark(use.module, mode, tied)
+    for owner, name, frozen_module in slots:
+        set_frozen_slot(owner, name, True)
+        record = record_of(frozen_module)
+        record.tied_slots += ((owner, name),)
+    return settle(model)
+
+
+def _shared_with_unselected(model: nn.Module, selected: set[str], new: dict[int, Any], tied: str) -> tuple[list, list]:
+    """Pairs ``(frozen path, other path)`` shared with unselected, still-training uses, and the slots to freeze."""
+    pairs: list[tuple[str, str]] = []
+    slots: list[tuple[nn.Module, str, nn.Module]] = []
+    for use in iter_module_uses(model):
+        if use.path not in selected and not use.frozen and id(use.module) in new:
+            pairs.append((new[id(use.module)].path, use.path))
+            if tied == "train":
+                return pairs, slots  # always an error; the first pair says enough
+    owned = {id(p): (use.module, f"{use.path}.{n}" if use.path else n) for use in new.values() for n, p in use.module._parameters.items() if p is not None}
+    training = trainable_ids(model)
+    for param_use in iter_param_uses(model):
+        module_path = param_use.path.rpartition(".")[0]
+        if (
+            id(param_use.param) in owned
+            and id(param_use.owner) not in new
+            and module_path not in selected
+            and not param_use.frozen
+            and id(param_use.param) in training
+        ):
+            frozen_module, frozen_path = owned[id(param_use.param)]
+            if tied != "train":
+                pairs.append((frozen_path, param_use.path))
+                slots.append((param_use.owner, param_use.name, frozen_module))
+    return pairs, slots
+
+
+def thaw(model: nn.Module, *targets: Selector, exclude: Any = ()) -> nn.Module:
+    """Undo :func:`freeze` for the selected parts of ``model``; return ``model``.
+
+    Each selected module frozen in place gets back exactly what freezing changed: its
+    parameters train again (``requires_grad`` flags the *user* turned off stay off),
+    its ``train``/``eval`` follows its parent again (it takes the mode last asked of
+    it), its forward hooks are removed, and parameters frozen at other uses because of
+    it (``tied="freeze"``) train there again. Then the model is settled.
+
+    * No targets: everything frozen in place is thawed.
+    * A part of a frozen part: only that part thaws; the rest stays frozen.
+    * Something never frozen: nothing happens (no error), as in Keras/Lightning.
+    * A use wrapped in :class:`frozen.Frozen` at construction time, named by a target:
+      :class:`frozen.FrozenError` -- replace the wrapper by its ``.module`` instead.
+      Wrappers deeper inside a selected part stay as they are.
+
+    Args:
+        model: the model to change.
+        *targets: what to thaw (``docs/selectors.md``); none means everything.
+        exclude: selectors kept frozen.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        TypeError: ``model`` is not a module, or a selector has an unsupported type.
+        frozen.SelectorError: a selector is malformed or matches nothing.
+        frozen.FrozenError: a target names a use frozen by a ``Frozen`` wrapper.
+        Nothing is changed when an error is raised.
+
+    Example:
+        >>> import torch, frozen
+        >>> net = frozen.freeze(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)))
+        >>> [name for name, _ in frozen.named_trainable(frozen.thaw(net, "1"))]
+        ['1.weight', '1.bias']
+    """
+    check_model(model, "frozen.thaw")
+    selection = resolve(model, targets, exclude, function="frozen.thaw")
+    if targets:
+        for use in selection.matched:
+            if use.frozen and record_of(use.module) is None:
+                raise FrozenError(
+                    f"frozen.thaw: the module at {use.path!r} is frozen by a frozen.Frozen wrapper (at that "
+                    f"path or above it), which thaw cannot undo in place: thaw only undoes frozen.freeze. To "
+                    f"train it, replace the wrapper by its module, e.g. parent.child = parent.child.module "
+                    f"(state_dict keys do not change)."
+                )
+    thaw_modules(model, [u.module for u in selection.uses])
+    return settle(model)
+
+
+def thaw_modules(model: nn.Module, modules: list[nn.Module]) -> None:
+    """Unmark the marked ones among ``modules`` and release the tied slots only they held."""
+    released: list[tuple[nn.Module, str]] = []
+    for module in {id(m): m for m in modules}.values():
+        if record_of(module) is not None:
+            released += unmark(module).tied_slots
+    still_held = {(id(o), n) for use in iter_module_uses(model) if (r := record_of(use.module)) for o, n in r.tied_slots}
+    for owner, name in released:
+        if (id(owner), name) not in still_held and name in frozen_slot_names(owner):
+            set_frozen_slot(owner, name, False)
