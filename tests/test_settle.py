@@ -1,9 +1,6 @@
 """S8: settle makes the flags agree with the contract, and that is what DDP needs."""
 
 import os
-import socket
-
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -48,15 +45,14 @@ def test_settle_is_idempotent_and_keeps_semantics():
     assert model[1].weight.grad is not None
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def init_process_group(rank, world_size, out_dir):
+    # A file store, not a TCP port: no port can be taken by another process meanwhile.
+    store = os.path.join(out_dir, "store")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
 
 
-def ddp_worker(rank, world_size, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+def ddp_worker(rank, world_size, out_dir):
+    init_process_group(rank, world_size, out_dir)
     try:
         torch.set_num_threads(1)
         model = frozen.settle(backbone_model())
@@ -83,16 +79,15 @@ def ddp_worker(rank, world_size, port, out_dir):
 
 
 def test_ddp_over_a_settled_frozen_backbone_without_find_unused_parameters(tmp_path):
-    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert all(r["frozen_unchanged"] for r in results)  # weights and BatchNorm statistics
     assert all(r["head_moved"] for r in results)
     assert torch.equal(results[0]["head"], results[1]["head"])  # DDP kept the ranks in sync
 
 
-def ddp_unsettled_worker(rank, world_size, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+def ddp_unsettled_worker(rank, world_size, out_dir):
+    init_process_group(rank, world_size, out_dir)
     try:
         torch.set_num_threads(1)
         ddp = nn.parallel.DistributedDataParallel(backbone_model())  # NOT settled
@@ -108,6 +103,6 @@ def ddp_unsettled_worker(rank, world_size, port, out_dir):
 
 
 def test_the_point_of_settle_without_it_ddp_needs_find_unused_parameters(tmp_path):
-    mp.spawn(ddp_unsettled_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(ddp_unsettled_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     messages = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert all("find_unused_parameters" in m for m in messages)
