@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ._errors import FrozenError, TiedParameterError, TiedParameterWarning
+from ._precision import check_dtype, check_thaw_keeps_parts_whole, low_precision_roots, lower_precision, precision_of, restore_precision
 from ._query import check_model, trainable_ids
 from ._select import Selector, resolve
 from ._settle import settle
@@ -154,6 +155,7 @@ def freeze(
     mode: str = "eval",
     tied: str = "freeze",
     train_norms: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """Freeze the selected parts of ``model`` in place; return ``model``.
 
@@ -183,6 +185,13 @@ def freeze(
             keeps the other uses training it, the frozen module sees it as a constant;
             ``"error"`` raises :class:`frozen.TiedParameterError`.
         train_norms: keep normalisation layers trainable (same as excluding them).
+        dtype: store each frozen part's floating parameters and buffers in this type
+            (e.g. ``torch.bfloat16``: half the memory), cast in place (same
+            ``Parameter`` objects). At the root of each part, floating inputs are cast
+            to ``dtype`` and floating outputs back to the caller's type. A part must be
+            frozen whole for this (no exclusions inside, no parameter shared with a
+            part that trains). :func:`thaw` restores the original types, not the
+            original bits: values keep the rounding (reload the checkpoint for those).
 
     Returns:
         ``model``.
@@ -194,8 +203,9 @@ def freeze(
         frozen.TiedParameterError: ``tied="error"`` and something is shared with an
             unselected part, or ``tied="train"`` and a selected module *object* is also
             used at an unselected path.
-        frozen.FrozenError: ``tied`` is unknown, or a module is already frozen in
-            place with another ``mode``.
+        frozen.FrozenError: ``tied`` is unknown, a module is already frozen in
+            place with another ``mode`` or precision, or ``dtype=`` is given for a part
+            that is not frozen whole.
         Nothing is changed when an error is raised.
 
     Example:
@@ -208,6 +218,7 @@ def freeze(
     """
     check_model(model, "frozen.freeze")
     check_mode(mode)
+    check_dtype(dtype)
     if tied not in TIED_POLICIES:
         raise FrozenError(
             f"frozen.freeze(..., tied={tied!r}): expected one of {TIED_POLICIES!r}. Use 'freeze' (default: a "
@@ -226,6 +237,7 @@ def freeze(
         if record is None:
             new.setdefault(id(use.module), use)
     pairs, slots = _shared_with_unselected(model, {u.path for u in uses}, new, tied)
+    low_roots = low_precision_roots(uses, dtype, pairs) if dtype is not None else []
     if pairs:
         listing = "; ".join(f"{frozen_at!r} and {other!r}" for frozen_at, other in pairs)
         if tied == "freeze":
@@ -254,6 +266,8 @@ def freeze(
         set_frozen_slot(owner, name, True)
         record = record_of(frozen_module)
         record.tied_slots += ((owner, name),)
+    for root in low_roots:
+        lower_precision(root, dtype)
     return settle(model)
 
 
@@ -296,6 +310,8 @@ def thaw(model: nn.Module, *targets: Selector, exclude: Any = ()) -> nn.Module:
     * No targets: everything frozen in place is thawed.
     * A part of a frozen part: only that part thaws; the rest stays frozen.
     * Something never frozen: nothing happens (no error), as in Keras/Lightning.
+    * A part frozen with ``dtype=``: it thaws whole (else :class:`frozen.FrozenError`),
+      back to its original types; values keep the low-precision rounding.
     * A use wrapped in :class:`frozen.Frozen` at construction time, named by a target:
       :class:`frozen.FrozenError` -- replace the wrapper by its ``.module`` instead.
       Wrappers deeper inside a selected part stay as they are.
@@ -331,6 +347,7 @@ def thaw(model: nn.Module, *targets: Selector, exclude: Any = ()) -> nn.Module:
                     f"train it, replace the wrapper by its module, e.g. parent.child = parent.child.module "
                     f"(state_dict keys do not change)."
                 )
+    check_thaw_keeps_parts_whole(list(iter_module_uses(model)), [u.module for u in selection.uses])
     thaw_modules(model, [u.module for u in selection.uses])
     return settle(model)
 
@@ -341,6 +358,8 @@ def thaw_modules(model: nn.Module, modules: list[nn.Module]) -> None:
     for module in {id(m): m for m in modules}.values():
         if record_of(module) is not None:
             released += unmark(module).tied_slots
+        if precision_of(module) is not None:
+            restore_precision(module)
     still_held = {(id(o), n) for use in iter_module_uses(model) if (r := record_of(use.module)) for o, n in r.tied_slots}
     for owner, name in released:
         if (id(owner), name) not in still_held and name in frozen_slot_names(owner):
