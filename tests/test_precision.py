@@ -153,3 +153,16 @@ def test_a_low_precision_part_thaws_whole():
     assert frozen.is_frozen(model, "body.0") and model.body[0].weight.dtype == torch.bfloat16
     frozen.freeze(model, "body", dtype=torch.bfloat16)  # again: nothing changes
     assert model.body[0].weight.dtype == torch.bfloat16
+
+
+def test_freeze_state_records_the_precision_and_load_state_restores_it_exactly():
+    model = frozen.freeze(cnn(), "body", dtype=torch.bfloat16)
+    saved = frozen.state(model)
+    assert [e.get("dtype") for e in saved["frozen"] if e["path"] == "body"] == ["bfloat16"]
+    fresh = cnn()
+    frozen.load_state(fresh, saved)
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.body[0].weight.dtype == torch.bfloat16
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in model.state_dict().items())
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(fresh(x), model(x))

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ._errors import FrozenError, UnknownPathError, closest
 from ._freeze import TIED_POLICIES, mark, record_of, thaw_modules
+from ._precision import lower_precision, precision_of
 from ._query import check_model
 from ._settle import settle
 from ._state import frozen_slot_names, set_frozen_slot, switched_off_names
@@ -32,8 +34,9 @@ def state(model: nn.Module) -> dict[str, Any]:
 
     Keys: ``"version"``; ``"frozen"``: one entry per module frozen in place (by
     :func:`frozen.freeze` or :func:`frozen.freezing`) with its ``path``, ``mode``,
-    ``tied`` policy, the ``training`` mode last asked of it, and the ``tied_slots``
-    (parameter paths frozen at other uses because of it); ``"frozen_slots"``: every
+    ``tied`` policy, the ``training`` mode last asked of it, the ``tied_slots``
+    (parameter paths frozen at other uses because of it), and for the root of a part
+    frozen with ``dtype=`` that type's name (``"dtype": "bfloat16"``); ``"frozen_slots"``: every
     parameter slot frozen that way; ``"switched_off"``: the parameter paths whose
     ``requires_grad`` the library turned off; ``"user_frozen"``: those with
     ``requires_grad=False`` set by the user. Paths are ``state_dict`` style; a module
@@ -58,7 +61,11 @@ def state(model: nn.Module) -> dict[str, Any]:
         if record is not None and id(use.module) not in seen:
             seen.add(id(use.module))
             slots = [join(first_path.get(id(owner), "?"), name) for owner, name in record.tied_slots]
-            frozen.append({"path": use.path, "mode": record.mode, "tied": record.tied, "training": record.requested_training, "tied_slots": slots})
+            entry = {"path": use.path, "mode": record.mode, "tied": record.tied, "training": record.requested_training, "tied_slots": slots}
+            precision = precision_of(use.module)
+            if precision is not None:
+                entry["dtype"] = str(precision.dtype).removeprefix("torch.")  # freeze(..., dtype=) root
+            frozen.append(entry)
     frozen_slots, switched_off, user_frozen, seen = [], [], [], set()
     for use in iter_param_uses(model):
         if first_path[id(use.owner)] != use.path.rpartition(".")[0] or (id(use.owner), use.name) in seen:
@@ -120,6 +127,12 @@ def load_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
                 f"training={entry.get('training')!r}; expected a mode in {MODES}, a policy in {TIED_POLICIES} and a bool. "
                 f"Save the state with frozen.state(model) and do not edit it."
             )
+        dtype = entry.get("dtype")
+        if dtype is not None and not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+            raise FrozenError(
+                f"frozen.load_state: the entry for {path!r} has dtype={dtype!r}; expected the name of a torch "
+                f"floating dtype such as 'bfloat16'. Save the state with frozen.state(model) and do not edit it."
+            )
         entries.append((modules[path], entry, [slots[_known(p, slots, "parameter")] for p in entry.get("tied_slots", [])]))
     frozen_slots = [slots[_known(p, slots, "parameter")] for p in saved["frozen_slots"]]
     user_frozen = [slots[_known(p, slots, "parameter")] for p in saved["user_frozen"]]
@@ -135,6 +148,9 @@ def load_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
             record = mark(module, entry["mode"], entry["tied"])
             record.requested_training = entry["training"]
             record.tied_slots = tuple((owner, name) for owner, name, _ in tied_slots)
+    for module, entry, _ in entries:
+        if entry.get("dtype") is not None and precision_of(module) is None:
+            lower_precision(module, getattr(torch, entry["dtype"]))
     for owner, name, _ in frozen_slots:
         set_frozen_slot(owner, name, True)
     for _, _, param in user_frozen:
