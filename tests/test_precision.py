@@ -70,15 +70,13 @@ import copy  # noqa: E402
 import io  # noqa: E402
 from collections import OrderedDict  # noqa: E402
 
+from snapshots import assert_same, snapshot  # noqa: E402
+
 
 def cnn():
     torch.manual_seed(0)
     body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
     return nn.Sequential(OrderedDict(body=body, head=nn.Linear(4 * 6 * 6, 3)))
-
-
-def snapshot(model):
-    return {k: (v.clone(), v.dtype) for k, v in model.state_dict().items()}, [p.requires_grad for p in model.parameters()]
 
 
 def test_freeze_with_dtype_stores_the_part_in_low_precision_and_trains_the_rest():
@@ -141,9 +139,7 @@ def test_freeze_dtype_refuses_parts_that_are_not_frozen_whole_and_changes_nothin
     with pytest.raises(frozen.FrozenError, match=r"'embed.weight' shares a parameter with 'out.weight'"):
         frozen.freeze(tied, "embed", dtype=torch.bfloat16)
     assert tied["embed"].weight.dtype == torch.float32 and tied["embed"].weight.requires_grad
-    after = snapshot(model)
-    assert after[1] == before[1]
-    assert all(torch.equal(v, after[0][k][0]) and d == after[0][k][1] for k, (v, d) in before[0].items())
+    assert_same(before, snapshot(model))
 
 
 def test_a_low_precision_part_thaws_whole():

@@ -43,12 +43,17 @@ def switched_off_names(owner: nn.Module) -> frozenset[str]:
 
 def set_switched_off(owner: nn.Module, name: str, off: bool) -> None:
     """Record (or forget) that the library turned off ``owner.<name>.requires_grad``."""
-    names = set(switched_off_names(owner))
-    names.add(name) if off else names.discard(name)
+    _set_name(owner, SWITCHED_OFF, name, off)
+
+
+def _set_name(owner: nn.Module, key: str, name: str, present: bool) -> None:
+    """Add ``name`` to (or drop it from) the name set at ``owner.__dict__[key]``; no empty sets."""
+    names = set(owner.__dict__.get(key, frozenset()))
+    names.add(name) if present else names.discard(name)
     if names:
-        owner.__dict__[SWITCHED_OFF] = frozenset(names)
+        owner.__dict__[key] = frozenset(names)
     else:
-        owner.__dict__.pop(SWITCHED_OFF, None)
+        owner.__dict__.pop(key, None)
 
 
 # On a module that owns parameters: the names in ``module._parameters`` frozen at
@@ -64,9 +69,4 @@ def frozen_slot_names(owner: nn.Module) -> frozenset[str]:
 
 def set_frozen_slot(owner: nn.Module, name: str, frozen: bool) -> None:
     """Record (or forget) that ``owner.<name>`` does not train through ``owner``."""
-    names = set(frozen_slot_names(owner))
-    names.add(name) if frozen else names.discard(name)
-    if names:
-        owner.__dict__[FROZEN_SLOTS] = frozenset(names)
-    else:
-        owner.__dict__.pop(FROZEN_SLOTS, None)
+    _set_name(owner, FROZEN_SLOTS, name, frozen)
