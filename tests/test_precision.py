@@ -1,10 +1,15 @@
 """Frozen(m, dtype=...): frozen weights in low precision, the boundary in the caller's."""
 
+import copy
+import io
+from collections import OrderedDict
+
 import pytest
 import torch
 from torch import nn
 
 import frozen
+from snapshots import assert_same, snapshot
 
 
 def backbone():
@@ -66,11 +71,6 @@ def test_bad_dtype_is_rejected_before_anything_changes():
 
 # -- freeze(..., dtype=...) ----------------------------------------------------------
 
-import copy  # noqa: E402
-import io  # noqa: E402
-from collections import OrderedDict  # noqa: E402
-
-from snapshots import assert_same, snapshot  # noqa: E402
 
 
 def cnn():
