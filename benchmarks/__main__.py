@@ -1,0 +1,101 @@
+"""``python -m benchmarks [--quick] [--device cuda] [--scenario KEY ...] [--out DIR]``.
+
+Runs every scenario, prints a one-line-per-variant summary, and writes one markdown
+table per scenario, ``summary.md`` and ``chart.png`` to the output folder:
+``benchmarks/results/<machine>/`` in full mode, ``out/benchmarks/<machine>/`` (git-
+ignored, so a quick run never overwrites committed results) with ``--quick``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import _report
+from ._run import Settings, run_scenario
+from ._scenarios import SCENARIOS, has_freeze, has_low_precision, low_precision_variants
+
+ROOT = Path(__file__).resolve().parent.parent
+
+__all__ = ["main"]
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--quick", action="store_true", help="few rounds, no peak-memory subprocesses (< 2 min on 2 cores)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=cores, help=f"torch.set_num_threads (default: the {cores} usable cores)")
+    parser.add_argument("--scenario", action="append", choices=[s.key for s in SCENARIOS], help="run only these (repeatable)")
+    parser.add_argument("--out", type=Path, help="output folder (default: see above)")
+    parser.add_argument("--rounds-scale", type=float, default=1.0, help="multiply every scenario's round count")
+    parser.add_argument("--memory", choices=("auto", "on", "off"), default="auto", help="peak memory per variant in a fresh process (auto: full mode only)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the seed scenario's profile section")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"--device {args.device}: CUDA is not available in this torch build ({torch.__version__}); use --device cpu.", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    memory = args.memory == "on" or (args.memory == "auto" and not args.quick)
+    settings = Settings(full=not args.quick, warmup=3, inner_scale=1.0, rounds_scale=args.rounds_scale,
+                        memory_steps=3 if memory else 0, threads=args.threads, device=device)
+    slug = _report.machine_slug(device)
+    out = args.out or (ROOT / "out" / "benchmarks" / slug if args.quick else ROOT / "benchmarks" / "results" / slug)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = _report.machine(device) + "; load average at start {:.2f}".format(os.getloadavg()[0])
+    command = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"{machine}\nwriting to {out}", flush=True)
+    started = time.perf_counter()
+    results = []
+    for scenario in SCENARIOS:
+        if args.scenario and scenario.key not in args.scenario:
+            continue
+        t0 = time.perf_counter()
+        result = run_scenario(scenario, settings)
+        results.append(result)
+        text = _report.scenario_markdown(result, machine, command.strip())
+        if scenario.key == "seed" and not args.no_profile and device.type == "cpu":
+            from ._profile import seed_profile
+
+            text += "\n" + seed_profile(full=not args.quick)
+        (out / f"{scenario.key}.md").write_text(text)
+        print(f"\n{scenario.title}  ({time.perf_counter() - t0:.0f} s)")
+        for row in result.rows:
+            ratio = "" if row.vs_ideal is None else f"{row.vs_ideal[0]:6.3f}x ideal"
+            ok = {True: "correct", False: "NOT CORRECT: " + row.correct_note, None: ""}[row.correct]
+            print(f"  {row.variant:16s} {row.timing.median * 1e3:9.3f} ms  {ratio}  {ok}")
+        for claim, value, bound, met in _report.targets(result):
+            if bound != "equal":
+                print(f"  target: {claim} = {value:.3f} ({bound}) {'met' if met else 'MISSED'}")
+    notes = [
+        "Variants, scenarios and method: [../../README.md](../../README.md).",
+        "`frozen.freeze`: " + ("measured." if has_freeze() else "not in this build; its rows are marked n/a."),
+        "Low-precision frozen weights (`dtype=`): " + (
+            "measured as the `... bf16` rows of each scenario (`freeze(dtype=)` "
+            + ("too)." if "freeze bf16" in low_precision_variants() else "is not in this build; only `Frozen(dtype=)`).")
+            if has_low_precision() else
+            "NOT BENCHMARKED - `frozen.Frozen` has no `dtype=` option in this build "
+            "(hook: `benchmarks/_scenarios.py: has_low_precision`)."),
+        f"Peak memory: {'one fresh process per variant, 3 steps' if memory else 'not measured in this run (--quick); run full mode'}.",
+    ]
+    (out / "summary.md").write_text(_report.summary_markdown(results, machine, command.strip(), notes))
+    try:
+        _report.write_chart(results, out / "chart.png", machine)
+    except ImportError as error:  # the tables are the result; the chart is a view of them
+        print(f"chart.png not written: {error} (pip install matplotlib)", file=sys.stderr)
+    print(f"\ndone in {time.perf_counter() - started:.0f} s; tables in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

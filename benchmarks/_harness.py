@@ -1,0 +1,169 @@
+"""Timing and bookkeeping shared by every scenario: interleaved rounds, medians, bytes.
+
+Why interleaved: on a shared 2-core machine the speed drifts over seconds (turbo,
+other processes, allocator state). Timing variant A for a minute and then variant B
+would fold that drift into the A/B ratio. Here every round runs every variant once
+(in a rotated order, so no variant always goes first), and a ratio is taken *within*
+a round before taking the median over rounds, so slow drift cancels.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Workload",
+    "Timing",
+    "time_interleaved",
+    "paired_ratio",
+    "tensor_bytes",
+    "optimizer_state_bytes",
+    "gradient_bytes",
+    "sync",
+]
+
+
+@dataclass
+class Workload:
+    """One variant of one scenario, built and ready to step.
+
+    Attributes:
+        step: runs one training step (or, for the seed, one gradient computation).
+        model: the model, for gradient bytes.
+        optimizer: the optimizer, or ``None`` when the scenario has none.
+        frozen_state: returns the tensors that must not change (``state_dict`` key to
+            tensor); empty when the variant freezes nothing.
+        check: optional extra correctness check run after the timed steps, returning
+            ``(ok, what it checked)``; overrides the bit-identity check when given.
+        probe: returns the model's output on the batch (no grad), to compare the
+            variants' outputs before any step.
+    """
+
+    step: Callable[[], None]
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None
+    frozen_state: Callable[[], dict[str, torch.Tensor]]
+    check: Callable[[], tuple[bool, str]] | None = None
+    probe: Callable[[], torch.Tensor] | None = None
+    snapshot: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def take_snapshot(self) -> None:
+        """Remember the frozen tensors' values now, to compare after the steps."""
+        self.snapshot = {k: v.detach().clone() for k, v in self.frozen_state().items()}
+
+    def frozen_unchanged(self) -> tuple[bool | None, str]:
+        """Whether every frozen tensor is bit-identical to the snapshot (None: nothing frozen)."""
+        if self.check is not None:
+            return self.check()
+        if not self.snapshot:
+            return None, "nothing frozen"
+        now = self.frozen_state()
+        changed = [k for k, v in self.snapshot.items() if not torch.equal(v, now[k])]
+        if changed:
+            return False, f"{len(changed)}/{len(self.snapshot)} frozen tensors changed, e.g. {changed[0]}"
+        return True, f"{len(self.snapshot)} frozen tensors bit-identical"
+
+
+@dataclass
+class Timing:
+    """Per-step times (seconds) of one variant, one sample per round."""
+
+    samples: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def quartiles(self) -> tuple[float, float]:
+        return _quartiles(self.samples)
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so a wall-clock reading covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    workloads: dict[str, Workload], *, rounds: int, inner: int, warmup: int, device: torch.device
+) -> dict[str, Timing]:
+    """Time every workload round-robin; each sample is the median of ``inner`` steps.
+
+    Every step is timed on its own and a sample is the median over ``inner`` of them:
+    on a shared machine a stall (another process, a thread wake-up) then spoils one
+    step, not a whole sample.
+
+    Args:
+        workloads: variant name to built workload (all in this process).
+        rounds: samples per variant.
+        inner: steps per sample (more for fast steps, so stalls are outvoted).
+        warmup: untimed steps per variant first (allocator, lazy init, autotuning).
+        device: where the work runs (CUDA work is synchronised before reading the clock).
+
+    Returns:
+        variant name to :class:`Timing`.
+    """
+    names = list(workloads)
+    for name in names:
+        for _ in range(warmup):
+            workloads[name].step()
+    sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            step = workloads[name].step
+            times = []
+            for _ in range(inner):
+                sync(device)
+                start = time.perf_counter()
+                step()
+                sync(device)
+                times.append(time.perf_counter() - start)
+            samples[name].append(statistics.median(times))
+    return {name: Timing(s) for name, s in samples.items()}
+
+
+def paired_ratio(a: Timing, b: Timing) -> tuple[float, float, float]:
+    """Median and quartiles of ``a/b`` taken round by round (drift cancels within a round)."""
+    ratios = [x / y for x, y in zip(a.samples, b.samples)]
+    q1, q3 = _quartiles(ratios)
+    return statistics.median(ratios), q1, q3
+
+
+def tensor_bytes(tensors) -> int:
+    """Total bytes of the given tensors, counting each storage once."""
+    seen, total = set(), 0
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            key = (t.untyped_storage().data_ptr(), t.device)
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+    return total
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
+    """Bytes held in the optimizer's per-parameter state (Adam's moments, steps, ...)."""
+    if optimizer is None:
+        return 0
+    return tensor_bytes(v for state in optimizer.state.values() for v in state.values())
+
+
+def gradient_bytes(model: nn.Module) -> int:
+    """Bytes of every ``.grad`` currently held by the model's parameters."""
+    return tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
+

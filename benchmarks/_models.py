@@ -1,0 +1,166 @@
+"""The models and data of the benchmark scenarios, small enough for 2 CPU cores.
+
+Every builder seeds torch first, so every variant of a scenario starts from the same
+weights and the same batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "seed_model",
+    "TextClassifier",
+    "text_classifier",
+    "resnet_classifier",
+    "Perceptual",
+    "perceptual_model",
+    "Siamese",
+    "siamese_encoder",
+]
+
+
+def seed_model() -> tuple[nn.Sequential, torch.Tensor]:
+    """The seed discussion's model, unfrozen: ``Chain(Chain(Dense, Dense), Dense)``, x = rand(100, 100).
+
+    The frozen part is ``"0"`` (the inner chain). Julia's ``rand(Float32, 100, 100)``
+    is features x batch; PyTorch's layout is batch x features, the same 100 x 100.
+    """
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU())
+    return nn.Sequential(inner, nn.Linear(100, 100)), torch.rand(100, 100)
+
+
+class TextClassifier(nn.Module):
+    """A transformer encoder (``backbone``) and a linear ``head`` on the first token."""
+
+    def __init__(self, backbone: nn.Module, hidden: int, classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(hidden[:, 0])
+
+
+def text_classifier(batch: int = 8, length: int = 64) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A 4-layer BERT built from a config (nothing is downloaded) and a 2-class head.
+
+    Dropout is 0 so that every variant does the same arithmetic in the backbone and
+    the comparison measures gradients, not dropout masks.
+    """
+    from transformers import BertConfig, BertModel  # only this scenario needs transformers
+
+    config = BertConfig(
+        vocab_size=2000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+        intermediate_size=1024, max_position_embeddings=length,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    model = TextClassifier(BertModel(config, add_pooling_layer=False), config.hidden_size, 2)
+    ids = torch.randint(0, config.vocab_size, (batch, length))
+    mask = torch.ones(batch, length, dtype=torch.long)
+    labels = torch.randint(0, 2, (batch,))
+    return model, (ids, mask, labels)
+
+
+def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(channels, channels), nn.Conv2d(channels, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+class _Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, features: int, classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(features, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def resnet_classifier(batch: int = 16) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A small ResNet (conv, BatchNorm, residual blocks) backbone and a 10-class head, 32x32 RGB."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(
+        _conv_bn(3, 16), _Residual(16), _conv_bn(16, 32, 2), _Residual(32),
+        _conv_bn(32, 64, 2), _Residual(64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+    model = _Classifier(backbone, 64, 10)
+    return model, (torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,)))
+
+
+class Perceptual(nn.Module):
+    """``features(generator(z))``: a trainable generator judged by a feature network."""
+
+    def __init__(self, generator: nn.Module, features: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+        self.features = features
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.features(self.generator(z))
+
+
+def perceptual_model(batch: int = 8) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A small image generator and a VGG-style feature net; the target features are fixed.
+
+    Gradients must cross the feature net to reach the generator: a frozen *middle*.
+    """
+    torch.manual_seed(0)
+    generator = nn.Sequential(
+        nn.Linear(64, 16 * 16 * 16), nn.Unflatten(1, (16, 16, 16)), nn.Upsample(scale_factor=2),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 3, 3, padding=1), nn.Tanh(),
+    )
+    features = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+    )
+    model = Perceptual(generator, features)
+    z = torch.randn(batch, 64)
+    with torch.no_grad():
+        target = features(torch.rand(batch, 3, 32, 32) * 2 - 1)
+    return model, (z, target)
+
+
+class Siamese(nn.Module):
+    """SimSiam-style: ``predictor(encoder(x1))`` regressed onto ``target(x2)``.
+
+    ``target`` is the *same* encoder used another way: plainly (both branches train
+    it), through ``Frozen`` (this branch does not), or through a hand-written
+    function. It is kept out of the module tree when it is a plain function, so the
+    encoder's parameters are listed once.
+    """
+
+    def __init__(self, encoder: nn.Module, target: nn.Module | None = None, target_fn=None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.predictor = nn.Linear(128, 128)
+        if target is not None:
+            self.target = target
+        self.target_fn = target_fn
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        online = self.predictor(self.encoder(x1))
+        target = self.target_fn(x2) if self.target_fn is not None else self.target(x2)
+        return F.mse_loss(online, target)
+
+
+def siamese_encoder(batch: int = 64) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """An MLP encoder (256 -> 512 -> 512 -> 128) and two views of one batch."""
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 128))
+    x = torch.randn(batch, 256)
+    return encoder, (x + 0.1 * torch.randn_like(x), x + 0.1 * torch.randn_like(x))
