@@ -64,7 +64,7 @@ def settle(model: nn.Module) -> nn.Module:
     plainly_used = {id(use.module) for use in iter_module_uses(model) if not use.frozen}
     for module in model.modules():
         if isinstance(module, Frozen):
-            module._plan = live_plan(module.module)
+            module.set_plan(live_plan(module.module))
             inner = module.module
             if module.mode == "eval" and not any(id(m) in plainly_used for m in inner.modules()):
                 inner.train(False)

@@ -16,7 +16,7 @@ __all__ = ["Frozen", "MODES", "check_mode"]
 MODES = ("eval", "inherit")
 
 # Attributes that belong to the wrapper itself; everything else is forwarded.
-_OWN = frozenset({"module", "mode", "dtype", "original_dtype", "training", "_plan", "_loading_prefix"})
+_OWN = frozenset({"module", "mode", "dtype", "original_dtype", "training", "_plan", "_direct", "_inner", "_loading_prefix"})
 
 
 def check_mode(mode: object, argument: str = "mode") -> str:
@@ -99,13 +99,26 @@ class Frozen(nn.Module):
         self.original_dtype = module_float_dtype(module)
         if dtype is not None:
             cast_module(module, dtype)
-        # None: not settled, compute the detach plan on each call. A tuple: settled.
-        self._plan: Plan | None = None
+        self.set_plan(None)
         self.register_load_state_dict_post_hook(_unprefix_incompatible_keys)
+
+    def set_plan(self, plan: Plan | None) -> None:
+        """Store the detach plan (``None``: not settled, compute it on every call).
+
+        :func:`frozen.settle` calls this. With an empty plan and no ``dtype`` the call
+        takes the direct path: the wrapped module is called as it is.
+        """
+        self._plan = plan
+        self._direct = plan == () and self.dtype is None
 
     # -- calling ---------------------------------------------------------------------
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        # Settled and nothing to detach or cast: the only per-call work is one mode check
+        # (the module may be in training mode if it is also used plainly elsewhere).
+        module = self._inner
+        if self._direct and not (module.training and self.mode == "eval"):
+            return module(*args, **kwargs)
         if self.dtype is not None:
             back = caller_dtype(args, kwargs, self.original_dtype)
             out = self._forward(*cast_floating(args, self.dtype), **cast_floating(kwargs, self.dtype))
@@ -113,7 +126,7 @@ class Frozen(nn.Module):
         return self._forward(*args, **kwargs)
 
     def _forward(self, *args: Any, **kwargs: Any) -> Any:
-        module = self.module
+        module = self._inner
         if self.mode == "eval" and module.training:
             saved = enter_eval(module)
             try:
@@ -161,6 +174,9 @@ class Frozen(nn.Module):
         return getattr(self.module, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name == "module":
+            # A plain attribute too, so that each call finds it without nn.Module.__getattr__.
+            object.__setattr__(self, "_inner", value)
         # `wrapper.weight = ...` means the wrapped module's weight, as reading it does.
         if name not in _OWN and "module" in self.__dict__.get("_modules", {}) and hasattr(self.module, name):
             setattr(self.module, name, value)
