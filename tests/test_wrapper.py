@@ -242,3 +242,14 @@ def test_settle_puts_a_module_used_only_frozen_into_eval_once():
     assert not bn.training  # no per-call switching needed any more
     model.train()
     assert not bn.training  # and model.train() does not undo it
+
+
+def test_hooks_and_torch_internals_set_on_the_wrapper_stay_on_the_wrapper():
+    inner = nn.Linear(2, 2)
+    wrapped = frozen.Frozen(inner)
+    seen = []
+    wrapped.register_full_backward_hook(lambda module, grad_in, grad_out: seen.append(module))
+    x = torch.randn(3, 2, requires_grad=True)
+    wrapped(x).sum().backward()
+    assert seen == [wrapped]
+    assert inner._is_full_backward_hook is None and wrapped._is_full_backward_hook is True

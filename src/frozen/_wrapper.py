@@ -178,7 +178,15 @@ class Frozen(nn.Module):
             # A plain attribute too, so that each call finds it without nn.Module.__getattr__.
             object.__setattr__(self, "_inner", value)
         # `wrapper.weight = ...` means the wrapped module's weight, as reading it does.
-        if name not in _OWN and "module" in self.__dict__.get("_modules", {}) and hasattr(self.module, name):
+        # Private names and nn.Module's own attributes (hook flags, compile state) stay
+        # on the wrapper: torch sets those on the module it works with.
+        if (
+            name not in _OWN
+            and not name.startswith("_")
+            and not hasattr(Frozen, name)
+            and "module" in self.__dict__.get("_modules", {})
+            and hasattr(self.module, name)
+        ):
             setattr(self.module, name, value)
         else:
             super().__setattr__(name, value)
