@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from ._freeze import mark, record_of
+from ._mark import mark, record_of
 from ._state import set_switched_off
 from ._use import live_plan
 from ._wrapper import Frozen, check_mode

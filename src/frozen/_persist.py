@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ._errors import FrozenError, UnknownPathError, closest
-from ._freeze import TIED_POLICIES, mark, record_of, thaw_modules
+from ._freeze import TIED_POLICIES, thaw_modules
+from ._mark import mark, record_of
 from ._precision import lower_precision, precision_of
 from ._query import check_model
 from ._settle import settle
