@@ -160,3 +160,29 @@ def test_wrong_types():
         frozen.optim.sync([p for p in model.parameters()], model)
     with pytest.raises(TypeError, match="expected a dict of group options"):
         frozen.optim.sync(torch.optim.SGD(model.parameters(), lr=0.1), model, new_group=0.1)
+
+
+def test_lbfgs_follows_freeze_and_thaw_through_sync():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (model(x) - y).square().mean()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    frozen.freeze(model, "0")
+    frozen.optim.sync(optimizer, model)
+    before = model[0].weight.detach().clone()
+    head = model[2].weight.detach().clone()
+    optimizer.step(closure)
+    assert torch.equal(model[0].weight, before) and not torch.equal(model[2].weight, head)
+    assert {id(p) for p in optimizer.param_groups[0]["params"]} == {id(p) for p in frozen.trainable(model)}
+    frozen.thaw(model)
+    frozen.optim.sync(optimizer, model)
+    optimizer.step(closure)
+    assert not torch.equal(model[0].weight, before)

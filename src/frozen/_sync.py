@@ -130,6 +130,7 @@ def sync(optimizer: torch.optim.Optimizer, model: nn.Module, *, new_group: Mappi
             if path_of[id(param)] in group.get(PARKED, ()):
                 home.setdefault(id(param), index)
     active = {path for path, p in named_parameters(model) if id(p) in wanted}
+    leaving_any = any(id(p) not in wanted for group in optimizer.param_groups for p in group["params"])
     for index, group in enumerate(optimizer.param_groups):
         leaving = [p for p in group["params"] if id(p) not in wanted]
         for param in leaving:
@@ -144,8 +145,12 @@ def sync(optimizer: torch.optim.Optimizer, model: nn.Module, *, new_group: Mappi
         optimizer.state.pop(param, None)  # fresh state, whatever an earlier run left
     if homeless:
         _add_to_new_group(optimizer, homeless, dict(new_group or {"name": NEW_GROUP_NAME}), path_of)
-    if hasattr(optimizer, "_numel_cache"):  # LBFGS caches the number of elements
+    if hasattr(optimizer, "_numel_cache"):  # LBFGS: one flat vector over all its parameters
         optimizer._numel_cache = None
+        if leaving_any or arriving:
+            # Its curvature history (kept under its first parameter) has the old length.
+            for param in optimizer.param_groups[0]["params"][:1]:
+                optimizer.state.pop(param, None)
     return optimizer
 
 
