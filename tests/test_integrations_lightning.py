@@ -103,3 +103,27 @@ def test_callback_rejects_bad_arguments_when_created():
     with pytest.raises(frozen.InvalidModeError, match="mode="):
         FreezeCallback("backbone", mode="frozen")
 
+
+
+def test_resume_from_a_checkpoint_after_a_thaw_continues_exactly(tmp_path):
+    def stage():
+        return frozen.schedule.Stage(1, ("backbone.3",), lr_ratio=0.1, name="backbone.3")
+
+    def trainer(epochs, callback):
+        return lightning.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                                 enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+
+    straight = Net()
+    trainer(3, FreezeCallback("backbone", unfreeze=[stage()])).fit(straight, loader())
+
+    first = Net()
+    run = trainer(2, FreezeCallback("backbone", unfreeze=[stage()]))
+    run.fit(first, loader())
+    run.save_checkpoint(tmp_path / "after-thaw.ckpt")
+
+    resumed = Net()  # a fresh model and callback, as in a new process
+    again = trainer(3, FreezeCallback("backbone", unfreeze=[stage()]))
+    again.fit(resumed, loader(), ckpt_path=tmp_path / "after-thaw.ckpt")
+    assert frozen.is_frozen(resumed, "backbone.0") and not frozen.is_frozen(resumed, "backbone.3")
+    assert optimizer_ids(again) == {id(p) for p in frozen.trainable(resumed)}
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in straight.state_dict().items())

@@ -74,13 +74,13 @@ class FreezeCallback(Callback):
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self.plan.start(pl_module, trainer.optimizers)
-        self._quiet_eval_mode_warning(pl_module)
         if self._restored is not None and self.plan.schedule is not None:
             # Replay the stages a checkpointed run had reached, so the model and the
             # optimizer's groups are as they were when it was saved; Lightning then
             # loads the optimizer state (rates included) into those groups.
             for _ in range(self._restored.get("count", 0)):
                 self.plan.step([config.scheduler for config in trainer.lr_scheduler_configs])
+        self._quiet_eval_mode_warning(pl_module)  # after the replay: thawed parts are not frozen
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._end_quiet()
