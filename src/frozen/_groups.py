@@ -10,7 +10,7 @@ rate and weight decay), and it makes every group exist from the start, so
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -20,22 +20,19 @@ from ._query import check_model, trainable_ids
 from ._select import NORM_TYPES, compile_pattern
 from ._tree import iter_module_uses, iter_param_uses
 
-__all__ = ["param_groups", "PARKED", "matches", "is_norm_layer"]
+__all__ = ["param_groups", "PARKED", "is_norm_layer"]
 
 # Group key: paths of this group's parameters that are frozen right now.
 PARKED = "frozen_params"
 
 
-def matches(pattern: str, param_path: str, *, argument: str = "overrides") -> bool:
-    """Whether ``pattern`` selects the parameter at ``param_path``.
+def _selects(match: Callable[[str], bool], param_path: str) -> bool:
+    """Whether a compiled pattern selects the parameter at ``param_path``.
 
-    The pattern language is the one of ``frozen.select`` (``docs/selectors.md``: ``*``
-    one segment, ``**`` any number of segments, ``3-5`` an inclusive index range,
-    globs inside a segment). A pattern selects a parameter when it matches the
-    parameter's own path (``"**.bias"``) or the path of a module that contains it
-    (``"encoder.layer.*"``, ``"head"``).
+    The pattern language is the one of ``frozen.select`` (``docs/selectors.md``). A
+    pattern selects a parameter when it matches the parameter's own path
+    (``"**.bias"``) or the path of a module that contains it (``"encoder.layer.*"``).
     """
-    match = compile_pattern(pattern, f"frozen.optim.param_groups({argument}=...)", "pattern")
     segments = param_path.split(".")
     return any(match(".".join(segments[:i])) for i in range(1, len(segments) + 1))
 
@@ -52,7 +49,8 @@ def _resolve(model: nn.Module, patterns: Sequence[str], argument: str, paths: li
     for pattern in patterns:
         if not isinstance(pattern, str):
             raise TypeError(f"frozen.optim.param_groups({argument}=...): expected patterns to be str such as 'head.*', received {pattern!r} ({type(pattern).__name__}).")
-        hits = [p for p in paths if matches(pattern, p, argument=argument)]
+        match = compile_pattern(pattern, f"frozen.optim.param_groups({argument}=...)", "pattern")
+        hits = [p for p in paths if _selects(match, p)]
         if not hits:
             modules = [use.path for use in iter_module_uses(model) if use.path]
             raise SelectorError(

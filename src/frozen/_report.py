@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from ._errors import FrozenError
 from ._query import check_model, trainable_ids
 from ._state import INPLACE_MARK
 from ._tree import iter_module_uses, iter_param_uses
@@ -165,8 +166,6 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
         >>> r.trainable_params, r.frozen_params, r.adam_state_bytes_saved
         (10, 20, 160)
     """
-    from ._errors import FrozenError
-
     check_model(model, "frozen.report")
     if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool)):
         raise TypeError(f"frozen.report(model, depth=...): expected depth to be an int or None, received {type(depth).__name__}.")

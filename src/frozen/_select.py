@@ -23,7 +23,7 @@ from ._errors import SelectorError, closest
 from ._query import check_model
 from ._tree import ModuleUse, iter_module_uses, join
 
-__all__ = ["select", "resolve", "Selection", "Selector", "NORM_TYPES", "in_subtree"]
+__all__ = ["select", "resolve", "compile_pattern", "Selection", "Selector", "NORM_TYPES", "in_subtree"]
 
 Selector = Union[str, type, nn.Module, Callable[[str, nn.Module], bool]]
 

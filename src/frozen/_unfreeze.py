@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ._errors import FrozenError
+from ._freeze import thaw
 from ._query import check_model
 from ._sync import check_optimizer, sync
 
@@ -153,8 +154,6 @@ class GradualUnfreezing:
 
     def step(self) -> list[Stage]:
         """Count one unit; thaw the stages now due, sync the optimizer, grow rates; return the stages thawed."""
-        from . import thaw  # at call time: the package imports this module
-
         self.count += 1
         due = [k for k, stage in enumerate(self.stages) if stage.at <= self.count and k not in self.applied]
         for k in due:
