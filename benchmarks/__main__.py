@@ -28,13 +28,24 @@ __all__ = ["main"]
 def _parse(argv: list[str]) -> argparse.Namespace:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--quick", action="store_true", help="few rounds, no peak-memory subprocesses (< 2 min on 2 cores)")
+    parser.add_argument(
+        "--quick", action="store_true", help="few rounds, no peak-memory subprocesses (< 2 min on 2 cores)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--threads", type=int, default=cores, help=f"torch.set_num_threads (default: the {cores} usable cores)")
-    parser.add_argument("--scenario", action="append", choices=[s.key for s in SCENARIOS], help="run only these (repeatable)")
+    parser.add_argument(
+        "--threads", type=int, default=cores, help=f"torch.set_num_threads (default: the {cores} usable cores)"
+    )
+    parser.add_argument(
+        "--scenario", action="append", choices=[s.key for s in SCENARIOS], help="run only these (repeatable)"
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: see above)")
     parser.add_argument("--rounds-scale", type=float, default=1.0, help="multiply every scenario's round count")
-    parser.add_argument("--memory", choices=("auto", "on", "off"), default="auto", help="peak memory per variant in a fresh process (auto: full mode only)")
+    parser.add_argument(
+        "--memory",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="peak memory per variant in a fresh process (auto: full mode only)",
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the seed scenario's profile section")
     return parser.parse_args(argv)
 
@@ -43,16 +54,26 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"--device {args.device}: CUDA is not available in this torch build ({torch.__version__}); use --device cpu.", file=sys.stderr)
+        print(
+            f"--device {args.device}: CUDA is not available in this torch build ({torch.__version__}); use --device cpu.",
+            file=sys.stderr,
+        )
         return 2
     torch.set_num_threads(args.threads)
     memory = args.memory == "on" or (args.memory == "auto" and not args.quick)
-    settings = Settings(full=not args.quick, warmup=3, inner_scale=1.0, rounds_scale=args.rounds_scale,
-                        memory_steps=3 if memory else 0, threads=args.threads, device=device)
+    settings = Settings(
+        full=not args.quick,
+        warmup=3,
+        inner_scale=1.0,
+        rounds_scale=args.rounds_scale,
+        memory_steps=3 if memory else 0,
+        threads=args.threads,
+        device=device,
+    )
     slug = _report.machine_slug(device)
     out = args.out or (ROOT / "out" / "benchmarks" / slug if args.quick else ROOT / "benchmarks" / "results" / slug)
     out.mkdir(parents=True, exist_ok=True)
-    machine = _report.machine(device) + "; load average at start {:.2f}".format(os.getloadavg()[0])
+    machine = _report.machine(device) + f"; load average at start {os.getloadavg()[0]:.2f}"
     command = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"{machine}\nwriting to {out}", flush=True)
     started = time.perf_counter()
@@ -80,12 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     notes = [
         "Variants, scenarios and method: [../../README.md](../../README.md).",
         "`frozen.freeze`: " + ("measured." if has_freeze() else "not in this build; its rows are marked n/a."),
-        "Low-precision frozen weights (`dtype=`): " + (
+        "Low-precision frozen weights (`dtype=`): "
+        + (
             "measured as the `... bf16` rows of each scenario (`freeze(dtype=)` "
-            + ("too)." if "freeze bf16" in low_precision_variants() else "is not in this build; only `Frozen(dtype=)`).")
-            if has_low_precision() else
-            "NOT BENCHMARKED - `frozen.Frozen` has no `dtype=` option in this build "
-            "(hook: `benchmarks/_scenarios.py: has_low_precision`)."),
+            + (
+                "too)."
+                if "freeze bf16" in low_precision_variants()
+                else "is not in this build; only `Frozen(dtype=)`)."
+            )
+            if has_low_precision()
+            else "NOT BENCHMARKED - `frozen.Frozen` has no `dtype=` option in this build "
+            "(hook: `benchmarks/_scenarios.py: has_low_precision`)."
+        ),
         f"Peak memory: {'one fresh process per variant, 3 steps' if memory else 'not measured in this run (--quick); run full mode'}.",
     ]
     (out / "summary.md").write_text(_report.summary_markdown(results, machine, command.strip(), notes))

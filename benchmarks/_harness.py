@@ -123,7 +123,7 @@ def time_interleaved(
     sync(device)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             step = workloads[name].step
             times = []
@@ -166,4 +166,3 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
 def gradient_bytes(model: nn.Module) -> int:
     """Bytes of every ``.grad`` currently held by the model's parameters."""
     return tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
-

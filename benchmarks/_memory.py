@@ -70,7 +70,9 @@ def _run_one(job: tuple[str, str, str, int, int]) -> dict | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure_all(scenario: str, variants: list[str], device: str, threads: int, steps: int, parallel: int) -> dict[str, dict | None]:
+def measure_all(
+    scenario: str, variants: list[str], device: str, threads: int, steps: int, parallel: int
+) -> dict[str, dict | None]:
     """Peak memory of every variant, each in its own fresh process.
 
     Memory does not depend on timing, so on CPU two workers may run side by side;

@@ -55,9 +55,14 @@ def text_classifier(batch: int = 8, length: int = 64) -> tuple[nn.Module, tuple[
     from transformers import BertConfig, BertModel  # only this scenario needs transformers
 
     config = BertConfig(
-        vocab_size=2000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=1024, max_position_embeddings=length,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=2000,
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        max_position_embeddings=length,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     torch.manual_seed(0)
     model = TextClassifier(BertModel(config, add_pooling_layer=False), config.hidden_size, 2)
@@ -74,7 +79,9 @@ def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 class _Residual(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(_conv_bn(channels, channels), nn.Conv2d(channels, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels))
+        self.body = nn.Sequential(
+            _conv_bn(channels, channels), nn.Conv2d(channels, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x + self.body(x))
@@ -94,8 +101,14 @@ def resnet_classifier(batch: int = 16) -> tuple[nn.Module, tuple[torch.Tensor, .
     """A small ResNet (conv, BatchNorm, residual blocks) backbone and a 10-class head, 32x32 RGB."""
     torch.manual_seed(0)
     backbone = nn.Sequential(
-        _conv_bn(3, 16), _Residual(16), _conv_bn(16, 32, 2), _Residual(32),
-        _conv_bn(32, 64, 2), _Residual(64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        _conv_bn(3, 16),
+        _Residual(16),
+        _conv_bn(16, 32, 2),
+        _Residual(32),
+        _conv_bn(32, 64, 2),
+        _Residual(64),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     )
     model = _Classifier(backbone, 64, 10)
     return model, (torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,)))
@@ -120,13 +133,27 @@ def perceptual_model(batch: int = 8) -> tuple[nn.Module, tuple[torch.Tensor, ...
     """
     torch.manual_seed(0)
     generator = nn.Sequential(
-        nn.Linear(64, 16 * 16 * 16), nn.Unflatten(1, (16, 16, 16)), nn.Upsample(scale_factor=2),
-        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 3, 3, padding=1), nn.Tanh(),
+        nn.Linear(64, 16 * 16 * 16),
+        nn.Unflatten(1, (16, 16, 16)),
+        nn.Upsample(scale_factor=2),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 3, 3, padding=1),
+        nn.Tanh(),
     )
     features = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1),
+        nn.ReLU(),
     )
     model = Perceptual(generator, features)
     z = torch.randn(batch, 64)

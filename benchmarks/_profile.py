@@ -34,8 +34,12 @@ def _call_costs(rounds: int, inner: int) -> dict[str, float]:
     unsettled_model, _ = seed_model()
     unsettled = frozen.Frozen(unsettled_model[0])
     empty = nn.Identity()
-    calls = {"inner chain, plain (ideal)": lambda: plain(x), "inner chain via settled Frozen": lambda: wrapped(x),
-             "inner chain via unsettled Frozen": lambda: unsettled(x), "nn.Identity() call (reference)": lambda: empty(x)}
+    calls = {
+        "inner chain, plain (ideal)": lambda: plain(x),
+        "inner chain via settled Frozen": lambda: wrapped(x),
+        "inner chain via unsettled Frozen": lambda: unsettled(x),
+        "nn.Identity() call (reference)": lambda: empty(x),
+    }
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
@@ -63,7 +67,9 @@ def _cprofile(variant: str, steps: int) -> tuple[str, float]:
     stats.print_stats("frozen/_")  # every function of the library itself, however small
     total = stats.total_tt
     # Keep the tables, drop pstats' preambles and absolute paths.
-    tables = [part[part.index("   ncalls"):].rstrip() for part in out.getvalue().split("Ordered by") if "   ncalls" in part]
+    tables = [
+        part[part.index("   ncalls") :].rstrip() for part in out.getvalue().split("Ordered by") if "   ncalls" in part
+    ]
     body = "\n\n".join(tables) if tables else "(no calls)"
     for root in (str(Path(torch.__file__).parent.parent), str(Path(frozen.__file__).parent.parent.parent)):
         body = body.replace(root + "/", "")
@@ -75,18 +81,33 @@ def seed_profile(full: bool) -> str:
     rounds, inner, steps = (60, 200, 3000) if full else (15, 100, 500)
     costs = _call_costs(rounds, inner)
     base = costs["inner chain, plain (ideal)"]
-    lines = ["## Where the time goes (seed)", "",
-             f"Forward call of the frozen part under autograd, {rounds} interleaved rounds of {inner} calls, median:", "",
-             "| call | µs per call | extra vs plain (µs) |", "| --- | ---: | ---: |"]
+    lines = [
+        "## Where the time goes (seed)",
+        "",
+        f"Forward call of the frozen part under autograd, {rounds} interleaved rounds of {inner} calls, median:",
+        "",
+        "| call | µs per call | extra vs plain (µs) |",
+        "| --- | ---: | ---: |",
+    ]
     for name, seconds in costs.items():
         lines.append(f"| {name} | {seconds * 1e6:.1f} | {(seconds - base) * 1e6:+.1f} |")
-    lines += ["", "A settled `Frozen` adds one `nn.Module.__call__` (hook checks), its `forward`, the "
-              "`self.module` lookup (through `nn.Module.__getattr__`, as `module` lives in `_modules`) and the "
-              "`torch.is_grad_enabled()` / empty-plan checks; an unsettled one also walks `module.modules()` "
-              "on every call to find parameters that still require grad and swaps detached aliases in and out.", ""]
+    lines += [
+        "",
+        "A settled `Frozen` adds one `nn.Module.__call__` (hook checks), its `forward`, the "
+        "`self.module` lookup (through `nn.Module.__getattr__`, as `module` lives in `_modules`) and the "
+        "`torch.is_grad_enabled()` / empty-plan checks; an unsettled one also walks `module.modules()` "
+        "on every call to find parameters that still require grad and swaps detached aliases in and out.",
+        "",
+    ]
     for variant in ("Frozen+settle", "ideal"):
         body, total = _cprofile(variant, steps)
-        lines += [f"cProfile, {steps} steps of `{variant}` (total {total:.2f} s under the profiler, which inflates "
-                  "Python-level cost): the top 10 by own time, then every function of `frozen` itself:",
-                  "", "```", body, "```", ""]
+        lines += [
+            f"cProfile, {steps} steps of `{variant}` (total {total:.2f} s under the profiler, which inflates "
+            "Python-level cost): the top 10 by own time, then every function of `frozen` itself:",
+            "",
+            "```",
+            body,
+            "```",
+            "",
+        ]
     return "\n".join(lines)

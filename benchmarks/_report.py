@@ -96,7 +96,14 @@ def targets(result: ScenarioResult) -> list[tuple[str, float, str, bool]]:
         for name in SETTLED:
             if name in rows:
                 same = rows[name].optimizer_bytes == rows["ideal"].optimizer_bytes
-                found.append((f"`{name}` optimizer state = ideal's ({_bytes(rows['ideal'].optimizer_bytes)})", float(same), "equal", same))
+                found.append(
+                    (
+                        f"`{name}` optimizer state = ideal's ({_bytes(rows['ideal'].optimizer_bytes)})",
+                        float(same),
+                        "equal",
+                        same,
+                    )
+                )
     return found
 
 
@@ -110,8 +117,14 @@ def scenario_markdown(result: ScenarioResult, machine_line: str, command: str) -
     """The results file of one scenario: description, table, targets, notes."""
     s = result.scenario
     lines = [
-        f"# {s.title}", "", f"Machine: {machine_line}  ", f"Command: `{command}`; {result.rounds} interleaved rounds "
-        f"x {result.inner} steps per variant (each sample is the median of its steps).", "", s.about, "",
+        f"# {s.title}",
+        "",
+        f"Machine: {machine_line}  ",
+        f"Command: `{command}`; {result.rounds} interleaved rounds "
+        f"x {result.inner} steps per variant (each sample is the median of its steps).",
+        "",
+        s.about,
+        "",
         "| variant | median step (ms) | IQR (ms) | × ideal (IQR) | × unfrozen (IQR) | optimizer state | gradients "
         "| peak memory | frozen part (params + buffers) | output Δ vs ideal | correct |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -126,13 +139,17 @@ def scenario_markdown(result: ScenarioResult, machine_line: str, command: str) -
         )
     for variant, why in {**s.not_applicable, **result.skipped}.items():
         lines.append(f"| {variant} | n/a | | | | | | | | | {why} |")
-    lines += ["", "Ratios are medians of per-round ratios (both variants timed in the same round); "
-              "IQR is the interquartile range over rounds. Optimizer state and gradients: bytes held after "
-              "the last timed step. Peak memory: see the README (fresh process per variant). Output Δ: "
-              "max |output − ideal's output| / max |ideal's output| on the same batch before any step "
-              "(variants that leave BatchNorm in training mode normalise with batch statistics, so they "
-              "differ). Correct: the frozen part's parameters and buffers are bit-identical (`torch.equal`) "
-              "after every timed step.", ""]
+    lines += [
+        "",
+        "Ratios are medians of per-round ratios (both variants timed in the same round); "
+        "IQR is the interquartile range over rounds. Optimizer state and gradients: bytes held after "
+        "the last timed step. Peak memory: see the README (fresh process per variant). Output Δ: "
+        "max |output − ideal's output| / max |ideal's output| on the same batch before any step "
+        "(variants that leave BatchNorm in training mode normalise with batch statistics, so they "
+        "differ). Correct: the frozen part's parameters and buffers are bit-identical (`torch.equal`) "
+        "after every timed step.",
+        "",
+    ]
     found = targets(result)
     if found:
         lines += ["## Targets", "", "| target | measured | bound | met |", "| --- | ---: | --- | --- |"]
@@ -145,9 +162,17 @@ def scenario_markdown(result: ScenarioResult, machine_line: str, command: str) -
 
 def summary_markdown(results: list[ScenarioResult], machine_line: str, command: str, notes: list[str]) -> str:
     """The index page: machine, every target of every scenario, links."""
-    lines = ["# Benchmark results", "", f"Machine: {machine_line}  ", f"Command: `{command}`", "",
-             "![step time relative to the hand-written ideal](chart.png)", "",
-             "| scenario | target | measured | bound | met |", "| --- | --- | ---: | --- | --- |"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {machine_line}  ",
+        f"Command: `{command}`",
+        "",
+        "![step time relative to the hand-written ideal](chart.png)",
+        "",
+        "| scenario | target | measured | bound | met |",
+        "| --- | --- | ---: | --- | --- |",
+    ]
     for result in results:
         link = f"[{result.scenario.key}]({result.scenario.key}.md)"
         for claim, value, bound, met in targets(result):
@@ -170,7 +195,9 @@ def write_chart(results: list[ScenarioResult], path: Path, machine_line: str) ->
         names = [r.variant for r in rows]
         values = [r.vs_ideal[0] for r in rows]
         errors = [[r.vs_ideal[0] - r.vs_ideal[1] for r in rows], [r.vs_ideal[2] - r.vs_ideal[0] for r in rows]]
-        colors = ["tab:blue" if n in ("Frozen", *SETTLED) else "tab:green" if n == "ideal" else "tab:gray" for n in names]
+        colors = [
+            "tab:blue" if n in ("Frozen", *SETTLED) else "tab:green" if n == "ideal" else "tab:gray" for n in names
+        ]
         ax.barh(names, values, xerr=errors, color=colors)
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.invert_yaxis()

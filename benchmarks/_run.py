@@ -90,7 +90,9 @@ def run_scenario(scenario: Scenario, settings: Settings, only: list[str] | None 
     timings = time_interleaved(workloads, rounds=rounds, inner=inner, warmup=settings.warmup, device=settings.device)
     peaks: dict[str, dict | None] = {}
     if settings.memory_steps:
-        peaks = measure_all(scenario.key, names, str(settings.device), settings.threads, settings.memory_steps, settings.parallel_memory)
+        peaks = measure_all(
+            scenario.key, names, str(settings.device), settings.threads, settings.memory_steps, settings.parallel_memory
+        )
     rows = []
     for name, workload in workloads.items():
         correct, note = workload.frozen_unchanged()
@@ -99,17 +101,19 @@ def run_scenario(scenario: Scenario, settings: Settings, only: list[str] | None 
         if name in outputs and "ideal" in outputs:
             reference = outputs["ideal"]
             difference = ((outputs[name] - reference).abs().max() / reference.abs().max().clamp_min(1e-30)).item()
-        rows.append(Row(
-            variant=name,
-            timing=timings[name],
-            vs_ideal=paired_ratio(timings[name], timings["ideal"]) if "ideal" in timings else None,
-            vs_unfrozen=paired_ratio(timings[name], timings["unfrozen"]) if "unfrozen" in timings else None,
-            optimizer_bytes=optimizer_state_bytes(workload.optimizer),
-            gradient_bytes=gradient_bytes(workload.model),
-            peak_bytes=None if peak is None else peak["peak_bytes"],
-            correct=correct,
-            output_difference=difference,
-            frozen_bytes=tensor_bytes(workload.frozen_state().values()),
-            correct_note=note,
-        ))
+        rows.append(
+            Row(
+                variant=name,
+                timing=timings[name],
+                vs_ideal=paired_ratio(timings[name], timings["ideal"]) if "ideal" in timings else None,
+                vs_unfrozen=paired_ratio(timings[name], timings["unfrozen"]) if "unfrozen" in timings else None,
+                optimizer_bytes=optimizer_state_bytes(workload.optimizer),
+                gradient_bytes=gradient_bytes(workload.model),
+                peak_bytes=None if peak is None else peak["peak_bytes"],
+                correct=correct,
+                output_difference=difference,
+                frozen_bytes=tensor_bytes(workload.frozen_state().values()),
+                correct_note=note,
+            )
+        )
     return ScenarioResult(scenario, rows, inner, rounds, skipped)

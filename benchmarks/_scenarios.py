@@ -262,41 +262,64 @@ _SIAMESE_NA = {
 
 SCENARIOS = (
     Scenario(
-        "seed", "1. The seed's benchmark (Flux issue 1931)",
+        "seed",
+        "1. The seed's benchmark (Flux issue 1931)",
         "`Sequential(Frozen(Sequential(Linear(100,100), ReLU, Linear(100,100), ReLU)), Linear(100,100))`, "
         "`x = rand(100, 100)`; one step = gradient of `sum(abs(m(x)))` with respect to the model via "
         "`loss.backward()` (gradients cleared to `None` first). No optimizer. Frozen part: the inner chain `0`.",
-        _build_seed, _SEED_NA, inner=40, rounds=(15, 150), part="0",
+        _build_seed,
+        _SEED_NA,
+        inner=40,
+        rounds=(15, 150),
+        part="0",
     ),
     Scenario(
-        "bert", "2a. Frozen-backbone fine-tune: transformer encoder",
+        "bert",
+        "2a. Frozen-backbone fine-tune: transformer encoder",
         "4-layer BERT (hidden 256, 4 heads, FFN 1024, dropout 0; built from `BertConfig`, no download) "
         "and a linear head on the first token; batch 8 x 64 tokens; one step = cross-entropy, "
         "`backward()`, AdamW(lr=1e-3, weight_decay=0.01). Frozen part: `backbone`.",
-        _fine_tune(_models.text_classifier, "backbone", _classify), inner=3, rounds=(6, 40), part="backbone",
+        _fine_tune(_models.text_classifier, "backbone", _classify),
+        inner=3,
+        rounds=(6, 40),
+        part="backbone",
     ),
     Scenario(
-        "resnet", "2b. Frozen-backbone fine-tune: CNN with BatchNorm",
+        "resnet",
+        "2b. Frozen-backbone fine-tune: CNN with BatchNorm",
         "A small ResNet (3 stages of conv-BN-ReLU and a residual block, 16/32/64 channels) and a "
         "linear head; batch 16 x 3 x 32 x 32; one step = cross-entropy, `backward()`, AdamW. "
         "Frozen part: `backbone` (its BatchNorm must keep its running statistics).",
-        _fine_tune(_models.resnet_classifier, "backbone", _classify), inner=3, rounds=(6, 50), part="backbone",
+        _fine_tune(_models.resnet_classifier, "backbone", _classify),
+        inner=3,
+        rounds=(6, 50),
+        part="backbone",
     ),
     Scenario(
-        "perceptual", "3. Frozen middle: perceptual loss",
+        "perceptual",
+        "3. Frozen middle: perceptual loss",
         "A trainable generator (latent 64 -> 3 x 32 x 32) judged by a VGG-style feature net "
         "(5 convs); loss = MSE to fixed target features; batch 8; AdamW. Frozen part: `features`, "
         "which gradients must cross (input gradients only, no weight gradients).",
-        _fine_tune(_models.perceptual_model, "features", _perceptual_loss), inner=3, rounds=(6, 50), part="features",
+        _fine_tune(_models.perceptual_model, "features", _perceptual_loss),
+        inner=3,
+        rounds=(6, 50),
+        part="features",
     ),
     Scenario(
-        "siamese", "4. Tied Siamese: one encoder, trainable in one branch, frozen in the other",
+        "siamese",
+        "4. Tied Siamese: one encoder, trainable in one branch, frozen in the other",
         "SimSiam-style: `mse(predictor(encoder(x1)), target(x2))` where `target` is the same encoder "
         "(MLP 256-512-512-128, batch 64). The ideal is hand-written: `torch.func.functional_call(encoder, "
         "{name: p.detach()}, (x2,))` - the same white box as `Frozen` (gradients would still reach `x2`). "
         "`no_grad target` is a reference row: `with torch.no_grad(): encoder(x2)` is cheaper but not a "
         "white box (it also cuts gradients to `x2`). Correctness: the encoder's gradient is bit-identical "
         "to the hand-written stop-gradient gradient (contract S4).",
-        _build_siamese, _SIAMESE_NA, inner=9, rounds=(10, 80), extra=("no_grad target",), low_precision=False,
+        _build_siamese,
+        _SIAMESE_NA,
+        inner=9,
+        rounds=(10, 80),
+        extra=("no_grad target",),
+        low_precision=False,
     ),
 )

@@ -20,4 +20,6 @@ def assert_same(a: dict, b: dict) -> None:
     """Two snapshots agree exactly, tensors bit for bit (and in dtype)."""
     assert {k: v for k, v in a.items() if k != "state"} == {k: v for k, v in b.items() if k != "state"}
     assert a["state"].keys() == b["state"].keys()
-    assert all(a["state"][k].dtype == b["state"][k].dtype and torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    assert all(
+        a["state"][k].dtype == b["state"][k].dtype and torch.equal(a["state"][k], b["state"][k]) for k in a["state"]
+    )

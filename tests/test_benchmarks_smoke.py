@@ -19,7 +19,15 @@ from benchmarks._report import scenario_markdown, targets  # noqa: E402
 from benchmarks._run import Settings, run_scenario  # noqa: E402
 from benchmarks._scenarios import SCENARIOS  # noqa: E402
 
-TINY = Settings(full=False, warmup=1, inner_scale=0.05, rounds_scale=0.0, memory_steps=0, threads=torch.get_num_threads(), device=torch.device("cpu"))
+TINY = Settings(
+    full=False,
+    warmup=1,
+    inner_scale=0.05,
+    rounds_scale=0.0,
+    memory_steps=0,
+    threads=torch.get_num_threads(),
+    device=torch.device("cpu"),
+)
 
 
 def scenario(key: str):

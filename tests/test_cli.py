@@ -13,7 +13,7 @@ from torch import nn
 import frozen
 from frozen._cli import main
 
-FACTORY_MODULE = '''
+FACTORY_MODULE = """
 import torch
 from torch import nn
 
@@ -21,7 +21,7 @@ def build():
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
 
 not_a_model = 3
-'''
+"""
 
 
 @pytest.fixture
@@ -87,7 +87,9 @@ def test_whole_model_pickle_needs_the_explicit_flag(tmp_path, monkeypatch, capsy
 
 
 def test_python_dash_m_frozen_and_help_run():
-    result = subprocess.run([sys.executable, "-m", "frozen", "report", "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "frozen", "report", "--help"], capture_output=True, text=True, check=True
+    )
     assert "--unsafe-load-pickle" in result.stdout and "ARBITRARY CODE" in result.stdout
 
 

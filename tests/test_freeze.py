@@ -5,10 +5,10 @@ import io
 
 import pytest
 import torch
+from snapshots import assert_same, snapshot
 from torch import nn
 
 import frozen
-from snapshots import assert_same, snapshot
 
 
 def make_net() -> nn.Module:
@@ -100,7 +100,9 @@ def test_freeze_twice_is_idempotent_and_mode_conflict_raises_unchanged():
     once = snapshot(net)
     frozen.freeze(net, "0.0-1")
     assert_same(once, snapshot(net))
-    with pytest.raises(frozen.FrozenError, match=r"'0' is already frozen in place with mode='eval'.*frozen.thaw\(model, '0'\)"):
+    with pytest.raises(
+        frozen.FrozenError, match=r"'0' is already frozen in place with mode='eval'.*frozen.thaw\(model, '0'\)"
+    ):
         frozen.freeze(net, "0", "2", mode="inherit")
     assert_same(once, snapshot(net))
     frozen.thaw(net)
@@ -169,7 +171,11 @@ def test_tied_freeze_warns_once_and_freezes_everywhere():
     net(x).sum().backward()  # a white box: the input still gets its gradient
     assert x.grad is not None and net[0].weight.grad is None
     frozen.thaw(net)
-    assert frozen.trainable(net) == [net[0].weight] and net[0].weight.requires_grad and "_frozen_slots" not in net[2].__dict__
+    assert (
+        frozen.trainable(net) == [net[0].weight]
+        and net[0].weight.requires_grad
+        and "_frozen_slots" not in net[2].__dict__
+    )
 
 
 def test_tied_train_is_a_white_box_at_the_frozen_use():

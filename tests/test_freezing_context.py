@@ -33,7 +33,9 @@ def test_thaw_undoes_freezing_exactly():
         part = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     frozen.thaw(part)
     assert all(p.requires_grad for p in part.parameters()) and part.training and part[1].training
-    assert all(sorted(m.__dict__) == sorted(nn.Linear(1, 1).__dict__) or not isinstance(m, nn.Linear) for m in part.modules())
+    assert all(
+        sorted(m.__dict__) == sorted(nn.Linear(1, 1).__dict__) or not isinstance(m, nn.Linear) for m in part.modules()
+    )
 
 
 def test_lazy_parameters_stay_frozen_when_they_materialise():

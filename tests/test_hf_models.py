@@ -4,15 +4,30 @@ import copy
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, ResNetConfig, ResNetModel
+from snapshots import assert_same, snapshot
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    ResNetConfig,
+    ResNetModel,
+)
 
 import frozen
-from snapshots import assert_same, snapshot
 
 
 def bert():
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
     return BertForSequenceClassification(config)
 
 
@@ -36,10 +51,14 @@ def test_bert_embeddings_and_first_half_frozen_by_pattern():
         model(input_ids=ids, labels=labels).loss.backward()
         opt.step()
     after = model.state_dict()
-    frozen_keys = [k for k in before if k.startswith(("bert.embeddings", "bert.encoder.layer.0.", "bert.encoder.layer.1."))]
+    frozen_keys = [
+        k for k in before if k.startswith(("bert.embeddings", "bert.encoder.layer.0.", "bert.encoder.layer.1."))
+    ]
     assert frozen_keys and all(torch.equal(before[k], after[k]) for k in frozen_keys)
     assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
-    assert not torch.equal(before["bert.encoder.layer.3.output.dense.weight"], after["bert.encoder.layer.3.output.dense.weight"])
+    assert not torch.equal(
+        before["bert.encoder.layer.3.output.dense.weight"], after["bert.encoder.layer.3.output.dense.weight"]
+    )
     assert model.bert.embeddings.word_embeddings.weight.grad is None
     assert not model.bert.encoder.layer[0].attention.self.dropout.training  # eval behaviour kept
 
@@ -83,7 +102,13 @@ def test_gpt2_tied_embeddings_train_policy_gradient_from_lm_head_only():
     model(input_ids=ids, labels=ids).loss.backward()
     weight = reference.transformer.wte.weight
     # The embedding lookup sees a constant; only the LM head's use contributes.
-    loss = torch.func.functional_call(reference, {"transformer.wte.weight": weight.detach()}, args=(), kwargs={"input_ids": ids, "labels": ids}, tie_weights=False).loss
+    loss = torch.func.functional_call(
+        reference,
+        {"transformer.wte.weight": weight.detach()},
+        args=(),
+        kwargs={"input_ids": ids, "labels": ids},
+        tie_weights=False,
+    ).loss
     (expected,) = torch.autograd.grad(loss, weight)
     torch.testing.assert_close(wte.grad, expected)
     full = reference(input_ids=ids, labels=ids).loss
@@ -100,7 +125,9 @@ def test_gpt2_tied_embeddings_error_policy_unchanged():
 
 def test_resnet_batchnorm_statistics_stay_then_update_after_thaw():
     torch.manual_seed(0)
-    model = ResNetModel(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"))
+    model = ResNetModel(
+        ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    )
     frozen.freeze(model, "embedder")
     norm = model.embedder.embedder.normalization
     stats = {k: v.clone() for k, v in norm.state_dict().items()}

@@ -25,13 +25,30 @@ class RandomTokens(torch.utils.data.Dataset):
 
 def tiny_bert() -> BertForSequenceClassification:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
     return BertForSequenceClassification(config)
 
 
 def make_trainer(model, tmp_path, callbacks=(), epochs: float = 1) -> Trainer:
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=epochs, learning_rate=1e-2,
-                             report_to="none", use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_train_epochs=epochs,
+        learning_rate=1e-2,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
     return Trainer(model=model, args=args, train_dataset=RandomTokens(), callbacks=list(callbacks))
 
 

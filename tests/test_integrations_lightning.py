@@ -48,8 +48,15 @@ def loader():
 
 
 def fit(model, callback, epochs=2):
-    trainer = lightning.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                                enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+    trainer = lightning.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
     trainer.fit(model, loader())
     return trainer
 
@@ -104,14 +111,20 @@ def test_callback_rejects_bad_arguments_when_created():
         FreezeCallback("backbone", mode="frozen")
 
 
-
 def test_resume_from_a_checkpoint_after_a_thaw_continues_exactly(tmp_path):
     def stage():
         return frozen.schedule.Stage(1, ("backbone.3",), lr_ratio=0.1, name="backbone.3")
 
     def trainer(epochs, callback):
-        return lightning.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                                 enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+        return lightning.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[callback],
+        )
 
     straight = Net()
     trainer(3, FreezeCallback("backbone", unfreeze=[stage()])).fit(straight, loader())

@@ -49,7 +49,9 @@ def test_groups_cover_exactly_the_trainable_set_once():
 
 def test_no_decay_rule_is_one_dimensional_or_norm_layer():
     net = Net()
-    groups = {g["name"]: g for g in frozen.optim.param_groups(net, lr=0.1, weight_decay=0.01, no_decay_bias_and_norm=True)}
+    groups = {
+        g["name"]: g for g in frozen.optim.param_groups(net, lr=0.1, weight_decay=0.01, no_decay_bias_and_norm=True)
+    }
     names = {id(p): n for n, p in net.named_parameters()}
     decayed = sorted(names[id(p)] for p in groups["default"]["params"])
     assert decayed == ["embed.weight", "head.weight", "layers.0.0.weight", "layers.1.0.weight", "layers.2.0.weight"]
@@ -60,7 +62,10 @@ def test_no_decay_rule_is_one_dimensional_or_norm_layer():
 def test_overrides_by_pattern_later_wins_and_override_beats_no_decay():
     net = Net()
     groups = frozen.optim.param_groups(
-        net, lr=0.1, weight_decay=0.01, no_decay_bias_and_norm=True,
+        net,
+        lr=0.1,
+        weight_decay=0.01,
+        no_decay_bias_and_norm=True,
         overrides={"head": {"lr": 1e-3}, "**.bias": {"weight_decay": 0.5}, "layers.1-2": {"name": "upper"}},
     )
     by_name = {g["name"]: g for g in groups}
@@ -96,7 +101,12 @@ def test_frozen_parts_keep_their_group_and_rate_for_later():
         p.requires_grad_(False)
     groups = frozen.optim.param_groups(net, parts=["embed", "layers.0", "layers.1-2"], lr=1.0, lr_decay=0.5)
     layer0 = next(g for g in groups if g["name"] == "layers.0")
-    assert layer0["params"] == [] and layer0["frozen_params"] == ["layers.0.0.weight", "layers.0.0.bias", "layers.0.1.weight", "layers.0.1.bias"]
+    assert layer0["params"] == [] and layer0["frozen_params"] == [
+        "layers.0.0.weight",
+        "layers.0.0.bias",
+        "layers.0.1.weight",
+        "layers.0.1.bias",
+    ]
     assert layer0["lr"] == 0.25
     torch.optim.SGD(groups, lr=1.0)  # an empty group is fine for torch
 
@@ -104,8 +114,12 @@ def test_frozen_parts_keep_their_group_and_rate_for_later():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        pytest.param(dict(overrides={"haed": {"lr": 1.0}}), r"'haed' matches no module.*'head'", id="unknown-override-pattern"),
-        pytest.param(dict(parts=["embed", "layer.*"]), r"'layer\.\*' matches no module.*'layers", id="unknown-part-pattern"),
+        pytest.param(
+            dict(overrides={"haed": {"lr": 1.0}}), r"'haed' matches no module.*'head'", id="unknown-override-pattern"
+        ),
+        pytest.param(
+            dict(parts=["embed", "layer.*"]), r"'layer\.\*' matches no module.*'layers", id="unknown-part-pattern"
+        ),
         pytest.param(dict(lr=slice(1e-3)), r"need the ordered parts", id="slice-without-parts"),
         pytest.param(dict(lr_decay=0.5, parts=["embed"]), r"lr_decay=0.5, lr=None", id="decay-without-lr"),
     ],

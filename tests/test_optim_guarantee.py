@@ -9,7 +9,12 @@ from torch import nn
 import frozen
 
 SGD, Adam, AdamW, RMSprop, Adagrad, Adamax = (
-    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adamax,
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+    torch.optim.Adamax,
 )
 # Every optimizer with options that move a parameter even when its gradient is zero.
 OPTIMIZERS = {

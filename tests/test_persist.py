@@ -11,7 +11,9 @@ import frozen
 
 def build() -> nn.Module:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)), nn.Linear(3, 3, bias=False))
+    net = nn.Sequential(
+        nn.Linear(3, 3, bias=False), nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)), nn.Linear(3, 3, bias=False)
+    )
     net[2].weight = net[0].weight
     return net
 
@@ -56,7 +58,11 @@ def test_load_state_replaces_what_is_frozen_now():
 @pytest.mark.parametrize(
     "edit, error, match",
     [
-        (lambda s: s["frozen"].append({"path": "9", "mode": "eval", "tied": "freeze", "training": True}), frozen.UnknownPathError, r"module path '9'.*closest"),
+        (
+            lambda s: s["frozen"].append({"path": "9", "mode": "eval", "tied": "freeze", "training": True}),
+            frozen.UnknownPathError,
+            r"module path '9'.*closest",
+        ),
         (lambda s: s["frozen"].__setitem__(0, {**s["frozen"][0], "mode": "off"}), frozen.FrozenError, "mode='off'"),
         (lambda s: s.__setitem__("version", 99), frozen.FrozenError, "version 99"),
         (lambda s: s["user_frozen"].append("1.0.gamma"), frozen.UnknownPathError, "parameter path '1.0.gamma'"),

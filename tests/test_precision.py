@@ -6,10 +6,10 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from snapshots import assert_same, snapshot
 from torch import nn
 
 import frozen
-from snapshots import assert_same, snapshot
 
 
 def backbone():
@@ -70,7 +70,6 @@ def test_bad_dtype_is_rejected_before_anything_changes():
 
 
 # -- freeze(..., dtype=...) ----------------------------------------------------------
-
 
 
 def cnn():

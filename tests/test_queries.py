@@ -52,7 +52,9 @@ def test_is_frozen_unknown_path_names_the_closest_paths():
 
 def test_grad_values_none_for_frozen_and_unused_and_equal_to_autograd_elsewhere():
     torch.manual_seed(0)
-    model = nn.ModuleDict({"used": nn.Linear(2, 2), "unused": nn.Linear(2, 2), "frozen": frozen.Frozen(nn.Linear(2, 2))})
+    model = nn.ModuleDict(
+        {"used": nn.Linear(2, 2), "unused": nn.Linear(2, 2), "frozen": frozen.Frozen(nn.Linear(2, 2))}
+    )
     x = torch.randn(3, 2)
     loss = model["frozen"](model["used"](x)).square().sum()
     g = frozen.grad(loss, model, retain_graph=True)

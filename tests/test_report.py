@@ -17,13 +17,24 @@ def tied_model() -> nn.Module:
     head = nn.Linear(4, 10, bias=False)
     head.weight = emb.weight
     backbone = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.1))
-    return nn.ModuleDict({"emb": emb, "backbone": frozen.Frozen(backbone), "head": head, "extra": frozen.Frozen(nn.BatchNorm1d(4), mode="inherit")})
+    return nn.ModuleDict(
+        {
+            "emb": emb,
+            "backbone": frozen.Frozen(backbone),
+            "head": head,
+            "extra": frozen.Frozen(nn.BatchNorm1d(4), mode="inherit"),
+        }
+    )
 
 
 def test_rows_states_inference_tied_and_dtype():
     rows = {row.path: row for row in frozen.report(tied_model()).rows}
     assert list(rows) == ["", "emb", "backbone", "backbone.0", "backbone.1", "backbone.2", "head", "extra"]
-    assert rows["backbone"].state == "frozen" and rows["backbone"].eval_forced and rows["backbone.2"].inference == "forced eval"
+    assert (
+        rows["backbone"].state == "frozen"
+        and rows["backbone"].eval_forced
+        and rows["backbone.2"].inference == "forced eval"
+    )
     assert rows["emb"].state == "trainable" and rows["emb"].tied_with == ("head.weight",)
     assert rows["head"].tied_with == ("emb.weight",) and rows["head"].params == 40
     assert rows["extra"].inference == "inherit, buffers may change"
@@ -80,7 +91,9 @@ def test_rich_and_html_renderings():
     assert html.startswith("<table") and "<td" in html and "head.weight" in html
 
 
-@pytest.mark.parametrize("depth, error", [(-1, frozen.FrozenError), ("1", TypeError), (True, TypeError)], ids=["negative", "str", "bool"])
+@pytest.mark.parametrize(
+    "depth, error", [(-1, frozen.FrozenError), ("1", TypeError), (True, TypeError)], ids=["negative", "str", "bool"]
+)
 def test_bad_depth_is_rejected(depth, error):
     with pytest.raises(error, match="depth"):
         frozen.report(nn.Linear(2, 2), depth=depth)

@@ -15,7 +15,7 @@ import frozen
 # The training run, as a script: the test runs it uninterrupted in this process and
 # resumes it from a checkpoint in a fresh Python process.
 RUN = textwrap.dedent(
-    '''
+    """
     import sys
     import torch
     from torch import nn
@@ -77,7 +77,7 @@ RUN = textwrap.dedent(
         for epoch in range(start, EPOCHS):
             run_epoch(*parts, epoch)
         torch.save(checkpoint(*parts), out_path)
-    '''
+    """
 )
 
 
@@ -120,7 +120,9 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, stop_after):
 
     result = subprocess.run(
         [sys.executable, str(tmp_path / "run.py"), str(tmp_path / "mid.pt"), str(stop_after), str(tmp_path / "end.pt")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     resumed = torch.load(tmp_path / "end.pt", weights_only=True)

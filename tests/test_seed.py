@@ -30,9 +30,13 @@ def seed(request):
     if request.param == "settled":
         frozen.settle(nn.ModuleList([m0, m1]))
     return dict(
-        x=x, m0=m0, m1=m1,
-        p0=frozen.trainable(m0), p1=frozen.trainable(m1),
-        pfree=[*l1.parameters(), *l3.parameters()], pfrozen=list(l2.parameters()),
+        x=x,
+        m0=m0,
+        m1=m1,
+        p0=frozen.trainable(m0),
+        p1=frozen.trainable(m1),
+        pfree=[*l1.parameters(), *l3.parameters()],
+        pfrozen=list(l2.parameters()),
     )
 
 

@@ -25,7 +25,12 @@ def make_model() -> nn.Module:
         ("encoder.layer.1", ["encoder.layer.1", "encoder.layer.1.0", "encoder.layer.1.1"]),
         ("encoder.layer.*.1", [f"encoder.layer.{i}.1" for i in range(12)]),
         ("encoder.layer.10-11.0", ["encoder.layer.10.0", "encoder.layer.11.0"]),
-        ("**.1", ["encoder.layer.1"] + [p for i in range(12) for p in [f"encoder.layer.{i}.1"]] + ["encoder.layer.1.0", "encoder.layer.1.1"]),
+        (
+            "**.1",
+            ["encoder.layer.1"]
+            + [p for i in range(12) for p in [f"encoder.layer.{i}.1"]]
+            + ["encoder.layer.1.0", "encoder.layer.1.1"],
+        ),
         ("enc*.emb?d", ["encoder.embed"]),
     ],
     ids=["exact", "root", "subtree", "one-segment", "range", "any-depth", "glob"],
@@ -53,7 +58,11 @@ def test_types_objects_predicates_and_no_target():
     model = make_model()
     assert frozen.select(model, nn.Embedding) == ["encoder.embed"]
     assert frozen.select(model, model.head) == ["head"]
-    assert frozen.select(model, lambda path, module: path.endswith("layer.3")) == ["encoder.layer.3", "encoder.layer.3.0", "encoder.layer.3.1"]
+    assert frozen.select(model, lambda path, module: path.endswith("layer.3")) == [
+        "encoder.layer.3",
+        "encoder.layer.3.0",
+        "encoder.layer.3.1",
+    ]
     assert frozen.select(model) == [n for n, _ in model.named_modules()]
 
 

@@ -1,6 +1,7 @@
 """S8: settle makes the flags agree with the contract, and that is what DDP needs."""
 
 import os
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp

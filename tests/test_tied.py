@@ -32,7 +32,9 @@ def test_gradient_comes_from_the_plain_use_only(settled, encoder_first):
         frozen.settle(model)
     encoder = model.encoder
     assert encoder.weight.requires_grad  # still trainable: a plain use reaches it
-    assert {id(p) for p in frozen.trainable(model)} == {id(p) for p in [*encoder.parameters(), *model.head.parameters()]}
+    assert {id(p) for p in frozen.trainable(model)} == {
+        id(p) for p in [*encoder.parameters(), *model.head.parameters()]
+    }
     a, b = torch.randn(5, 4), torch.randn(5, 4)
     model(a, b).backward()
 

@@ -167,7 +167,7 @@ def test_attribute_access_unwrap_and_repr():
     assert repr(wrapped) == "Frozen(Linear(in_features=2, out_features=3, bias=True))"
     assert repr(frozen.Frozen(nn.ReLU(), mode="inherit")) == "Frozen(ReLU(), mode='inherit')"
     with pytest.raises(AttributeError):
-        wrapped.no_such_attribute
+        _ = wrapped.no_such_attribute
 
 
 def check_semantics(model):

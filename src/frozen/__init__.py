@@ -5,6 +5,9 @@ respect to its own parameters. See the README for a quickstart and ``docs/`` for
 concepts and recipes.
 """
 
+from . import optim as optim
+from . import schedule as schedule
+from ._context import freezing as freezing
 from ._errors import FrozenError as FrozenError
 from ._errors import InvalidModeError as InvalidModeError
 from ._errors import NonScalarLossError as NonScalarLossError
@@ -12,7 +15,6 @@ from ._errors import SelectorError as SelectorError
 from ._errors import TiedParameterError as TiedParameterError
 from ._errors import TiedParameterWarning as TiedParameterWarning
 from ._errors import UnknownPathError as UnknownPathError
-from ._context import freezing as freezing
 from ._freeze import freeze as freeze
 from ._freeze import thaw as thaw
 from ._grad import grad as grad
@@ -26,8 +28,6 @@ from ._report import report as report
 from ._select import select as select
 from ._settle import settle as settle
 from ._wrapper import Frozen as Frozen
-from . import optim as optim
-from . import schedule as schedule
 
 __version__ = "0.1.0"
 

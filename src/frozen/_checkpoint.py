@@ -95,7 +95,13 @@ def load_state_dict(optimizer: torch.optim.Optimizer, model: nn.Module, saved: d
     for index, paths in enumerate(layout):
         for path in paths:
             if path not in by_path or id(by_path[path]) not in wanted or path in seen:
-                problem = "appears twice" if path in seen else "is not in the model" if path not in by_path else "is frozen in the model"
+                problem = (
+                    "appears twice"
+                    if path in seen
+                    else "is not in the model"
+                    if path not in by_path
+                    else "is frozen in the model"
+                )
                 raise FrozenError(
                     f"{where}: saved param_groups[{index}] holds {path!r}, which {problem}. Expected every "
                     f"saved parameter to be trainable now: restore the freeze state first "

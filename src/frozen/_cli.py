@@ -34,29 +34,56 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``frozen`` command (subcommands ``report`` and ``demo``)."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="frozen", description="Freeze parts of PyTorch models with exact, white-box semantics.")
+    parser = argparse.ArgumentParser(
+        prog="frozen", description="Freeze parts of PyTorch models with exact, white-box semantics."
+    )
     parser.add_argument("--version", action="version", version=f"frozen {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    rep = commands.add_parser("report", help="show what is frozen in a model and what freezing saves",
-                              description="Build a model and print frozen.report: one row per module, totals, memory saved.")
-    rep.add_argument("target", metavar="MODULE:FACTORY | FILE",
-                     help="an importable zero-argument factory (e.g. mypkg.models:build), or a file with --unsafe-load-pickle")
-    rep.add_argument("--freeze", nargs="+", default=[], metavar="PATTERN", help="freeze these parts first (frozen.freeze patterns)")
-    rep.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN", help="but not these parts (frozen.freeze exclude=)")
+    rep = commands.add_parser(
+        "report",
+        help="show what is frozen in a model and what freezing saves",
+        description="Build a model and print frozen.report: one row per module, totals, memory saved.",
+    )
+    rep.add_argument(
+        "target",
+        metavar="MODULE:FACTORY | FILE",
+        help="an importable zero-argument factory (e.g. mypkg.models:build), or a file with --unsafe-load-pickle",
+    )
+    rep.add_argument(
+        "--freeze", nargs="+", default=[], metavar="PATTERN", help="freeze these parts first (frozen.freeze patterns)"
+    )
+    rep.add_argument(
+        "--exclude", nargs="+", default=[], metavar="PATTERN", help="but not these parts (frozen.freeze exclude=)"
+    )
     rep.add_argument("--depth", type=int, default=None, metavar="N", help="collapse rows deeper than N dotted segments")
-    rep.add_argument("--weights", metavar="FILE", help="load a state_dict file into the model (torch.load weights_only=True)")
-    rep.add_argument("--unsafe-load-pickle", action="store_true",
-                     help="allow FILE to be a whole model saved with torch.save(model): unpickling RUNS ARBITRARY CODE from the file; use only for files you trust")
+    rep.add_argument(
+        "--weights", metavar="FILE", help="load a state_dict file into the model (torch.load weights_only=True)"
+    )
+    rep.add_argument(
+        "--unsafe-load-pickle",
+        action="store_true",
+        help="allow FILE to be a whole model saved with torch.save(model): unpickling RUNS ARBITRARY CODE from the file; use only for files you trust",
+    )
     output = rep.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the report as JSON (Report.to_dict())")
     output.add_argument("--plain", action="store_true", help="print the plain-text table even in a terminal")
 
-    demo = commands.add_parser("demo", help="transfer learning on scikit-learn's digits: four ways compared",
-                               description="Pretrain a small CNN on digits 0-4, transfer to 5-9 with 10 labels per class.")
+    demo = commands.add_parser(
+        "demo",
+        help="transfer learning on scikit-learn's digits: four ways compared",
+        description="Pretrain a small CNN on digits 0-4, transfer to 5-9 with 10 labels per class.",
+    )
     demo.add_argument("--quick", action="store_true", help="a few epochs only (seconds; for CI)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0); the same seed gives the same numbers")
-    demo.add_argument("--out", default="out/frozen-demo.png", metavar="PATH", help="where to write the learning-curve PNG (default: %(default)s)")
+    demo.add_argument(
+        "--seed", type=int, default=0, help="random seed (default 0); the same seed gives the same numbers"
+    )
+    demo.add_argument(
+        "--out",
+        default="out/frozen-demo.png",
+        metavar="PATH",
+        help="where to write the learning-curve PNG (default: %(default)s)",
+    )
     return parser
 
 
@@ -113,14 +140,20 @@ def load_model(target: str, *, weights: str | None = None, unsafe_load_pickle: b
     elif Path(target).is_file():
         model = _load_file(Path(target), unsafe_load_pickle)
     else:
-        raise CliError(f"{target!r}: expected MODULE:FACTORY (an importable zero-argument function or class, "
-                       f"e.g. mypkg.models:build) or an existing model file")
+        raise CliError(
+            f"{target!r}: expected MODULE:FACTORY (an importable zero-argument function or class, "
+            f"e.g. mypkg.models:build) or an existing model file"
+        )
     if not isinstance(model, nn.Module):
-        raise CliError(f"{target!r} gave a {type(model).__module__}.{type(model).__qualname__}, expected a torch.nn.Module")
+        raise CliError(
+            f"{target!r} gave a {type(model).__module__}.{type(model).__qualname__}, expected a torch.nn.Module"
+        )
     if weights is not None:
         state = _torch_load(Path(weights), weights_only=True)
         if not isinstance(state, Mapping):
-            raise CliError(f"--weights {weights}: expected a state_dict (a mapping of names to tensors), received {type(state).__name__}")
+            raise CliError(
+                f"--weights {weights}: expected a state_dict (a mapping of names to tensors), received {type(state).__name__}"
+            )
         try:
             model.load_state_dict(state)
         except RuntimeError as error:
@@ -141,8 +174,10 @@ def _call_factory(target: str) -> Any:
     except ModuleNotFoundError as error:
         if error.name and module_name.startswith(error.name):
             names = [m.name for m in pkgutil.iter_modules()] if "." not in error.name else []
-            raise CliError(f"no module named {error.name!r} (from {target!r}); closest importable modules: "
-                           f"{closest(error.name, names)}") from None
+            raise CliError(
+                f"no module named {error.name!r} (from {target!r}); closest importable modules: "
+                f"{closest(error.name, names)}"
+            ) from None
         raise CliError(f"importing {module_name!r} failed: {type(error).__name__}: {_one_line(error)}") from None
     except Exception as error:
         raise CliError(f"importing {module_name!r} failed: {type(error).__name__}: {_one_line(error)}") from None
@@ -150,10 +185,14 @@ def _call_factory(target: str) -> Any:
     for part in attribute.split("."):
         if not hasattr(factory, part):
             public = [n for n in dir(factory) if not n.startswith("_")]
-            raise CliError(f"{module_name!r} has no {attribute!r} (from {target!r}); closest names: {closest(part, public)}")
+            raise CliError(
+                f"{module_name!r} has no {attribute!r} (from {target!r}); closest names: {closest(part, public)}"
+            )
         factory = getattr(factory, part)
     if not callable(factory):
-        raise CliError(f"{target!r} is a {type(factory).__name__}, expected a zero-argument function or class that returns a model")
+        raise CliError(
+            f"{target!r} is a {type(factory).__name__}, expected a zero-argument function or class that returns a model"
+        )
     try:
         return factory()
     except Exception as error:
@@ -166,11 +205,15 @@ def _load_file(path: Path, unsafe_load_pickle: bool) -> Any:
     try:
         loaded = _torch_load(path, weights_only=True, passthrough=(pickle.UnpicklingError,))
     except pickle.UnpicklingError:
-        raise CliError(f"{path} is a whole pickled model: loading it runs arbitrary code stored in the file. "
-                       f"Only if you trust where it came from, add --unsafe-load-pickle") from None
+        raise CliError(
+            f"{path} is a whole pickled model: loading it runs arbitrary code stored in the file. "
+            f"Only if you trust where it came from, add --unsafe-load-pickle"
+        ) from None
     if isinstance(loaded, Mapping):
-        raise CliError(f"{path} holds a state_dict (weights, no architecture): build the model with a factory and "
-                       f"load the file into it: frozen report MODULE:FACTORY --weights {path}")
+        raise CliError(
+            f"{path} holds a state_dict (weights, no architecture): build the model with a factory and "
+            f"load the file into it: frozen report MODULE:FACTORY --weights {path}"
+        )
     return loaded
 
 

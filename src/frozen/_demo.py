@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 import frozen
 
 from ._demo_train import Curve, DigitNet, accuracy, digits_splits, train
@@ -60,7 +61,9 @@ class DemoResult:
     plot: Path | None
 
 
-def run_demo(*, quick: bool = False, seed: int = 0, out: str | Path | None = "frozen-demo.png", console: Any = None) -> DemoResult:
+def run_demo(
+    *, quick: bool = False, seed: int = 0, out: str | Path | None = "frozen-demo.png", console: Any = None
+) -> DemoResult:
     """Run the comparison, print progress and a table to ``console``, write the plot to ``out``.
 
     Args:
@@ -95,8 +98,15 @@ def _run(quick: bool, seed: int, out: str | Path | None, console: Any) -> DemoRe
     pretrained = DigitNet()
     with _progress(console) as progress:
         task = progress.add_task("pretrain (digits 0-4)", total=pre_epochs, acc="")
-        train(pretrained, torch.optim.Adam(pretrained.parameters(), 1e-3), source, epochs=pre_epochs, batch_size=64, seed=seed,
-              on_epoch_end=lambda e, c: progress.update(task, advance=1, acc=f"acc {c.accuracy[-1]:.1%}"))
+        train(
+            pretrained,
+            torch.optim.Adam(pretrained.parameters(), 1e-3),
+            source,
+            epochs=pre_epochs,
+            batch_size=64,
+            seed=seed,
+            on_epoch_end=lambda e, c: progress.update(task, advance=1, acc=f"acc {c.accuracy[-1]:.1%}"),
+        )
     pretrain_accuracy = accuracy(pretrained, source)
     snapshot = {k: v.clone() for k, v in pretrained.backbone.state_dict().items()}
 
@@ -127,7 +137,16 @@ def _run(quick: bool, seed: int, out: str | Path | None, console: Any) -> DemoRe
                 if step_schedule is not None:
                     step_schedule(epoch, curve)
 
-            curve = train(model, optimizer, target, epochs=epochs, batch_size=25, seed=seed + 2, test=test, on_epoch_end=on_epoch_end)
+            curve = train(
+                model,
+                optimizer,
+                target,
+                epochs=epochs,
+                batch_size=25,
+                seed=seed + 2,
+                test=test,
+                on_epoch_end=on_epoch_end,
+            )
             params = sum(p.numel() for p in frozen.trainable(model))
             variants.append(Variant(name, curve, params, frozen.optim.state_nbytes(optimizer), at_start))
 
@@ -168,8 +187,14 @@ def _gradual(model: DigitNet, epochs: int, lr: float) -> tuple[torch.optim.Optim
 def _progress(console: Any) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs {task.fields[acc]}"),
-                    TimeElapsedColumn(), console=console)
+    return Progress(
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("epochs {task.fields[acc]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def _table(variants: list[Variant]) -> Any:
@@ -181,7 +206,13 @@ def _table(variants: list[Variant]) -> Any:
     for column in ("variant", "test acc", "ms/epoch", "trainable", "optimizer state"):
         table.add_column(column, justify="left" if column == "variant" else "right")
     for v in variants:
-        table.add_row(v.name, f"{v.final_accuracy:.1%}", f"{1000 * v.seconds_per_epoch:.1f}", _trainable_cell(v), human_bytes(v.optimizer_bytes))
+        table.add_row(
+            v.name,
+            f"{v.final_accuracy:.1%}",
+            f"{1000 * v.seconds_per_epoch:.1f}",
+            _trainable_cell(v),
+            human_bytes(v.optimizer_bytes),
+        )
     return table
 
 

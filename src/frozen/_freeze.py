@@ -14,11 +14,18 @@ import torch
 from torch import nn
 
 from ._errors import FrozenError, TiedParameterError, TiedParameterWarning
-from ._precision import check_dtype, check_thaw_keeps_parts_whole, low_precision_roots, lower_precision, precision_of, restore_precision
+from ._mark import mark, record_of, unmark
+from ._precision import (
+    check_dtype,
+    check_thaw_keeps_parts_whole,
+    low_precision_roots,
+    lower_precision,
+    precision_of,
+    restore_precision,
+)
 from ._query import check_model, trainable_ids
 from ._select import Selector, resolve
 from ._settle import settle
-from ._mark import mark, record_of, unmark
 from ._state import frozen_slot_names, set_frozen_slot
 from ._tree import iter_module_uses, iter_param_uses
 from ._wrapper import check_mode
@@ -160,7 +167,12 @@ def _shared_with_unselected(model: nn.Module, selected: set[str], new: dict[int,
             pairs.append((new[id(use.module)].path, use.path))
             if tied == "train":
                 return pairs, slots  # always an error; the first pair says enough
-    owned = {id(p): (use.module, f"{use.path}.{n}" if use.path else n) for use in new.values() for n, p in use.module._parameters.items() if p is not None}
+    owned = {
+        id(p): (use.module, f"{use.path}.{n}" if use.path else n)
+        for use in new.values()
+        for n, p in use.module._parameters.items()
+        if p is not None
+    }
     training = trainable_ids(model)
     for param_use in iter_param_uses(model):
         module_path = param_use.path.rpartition(".")[0]
@@ -240,7 +252,9 @@ def thaw_modules(model: nn.Module, modules: list[nn.Module]) -> None:
             released += unmark(module).tied_slots
         if precision_of(module) is not None:
             restore_precision(module)
-    still_held = {(id(o), n) for use in iter_module_uses(model) if (r := record_of(use.module)) for o, n in r.tied_slots}
+    still_held = {
+        (id(o), n) for use in iter_module_uses(model) if (r := record_of(use.module)) for o, n in r.tied_slots
+    }
     for owner, name in released:
         if (id(owner), name) not in still_held and name in frozen_slot_names(owner):
             set_frozen_slot(owner, name, False)

@@ -12,7 +12,9 @@ from ._tree import named_parameters
 __all__ = ["grad"]
 
 
-def grad(loss: torch.Tensor, model: nn.Module, *, retain_graph: bool | None = None, create_graph: bool = False) -> dict[str, torch.Tensor | None]:
+def grad(
+    loss: torch.Tensor, model: nn.Module, *, retain_graph: bool | None = None, create_graph: bool = False
+) -> dict[str, torch.Tensor | None]:
     """Return ``{path: gradient of loss}`` for every named parameter of ``model``.
 
     Like ``torch.autograd.grad``, it does not touch ``.grad``. Frozen parameters and

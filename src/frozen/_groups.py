@@ -48,7 +48,9 @@ def _resolve(model: nn.Module, patterns: Sequence[str], argument: str, paths: li
     chosen = []
     for pattern in patterns:
         if not isinstance(pattern, str):
-            raise TypeError(f"frozen.optim.param_groups({argument}=...): expected patterns to be str such as 'head.*', received {pattern!r} ({type(pattern).__name__}).")
+            raise TypeError(
+                f"frozen.optim.param_groups({argument}=...): expected patterns to be str such as 'head.*', received {pattern!r} ({type(pattern).__name__})."
+            )
         match = compile_pattern(pattern, f"frozen.optim.param_groups({argument}=...)", "pattern")
         hits = [p for p in paths if _selects(match, p)]
         if not hits:
@@ -66,7 +68,9 @@ def _level_lrs(lr: Any, lr_decay: float | None, levels: int) -> list[Any]:
     """Learning rate of each level, lowest (earliest layers) first."""
     if isinstance(lr, slice):
         if lr.step is not None or lr.stop is None:
-            raise FrozenError(f"frozen.optim.param_groups(lr={lr!r}): expected a slice of the form slice(top) or slice(bottom, top), as in fastai, received a step or no top. Pass e.g. lr=slice(1e-5, 1e-3).")
+            raise FrozenError(
+                f"frozen.optim.param_groups(lr={lr!r}): expected a slice of the form slice(top) or slice(bottom, top), as in fastai, received a step or no top. Pass e.g. lr=slice(1e-5, 1e-3)."
+            )
         if lr.start is None:  # fastai: slice(top) gives the last level `top`, the others top / 10
             return [lr.stop / 10] * (levels - 1) + [lr.stop]
         if levels == 1:
@@ -75,7 +79,9 @@ def _level_lrs(lr: Any, lr_decay: float | None, levels: int) -> list[Any]:
         return [lr.start * ratio**k for k in range(levels)]
     if lr_decay is not None:
         if lr is None or not isinstance(lr_decay, (int, float)) or not 0 < lr_decay:
-            raise FrozenError(f"frozen.optim.param_groups(lr_decay={lr_decay!r}, lr={lr!r}): expected a positive number lr_decay together with a number lr (the top level's rate), e.g. lr=1e-3, lr_decay=1/2.6. Pass both.")
+            raise FrozenError(
+                f"frozen.optim.param_groups(lr_decay={lr_decay!r}, lr={lr!r}): expected a positive number lr_decay together with a number lr (the top level's rate), e.g. lr=1e-3, lr_decay=1/2.6. Pass both."
+            )
         return [lr * lr_decay ** (levels - 1 - k) for k in range(levels)]
     return [lr] * levels
 
@@ -137,7 +143,9 @@ def param_groups(
     overrides = dict(overrides or {})
     for pattern, options in overrides.items():
         if not isinstance(options, Mapping) or "params" in options or PARKED in options:
-            raise TypeError(f"frozen.optim.param_groups(overrides={{{pattern!r}: ...}}): expected a dict of group options such as {{'lr': 1e-3}}, received {options!r}. Leave out 'params'.")
+            raise TypeError(
+                f"frozen.optim.param_groups(overrides={{{pattern!r}: ...}}): expected a dict of group options such as {{'lr': 1e-3}}, received {options!r}. Leave out 'params'."
+            )
     owners: dict[int, nn.Module] = {}
     named: list[tuple[str, nn.Parameter]] = []
     for use in iter_param_uses(model):

@@ -101,7 +101,13 @@ def _detach_own_parameters(module: nn.Module, args: Any) -> None:
     record = record_of(module)
     if record is None:
         return
-    plan = () if not torch.is_grad_enabled() else record.plan if record.plan is not None else live_plan(module, recurse=False)
+    plan = (
+        ()
+        if not torch.is_grad_enabled()
+        else record.plan
+        if record.plan is not None
+        else live_plan(module, recurse=False)
+    )
     record.active.append(detach_slots(plan) if plan else [])
 
 

@@ -62,7 +62,13 @@ def state(model: nn.Module) -> dict[str, Any]:
         if record is not None and id(use.module) not in seen:
             seen.add(id(use.module))
             slots = [join(first_path.get(id(owner), "?"), name) for owner, name in record.tied_slots]
-            entry = {"path": use.path, "mode": record.mode, "tied": record.tied, "training": record.requested_training, "tied_slots": slots}
+            entry = {
+                "path": use.path,
+                "mode": record.mode,
+                "tied": record.tied,
+                "training": record.requested_training,
+                "tied_slots": slots,
+            }
             precision = precision_of(use.module)
             if precision is not None:
                 entry["dtype"] = str(precision.dtype).removeprefix("torch.")  # freeze(..., dtype=) root
@@ -78,7 +84,13 @@ def state(model: nn.Module) -> dict[str, Any]:
             switched_off.append(use.path)
         elif not use.param.requires_grad:
             user_frozen.append(use.path)
-    return {"version": STATE_VERSION, "frozen": frozen, "frozen_slots": frozen_slots, "switched_off": switched_off, "user_frozen": user_frozen}
+    return {
+        "version": STATE_VERSION,
+        "frozen": frozen,
+        "frozen_slots": frozen_slots,
+        "switched_off": switched_off,
+        "user_frozen": user_frozen,
+    }
 
 
 def load_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
@@ -106,7 +118,9 @@ def load_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
     """
     check_model(model, "frozen.load_state")
     if not isinstance(saved, dict):
-        raise TypeError(f"frozen.load_state(model, saved): expected the dict frozen.state(model) returned, received {type(saved).__name__}.")
+        raise TypeError(
+            f"frozen.load_state(model, saved): expected the dict frozen.state(model) returned, received {type(saved).__name__}."
+        )
     if set(saved) != _KEYS or saved["version"] != STATE_VERSION:
         raise FrozenError(
             f"frozen.load_state(model, saved): expected a dict with keys {sorted(_KEYS)} and version "
@@ -122,7 +136,11 @@ def load_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
     entries = []
     for entry in saved["frozen"]:
         path = _known(entry.get("path") if isinstance(entry, dict) else None, modules, "module")
-        if entry.get("mode") not in MODES or entry.get("tied") not in TIED_POLICIES or not isinstance(entry.get("training"), bool):
+        if (
+            entry.get("mode") not in MODES
+            or entry.get("tied") not in TIED_POLICIES
+            or not isinstance(entry.get("training"), bool)
+        ):
             raise FrozenError(
                 f"frozen.load_state: the entry for {path!r} has mode={entry.get('mode')!r}, tied={entry.get('tied')!r}, "
                 f"training={entry.get('training')!r}; expected a mode in {MODES}, a policy in {TIED_POLICIES} and a bool. "
@@ -134,7 +152,9 @@ def load_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
                 f"frozen.load_state: the entry for {path!r} has dtype={dtype!r}; expected the name of a torch "
                 f"floating dtype such as 'bfloat16'. Save the state with frozen.state(model) and do not edit it."
             )
-        entries.append((modules[path], entry, [slots[_known(p, slots, "parameter")] for p in entry.get("tied_slots", [])]))
+        entries.append(
+            (modules[path], entry, [slots[_known(p, slots, "parameter")] for p in entry.get("tied_slots", [])])
+        )
     frozen_slots = [slots[_known(p, slots, "parameter")] for p in saved["frozen_slots"]]
     user_frozen = [slots[_known(p, slots, "parameter")] for p in saved["user_frozen"]]
     for p in saved["switched_off"]:

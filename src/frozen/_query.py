@@ -87,7 +87,9 @@ def is_frozen(model: nn.Module, path: str = "") -> bool:
     """
     check_model(model, "frozen.is_frozen")
     if not isinstance(path, str):
-        raise TypeError(f"frozen.is_frozen(model, path): expected path to be a str such as '0.weight', received {type(path).__name__}.")
+        raise TypeError(
+            f"frozen.is_frozen(model, path): expected path to be a str such as '0.weight', received {type(path).__name__}."
+        )
     ids = trainable_ids(model)
     module_paths, param_paths = [], []
     for use in iter_module_uses(model):

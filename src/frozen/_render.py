@@ -78,7 +78,9 @@ def rich_renderable(report: Report) -> Any:
     table = Table(title="frozen.report", title_justify="left", header_style="bold")
     for column in COLUMNS:
         # Only "tied with" may wrap: long path lists fold, everything else stays on one line.
-        table.add_column(column, justify="right" if column == "params" else "left", no_wrap=column != "tied with", overflow="fold")
+        table.add_column(
+            column, justify="right" if column == "params" else "left", no_wrap=column != "tied with", overflow="fold"
+        )
     for row in report.rows:
         values = list(cells(row))
         values[3] = f"[{_STATE_STYLE.get(row.state, '')}]{row.state}[/]"

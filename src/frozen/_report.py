@@ -168,7 +168,9 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
     """
     check_model(model, "frozen.report")
     if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool)):
-        raise TypeError(f"frozen.report(model, depth=...): expected depth to be an int or None, received {type(depth).__name__}.")
+        raise TypeError(
+            f"frozen.report(model, depth=...): expected depth to be an int or None, received {type(depth).__name__}."
+        )
     if depth is not None and depth < 0:
         raise FrozenError(
             f"frozen.report(model, depth={depth}): expected depth >= 0 (0 shows the model only, "
@@ -185,7 +187,11 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
     for puse in iter_param_uses(model):
         key = id(puse.param)
         reached_at.setdefault(key, []).append(puse.path)
-        sizes[key] = (puse.param.numel(), puse.param.numel() * puse.param.element_size(), str(puse.param.dtype).removeprefix("torch."))
+        sizes[key] = (
+            puse.param.numel(),
+            puse.param.numel() * puse.param.element_size(),
+            str(puse.param.dtype).removeprefix("torch."),
+        )
         trains_here = not puse.frozen and key in wanted
         for prefix in _ancestors(puse.path):
             held = under[prefix]

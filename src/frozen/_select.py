@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -25,7 +25,7 @@ from ._tree import ModuleUse, iter_module_uses, join
 
 __all__ = ["select", "resolve", "compile_pattern", "Selection", "Selector", "NORM_TYPES", "in_subtree"]
 
-Selector = Union[str, type, nn.Module, Callable[[str, nn.Module], bool]]
+Selector = str | type | nn.Module | Callable[[str, nn.Module], bool]
 
 # What ``train_norms=True`` keeps trainable: every normalisation layer torch ships.
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -46,7 +46,9 @@ class Selection(NamedTuple):
     matched: list[ModuleUse]  # the uses a target matched itself (before subtrees and exclusions)
 
 
-def select(model: nn.Module, *targets: Selector, exclude: Selector | Iterable[Selector] = (), train_norms: bool = False) -> list[str]:
+def select(
+    model: nn.Module, *targets: Selector, exclude: Selector | Iterable[Selector] = (), train_norms: bool = False
+) -> list[str]:
     """Return the paths of the modules that ``freeze(model, *targets, ...)`` would freeze.
 
     Each target selects the modules it matches together with their whole subtree;
@@ -123,7 +125,9 @@ def _as_selectors(exclude: Any, function: str) -> Iterable[Selector]:
     )
 
 
-def _match_all(uses: list[ModuleUse], selectors: Iterable[Any], function: str, role: str, must_match: Callable[[Any], bool]) -> list[ModuleUse]:
+def _match_all(
+    uses: list[ModuleUse], selectors: Iterable[Any], function: str, role: str, must_match: Callable[[Any], bool]
+) -> list[ModuleUse]:
     matched: dict[str, ModuleUse] = {}
     for selector in selectors:
         hits = _match_one(uses, selector, function, role)

@@ -67,7 +67,9 @@ def _set_params(group: dict[str, Any], params: list[nn.Parameter], path_of: dict
         group["param_names"][:] = [path_of[id(p)] for p in params]
 
 
-def sync(optimizer: torch.optim.Optimizer, model: nn.Module, *, new_group: Mapping[str, Any] | None = None) -> torch.optim.Optimizer:
+def sync(
+    optimizer: torch.optim.Optimizer, model: nn.Module, *, new_group: Mapping[str, Any] | None = None
+) -> torch.optim.Optimizer:
     """Make ``optimizer`` hold exactly the parameters trainable in ``model``; return it.
 
     Call it after :func:`frozen.freeze` / :func:`frozen.thaw` (or ``Frozen`` + ``settle``)
@@ -117,7 +119,9 @@ def sync(optimizer: torch.optim.Optimizer, model: nn.Module, *, new_group: Mappi
     check_optimizer(optimizer, "frozen.optim.sync")
     check_model(model, "frozen.optim.sync")
     if new_group is not None and (not isinstance(new_group, Mapping) or "params" in new_group):
-        raise TypeError(f"frozen.optim.sync(new_group=...): expected a dict of group options such as {{'lr': 1e-4, 'name': 'backbone'}}, received {new_group!r}. Leave out 'params'.")
+        raise TypeError(
+            f"frozen.optim.sync(new_group=...): expected a dict of group options such as {{'lr': 1e-4, 'name': 'backbone'}}, received {new_group!r}. Leave out 'params'."
+        )
     path_of = paths_by_id(optimizer, model, "frozen.optim.sync")
     wanted = trainable_ids(model)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -154,7 +158,9 @@ def sync(optimizer: torch.optim.Optimizer, model: nn.Module, *, new_group: Mappi
     return optimizer
 
 
-def _add_to_new_group(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], options: dict[str, Any], path_of: dict[int, str]) -> None:
+def _add_to_new_group(
+    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], options: dict[str, Any], path_of: dict[int, str]
+) -> None:
     name = options.setdefault("name", NEW_GROUP_NAME)
     for group in optimizer.param_groups:
         if group.get("name") == name:

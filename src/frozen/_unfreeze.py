@@ -87,13 +87,22 @@ class GradualUnfreezing:
         ([0, 1, 0], 4)
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, stages: Sequence[Stage], *, reference_group: int | str = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        stages: Sequence[Stage],
+        *,
+        reference_group: int | str = 0,
+    ) -> None:
         check_model(model, "frozen.schedule.GradualUnfreezing")
         check_optimizer(optimizer, "frozen.schedule.GradualUnfreezing")
         stages = list(stages)
         for stage in stages:
             if not isinstance(stage, Stage):
-                raise TypeError(f"GradualUnfreezing(stages=...): expected frozen.schedule.Stage objects, received {stage!r}. Write Stage(at=2, targets=('encoder.layer.11',)).")
+                raise TypeError(
+                    f"GradualUnfreezing(stages=...): expected frozen.schedule.Stage objects, received {stage!r}. Write Stage(at=2, targets=('encoder.layer.11',))."
+                )
             if not isinstance(stage.at, int) or stage.at < 1 or (stage.lr is not None and stage.lr_ratio is not None):
                 raise FrozenError(
                     f"GradualUnfreezing(stages=...): stage {stage!r} is invalid: expected an int at >= 1 "
@@ -109,7 +118,9 @@ class GradualUnfreezing:
     # -- presets -----------------------------------------------------------------------
 
     @classmethod
-    def ulmfit(cls, model: nn.Module, optimizer: torch.optim.Optimizer, parts: Sequence[Any], *, every: int = 1) -> GradualUnfreezing:
+    def ulmfit(
+        cls, model: nn.Module, optimizer: torch.optim.Optimizer, parts: Sequence[Any], *, every: int = 1
+    ) -> GradualUnfreezing:
         """ULMFiT: thaw ``parts`` (earliest layers first) from the last one down, one every ``every`` steps.
 
         Pair it with ``param_groups(model, parts=parts, lr=..., lr_decay=1/2.6)`` so each
@@ -120,8 +131,15 @@ class GradualUnfreezing:
 
     @classmethod
     def backbone_finetuning(
-        cls, model: nn.Module, optimizer: torch.optim.Optimizer, backbone: Any = "backbone", *,
-        unfreeze_at: int = 10, lr_ratio: float = 0.1, growth: float | Callable[[int], float] = 1.5, align: bool = True,
+        cls,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        backbone: Any = "backbone",
+        *,
+        unfreeze_at: int = 10,
+        lr_ratio: float = 0.1,
+        growth: float | Callable[[int], float] = 1.5,
+        align: bool = True,
     ) -> GradualUnfreezing:
         """Lightning ``BackboneFinetuning``: thaw ``backbone`` at epoch ``unfreeze_at`` into a new
         group at ``lr_ratio`` times the first group's rate, then grow it by ``growth`` each epoch."""
@@ -129,7 +147,9 @@ class GradualUnfreezing:
         return cls(model, optimizer, [stage])
 
     @classmethod
-    def fine_tune(cls, model: nn.Module, optimizer: torch.optim.Optimizer, body: Any, *, freeze_epochs: int = 1) -> GradualUnfreezing:
+    def fine_tune(
+        cls, model: nn.Module, optimizer: torch.optim.Optimizer, body: Any, *, freeze_epochs: int = 1
+    ) -> GradualUnfreezing:
         """fastai ``fine_tune``: train with ``body`` frozen for ``freeze_epochs``, then thaw it.
 
         The body returns to its groups, so build them with discriminative rates:
@@ -195,7 +215,11 @@ class GradualUnfreezing:
         schedule set live in the optimizer's groups).
         """
         if not isinstance(state, dict) or set(state) != {"count", "applied"}:
-            raise FrozenError(f"GradualUnfreezing.load_state_dict(state): expected the dict state_dict() returned, with keys 'count' and 'applied', received {state!r}.")
+            raise FrozenError(
+                f"GradualUnfreezing.load_state_dict(state): expected the dict state_dict() returned, with keys 'count' and 'applied', received {state!r}."
+            )
         if any(not 0 <= k < len(self.stages) for k in state["applied"]):
-            raise FrozenError(f"GradualUnfreezing.load_state_dict(state): state['applied'] = {state['applied']!r} names stages this plan does not have (it has {len(self.stages)}). Build the schedule with the same stages as the saved run.")
+            raise FrozenError(
+                f"GradualUnfreezing.load_state_dict(state): state['applied'] = {state['applied']!r} names stages this plan does not have (it has {len(self.stages)}). Build the schedule with the same stages as the saved run."
+            )
         self.count, self.applied = int(state["count"]), list(state["applied"])

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ._errors import InvalidModeError
-from ._precision import cast_floating, cast_module, caller_dtype, check_dtype, module_float_dtype
+from ._precision import caller_dtype, cast_floating, cast_module, check_dtype, module_float_dtype
 from ._use import Plan, detach_slots, enter_eval, live_plan, restore_modes, restore_slots
 
 __all__ = ["Frozen", "MODES", "check_mode"]
@@ -16,7 +16,9 @@ __all__ = ["Frozen", "MODES", "check_mode"]
 MODES = ("eval", "inherit")
 
 # Attributes that belong to the wrapper itself; everything else is forwarded.
-_OWN = frozenset({"module", "mode", "dtype", "original_dtype", "training", "_plan", "_direct", "_inner", "_loading_prefix"})
+_OWN = frozenset(
+    {"module", "mode", "dtype", "original_dtype", "training", "_plan", "_direct", "_inner", "_loading_prefix"}
+)
 
 
 def check_mode(mode: object, argument: str = "mode") -> str:
@@ -198,11 +200,13 @@ class Frozen(nn.Module):
         # No "module." segment: the keys are those of the plain model (contract S5).
         return self.module.state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override]
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):  # type: ignore[override]
         # Keys arrive without the "module." segment; add it so the wrapped module (loaded
         # next, as our child) finds them. `state_dict` here is load_state_dict's private copy.
         for key in [k for k in state_dict if k.startswith(prefix)]:
-            state_dict[f"{prefix}module.{key[len(prefix):]}"] = state_dict.pop(key)
+            state_dict[f"{prefix}module.{key[len(prefix) :]}"] = state_dict.pop(key)
         self.__dict__["_loading_prefix"] = prefix
 
     def __repr__(self) -> str:
@@ -218,4 +222,4 @@ def _unprefix_incompatible_keys(wrapper: Frozen, incompatible: Any) -> None:
         return
     inner = f"{prefix}module."
     keys = incompatible.missing_keys
-    keys[:] = [prefix + k[len(inner):] if k.startswith(inner) else k for k in keys]
+    keys[:] = [prefix + k[len(inner) :] if k.startswith(inner) else k for k in keys]

@@ -31,7 +31,16 @@ class FreezePlan:
     created, not minutes into training.
     """
 
-    def __init__(self, targets: Sequence[Any], *, exclude: Any, mode: str, train_norms: bool, unfreeze: Iterable[Stage], owner: str) -> None:
+    def __init__(
+        self,
+        targets: Sequence[Any],
+        *,
+        exclude: Any,
+        mode: str,
+        train_norms: bool,
+        unfreeze: Iterable[Stage],
+        owner: str,
+    ) -> None:
         check_mode(mode)
         self.unfreeze = list(unfreeze)
         for stage in self.unfreeze:
@@ -93,7 +102,7 @@ def extend_scheduler(scheduler: Any) -> None:
     base_lrs = getattr(scheduler, "base_lrs", None)
     if base_lrs is None:
         return
-    for group in groups[len(base_lrs):]:
+    for group in groups[len(base_lrs) :]:
         group.setdefault("initial_lr", group["lr"])
         base_lrs.append(group["initial_lr"])
         for name in ("lr_lambdas", "_last_lr"):

@@ -55,14 +55,25 @@ class FreezeCallback(TrainerCallback):
         ('bert.embeddings', 'bert.encoder.layer.0')
     """
 
-    def __init__(self, *targets: Any, exclude: Any = (), mode: str = "eval", train_norms: bool = False, unfreeze: Iterable[Stage] = ()) -> None:
-        self.plan = FreezePlan(targets, exclude=exclude, mode=mode, train_norms=train_norms, unfreeze=unfreeze, owner="FreezeCallback")
+    def __init__(
+        self,
+        *targets: Any,
+        exclude: Any = (),
+        mode: str = "eval",
+        train_norms: bool = False,
+        unfreeze: Iterable[Stage] = (),
+    ) -> None:
+        self.plan = FreezePlan(
+            targets, exclude=exclude, mode=mode, train_norms=train_norms, unfreeze=unfreeze, owner="FreezeCallback"
+        )
 
     def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if model is not None:
             self.plan.freeze(model)
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
+    ) -> None:
         if model is None:
             return
         self.plan.freeze(model)  # a model passed via model_init is only created now

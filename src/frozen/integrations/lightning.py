@@ -63,8 +63,17 @@ class FreezeCallback(Callback):
         (('backbone',), {})
     """
 
-    def __init__(self, *targets: Any, exclude: Any = (), mode: str = "eval", train_norms: bool = False, unfreeze: Iterable[Stage] = ()) -> None:
-        self.plan = FreezePlan(targets, exclude=exclude, mode=mode, train_norms=train_norms, unfreeze=unfreeze, owner="FreezeCallback")
+    def __init__(
+        self,
+        *targets: Any,
+        exclude: Any = (),
+        mode: str = "eval",
+        train_norms: bool = False,
+        unfreeze: Iterable[Stage] = (),
+    ) -> None:
+        self.plan = FreezePlan(
+            targets, exclude=exclude, mode=mode, train_norms=train_norms, unfreeze=unfreeze, owner="FreezeCallback"
+        )
         self._restored: dict[str, Any] | None = None
         self._quiet: Any = None
 
@@ -102,7 +111,9 @@ class FreezeCallback(Callback):
             return
         self._quiet = warnings.catch_warnings()
         self._quiet.__enter__()
-        warnings.filterwarnings("ignore", message=re.escape(f"Found {len(in_eval)} module(s) in eval mode at the start of training"))
+        warnings.filterwarnings(
+            "ignore", message=re.escape(f"Found {len(in_eval)} module(s) in eval mode at the start of training")
+        )
 
     def _end_quiet(self) -> None:
         if self._quiet is not None:
