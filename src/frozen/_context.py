@@ -17,10 +17,11 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from ._checks import check_mode
 from ._mark import mark, record_of
 from ._state import set_switched_off
 from ._use import live_plan
-from ._wrapper import Frozen, check_mode
+from ._wrapper import Frozen
 
 __all__ = ["freezing"]
 

@@ -13,26 +13,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import TIED_POLICIES, check_dtype, check_mode, check_model
 from ._errors import FrozenError, TiedParameterError, TiedParameterWarning
 from ._mark import mark, record_of, unmark
 from ._precision import (
-    check_dtype,
     check_thaw_keeps_parts_whole,
     low_precision_roots,
     lower_precision,
     precision_of,
     restore_precision,
 )
-from ._query import check_model, trainable_ids
+from ._query import trainable_ids
 from ._select import Selector, resolve
 from ._settle import settle
 from ._state import frozen_slot_names, set_frozen_slot
 from ._tree import iter_module_uses, iter_param_uses
-from ._wrapper import check_mode
 
-__all__ = ["freeze", "thaw", "thaw_modules", "TIED_POLICIES"]
-
-TIED_POLICIES = ("freeze", "train", "error")
+__all__ = ["freeze", "thaw", "thaw_modules"]
 
 
 def freeze(

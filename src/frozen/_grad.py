@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._checks import check_model
 from ._errors import NonScalarLossError
-from ._query import check_model, trainable_ids
+from ._query import trainable_ids
 from ._tree import named_parameters
 
 __all__ = ["grad"]

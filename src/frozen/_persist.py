@@ -14,15 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import MODES, TIED_POLICIES, check_model
 from ._errors import FrozenError, UnknownPathError, closest
-from ._freeze import TIED_POLICIES, thaw_modules
+from ._freeze import thaw_modules
 from ._mark import mark, record_of
 from ._precision import lower_precision, precision_of
-from ._query import check_model
 from ._settle import settle
 from ._state import frozen_slot_names, set_frozen_slot, switched_off_names
 from ._tree import iter_module_uses, iter_param_uses, join
-from ._wrapper import MODES
 
 __all__ = ["state", "load_state", "STATE_VERSION"]
 

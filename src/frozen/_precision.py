@@ -17,7 +17,6 @@ from torch import nn
 from ._errors import FrozenError
 
 __all__ = [
-    "check_dtype",
     "cast_floating",
     "caller_dtype",
     "module_float_dtype",
@@ -27,24 +26,6 @@ __all__ = [
     "lower_precision",
     "restore_precision",
 ]
-
-
-def check_dtype(dtype: object, argument: str = "dtype") -> torch.dtype | None:
-    """Return ``dtype`` if it is ``None`` or a floating ``torch.dtype``, else raise."""
-    if dtype is None:
-        return None
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(
-            f"{argument}={dtype!r}: expected a floating torch.dtype such as torch.bfloat16, "
-            f"received {type(dtype).__name__}. Pass the dtype object, e.g. dtype=torch.bfloat16."
-        )
-    if not dtype.is_floating_point:
-        raise FrozenError(
-            f"{argument}={dtype}: expected a floating-point dtype (torch.bfloat16, torch.float16, "
-            f"torch.float32, ...), received a non-floating one. Frozen weights keep their values "
-            f"only approximately in a narrower float; integer types cannot hold them."
-        )
-    return dtype
 
 
 def cast_floating(obj: Any, dtype: torch.dtype) -> Any:

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from ._checks import check_model
 from ._errors import UnknownPathError, closest
 from ._state import switched_off_names
 from ._tree import iter_module_uses, iter_param_uses, join, named_parameters
 
-__all__ = ["trainable", "named_trainable", "is_frozen", "trainable_ids", "check_model"]
-
-
-def check_model(model: object, function: str) -> nn.Module:
-    """Raise a ``TypeError`` naming ``function`` unless ``model`` is an ``nn.Module``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"{function}(model, ...): expected model to be a torch.nn.Module, received "
-            f"{type(model).__module__}.{type(model).__qualname__}. Pass the model itself "
-            f"(for a DataParallel/DDP model, pass model.module)."
-        )
-    return model
+__all__ = ["trainable", "named_trainable", "is_frozen", "trainable_ids"]
 
 
 def trainable_ids(model: nn.Module) -> set[int]:

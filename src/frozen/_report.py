@@ -12,8 +12,9 @@ from typing import Any
 
 from torch import nn
 
+from ._checks import check_model
 from ._errors import FrozenError
-from ._query import check_model, trainable_ids
+from ._query import trainable_ids
 from ._state import INPLACE_MARK
 from ._tree import iter_module_uses, iter_param_uses
 

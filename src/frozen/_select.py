@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
+from ._checks import check_model
 from ._errors import SelectorError, closest
-from ._query import check_model
 from ._tree import ModuleUse, iter_module_uses, join
 
 __all__ = ["select", "resolve", "compile_pattern", "Selection", "Selector", "NORM_TYPES", "in_subtree"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._query import check_model, trainable_ids
+from ._checks import check_model
+from ._query import trainable_ids
 from ._state import INPLACE_MARK, set_switched_off, switched_off_names
 from ._tree import iter_module_uses, iter_param_uses
 from ._use import live_plan

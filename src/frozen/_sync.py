@@ -8,26 +8,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import check_model, check_optimizer
 from ._errors import FrozenError
 from ._groups import PARKED
-from ._query import check_model, trainable_ids
+from ._query import trainable_ids
 from ._tree import named_parameters
 
-__all__ = ["sync", "state_nbytes", "check_optimizer", "paths_by_id", "NEW_GROUP_NAME"]
+__all__ = ["sync", "state_nbytes", "paths_by_id", "NEW_GROUP_NAME"]
 
 # Name of the group that receives parameters the optimizer never held (see ``sync``).
 NEW_GROUP_NAME = "thawed"
-
-
-def check_optimizer(optimizer: object, function: str) -> torch.optim.Optimizer:
-    """Raise a ``TypeError`` naming ``function`` unless ``optimizer`` is a torch optimizer."""
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
-            f"{function}(optimizer, model): expected optimizer to be a torch.optim.Optimizer, received "
-            f"{type(optimizer).__module__}.{type(optimizer).__qualname__}. Pass the optimizer itself "
-            f"(for a Lightning or Accelerate wrapper, its .optimizer)."
-        )
-    return optimizer
 
 
 def paths_by_id(optimizer: torch.optim.Optimizer, model: nn.Module, function: str) -> dict[int, str]:

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import check_model, check_optimizer
 from ._errors import FrozenError
 from ._freeze import thaw
-from ._query import check_model
-from ._sync import check_optimizer, sync
+from ._sync import sync
 
 __all__ = ["Stage", "GradualUnfreezing"]
 

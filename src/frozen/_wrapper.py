@@ -7,30 +7,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import InvalidModeError
-from ._precision import caller_dtype, cast_floating, cast_module, check_dtype, module_float_dtype
+from ._checks import check_dtype, check_mode
+from ._precision import caller_dtype, cast_floating, cast_module, module_float_dtype
 from ._use import Plan, detach_slots, enter_eval, live_plan, restore_modes, restore_slots
 
-__all__ = ["Frozen", "MODES", "check_mode"]
+__all__ = ["Frozen"]
 
-MODES = ("eval", "inherit")
 
 # Attributes that belong to the wrapper itself; everything else is forwarded.
 _OWN = frozenset(
     {"module", "mode", "dtype", "original_dtype", "training", "_plan", "_direct", "_inner", "_loading_prefix"}
 )
-
-
-def check_mode(mode: object, argument: str = "mode") -> str:
-    """Return ``mode`` if it is a valid mode, else raise :class:`InvalidModeError`."""
-    if mode not in MODES:
-        raise InvalidModeError(
-            f"{argument}={mode!r} is not a mode frozen knows: expected one of {MODES!r}. "
-            f"Use mode='eval' (the default: the frozen part keeps inference behaviour, "
-            f"BatchNorm uses and keeps its running statistics, Dropout is off) or "
-            f"mode='inherit' (the frozen part follows its parent's train()/eval())."
-        )
-    return mode  # type: ignore[return-value]
 
 
 class Frozen(nn.Module):

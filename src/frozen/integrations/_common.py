@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_mode
 from .._errors import FrozenError
 from .._freeze import freeze
 from .._sync import sync
 from .._unfreeze import GradualUnfreezing, Stage
-from .._wrapper import check_mode
 
 __all__ = ["FreezePlan", "unwrap_optimizer", "extend_scheduler"]
 

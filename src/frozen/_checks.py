@@ -1,0 +1,87 @@
+"""Argument validation shared by every public function.
+
+Each check returns its argument when it is valid and raises otherwise, with a message
+that names the argument, says what was expected and what was received, and gives the
+fix. Checks never change anything, so every public function can validate all of its
+arguments before it mutates a model (validate, then mutate).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._errors import FrozenError, InvalidModeError
+
+__all__ = ["MODES", "TIED_POLICIES", "check_dtype", "check_mode", "check_model", "check_optimizer", "check_tied"]
+
+MODES = ("eval", "inherit")
+TIED_POLICIES = ("freeze", "train", "error")
+
+# Floating types a frozen part may be stored in: the ones every CPU and GPU kernel takes.
+# float8 types hold values but most operations refuse them, so they would fail at the
+# first forward instead of here.
+_STORAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_model(model: object, function: str) -> nn.Module:
+    """Raise a ``TypeError`` naming ``function`` unless ``model`` is an ``nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"{function}(model, ...): expected model to be a torch.nn.Module, received "
+            f"{type(model).__module__}.{type(model).__qualname__}. Pass the model itself "
+            f"(for a DataParallel/DDP model, pass model.module)."
+        )
+    return model
+
+
+def check_mode(mode: object, argument: str = "mode") -> str:
+    """Return ``mode`` if it is a valid mode, else raise :class:`frozen.InvalidModeError`."""
+    if mode not in MODES:
+        raise InvalidModeError(
+            f"{argument}={mode!r} is not a mode frozen knows: expected one of {MODES!r}. "
+            f"Use mode='eval' (the default: the frozen part keeps inference behaviour, "
+            f"BatchNorm uses and keeps its running statistics, Dropout is off) or "
+            f"mode='inherit' (the frozen part follows its parent's train()/eval())."
+        )
+    return mode  # type: ignore[return-value]
+
+
+def check_tied(tied: object, function: str) -> str:
+    """Return ``tied`` if it is a tied-parameter policy, else raise :class:`frozen.FrozenError`."""
+    if tied not in TIED_POLICIES:
+        raise FrozenError(
+            f"{function}(..., tied={tied!r}): expected one of {TIED_POLICIES!r}. Use 'freeze' (default: a "
+            f"shared parameter freezes everywhere, with a warning), 'train' (other uses keep training it) or 'error'."
+        )
+    return tied  # type: ignore[return-value]
+
+
+def check_dtype(dtype: object, argument: str = "dtype") -> torch.dtype | None:
+    """Return ``dtype`` if it is ``None`` or a storage type for frozen weights, else raise."""
+    if dtype is None:
+        return None
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(
+            f"{argument}={dtype!r}: expected a floating torch.dtype such as torch.bfloat16, "
+            f"received {type(dtype).__name__}. Pass the dtype object, e.g. dtype=torch.bfloat16."
+        )
+    if dtype not in _STORAGE_DTYPES:
+        raise FrozenError(
+            f"{argument}={dtype}: expected a floating-point dtype that torch's operations accept "
+            f"({', '.join(str(d) for d in _STORAGE_DTYPES)}), received {dtype}. "
+            f"Integer and complex types cannot hold the weights, and most operations refuse float8 types; "
+            f"use dtype=torch.bfloat16 to halve the frozen weights' memory."
+        )
+    return dtype
+
+
+def check_optimizer(optimizer: object, function: str) -> torch.optim.Optimizer:
+    """Raise a ``TypeError`` naming ``function`` unless ``optimizer`` is a torch optimizer."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"{function}(optimizer, model): expected optimizer to be a torch.optim.Optimizer, received "
+            f"{type(optimizer).__module__}.{type(optimizer).__qualname__}. Pass the optimizer itself "
+            f"(for a Lightning or Accelerate wrapper, its .optimizer)."
+        )
+    return optimizer
