@@ -6,7 +6,7 @@ optimizer in sync with :func:`frozen.optim.sync`. It has ``state_dict()`` /
 ``load_state_dict()`` for exact resume. See ``docs/optimizers.md``.
 """
 
-from ._unfreeze import GradualUnfreezing as GradualUnfreezing
-from ._unfreeze import Stage as Stage
+from ._schedule import GradualUnfreezing as GradualUnfreezing
+from ._schedule import Stage as Stage
 
 __all__ = ["GradualUnfreezing", "Stage"]

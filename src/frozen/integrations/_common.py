@@ -11,8 +11,8 @@ from torch import nn
 from .._checks import check_mode
 from .._errors import FrozenError
 from .._freeze import freeze
-from .._sync import sync
-from .._unfreeze import GradualUnfreezing, Stage
+from .._schedule import GradualUnfreezing, Stage
+from ..optim._sync import sync
 
 __all__ = ["FreezePlan", "unwrap_optimizer", "extend_scheduler"]
 

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import check_model, check_optimizer
-from ._errors import FrozenError
+from .._checks import check_model, check_optimizer
+from .._errors import FrozenError
+from .._query import trainable_ids
+from .._tree import named_parameters
 from ._groups import PARKED
-from ._query import trainable_ids
-from ._tree import named_parameters
 
 __all__ = ["sync", "state_nbytes", "paths_by_id", "NEW_GROUP_NAME"]
 

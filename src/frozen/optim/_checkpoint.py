@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import check_model, check_optimizer
-from ._errors import FrozenError
-from ._query import trainable_ids
+from .._checks import check_model, check_optimizer
+from .._errors import FrozenError
+from .._query import trainable_ids
+from .._tree import named_parameters
 from ._sync import paths_by_id
-from ._tree import named_parameters
 
 __all__ = ["state_dict", "load_state_dict", "PATHS_KEY"]
 

@@ -12,7 +12,7 @@ from torch import nn
 from ._checks import check_model, check_optimizer
 from ._errors import FrozenError
 from ._freeze import thaw
-from ._sync import sync
+from .optim._sync import sync
 
 __all__ = ["Stage", "GradualUnfreezing"]
 
