@@ -43,6 +43,12 @@ class Workload:
             ``(ok, what it checked)``; overrides the bit-identity check when given.
         probe: returns the model's output on the batch (no grad), to compare the
             variants' outputs before any step.
+        figures: optional ``figures() -> {name: number or text}``, extra per-variant figures
+            (forward-call counts, cache hits, ...) shown in the scenario's table and usable by
+            a :class:`~benchmarks._registry.Bar` as ``measure=name``. Called once, after the
+            timed steps; it may run its own untimed work.
+        saved: whether a step saves tensors for backward at all (``False`` for workloads that are
+            not training steps, e.g. a ``freeze`` call): then no saved-bytes figure is taken.
     """
 
     step: Callable[[], None]
@@ -51,6 +57,8 @@ class Workload:
     frozen_state: Callable[[], dict[str, torch.Tensor]]
     check: Callable[[], tuple[bool, str]] | None = None
     probe: Callable[[], torch.Tensor] | None = None
+    figures: Callable[[], dict[str, float | int | str]] | None = None
+    saved: bool = True
     snapshot: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def take_snapshot(self) -> None:
