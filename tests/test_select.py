@@ -63,7 +63,10 @@ def test_types_objects_predicates_and_no_target():
         "encoder.layer.3.0",
         "encoder.layer.3.1",
     ]
-    assert frozen.select(model) == [n for n, _ in model.named_modules()]
+    # The whole model is spelled "" (issue 12 item 6): no targets at all is refused.
+    assert frozen.select(model, "") == [n for n, _ in model.named_modules()]
+    with pytest.raises(frozen.SelectorError, match=r'no targets given.*frozen.select\(model, ""\)'):
+        frozen.select(model, *[])
 
 
 def test_exclude_and_train_norms():
@@ -87,7 +90,7 @@ def test_paths_skip_frozen_wrappers():
     [
         ("encoder.layers.0", r"'encoder.layers.0' matches no module.*closest existing paths: 'encoder.layer'"),
         ("heda", r"closest existing paths: 'head'"),
-        ("head.weight", r"is a parameter, but selectors name modules. Select its module 'head'"),
+        ("head.wieght", r"matches no module or parameter path.*closest existing paths: 'head.weight'"),
         ("encoder..layer", r"empty segment"),
         ("encoder.layer.5-2", r"start is after its end.*'2-5'"),
         (nn.BatchNorm2d, r"module type BatchNorm2d matches no module.*Module types present"),

@@ -1,31 +1,41 @@
-"""Selectors: which modules of a model a target names (contract S11).
+"""Selectors: which modules and parameters of a model a target names (contract S11).
 
-The pattern language is documented in one place, ``docs/selectors.md``. In short:
-a pattern is a dotted module path whose segments may be ``*`` (one segment), ``**``
-(any number of segments, zero included), an inclusive index range ``0-5`` for
-numbered children, or a glob with ``*`` / ``?`` inside one segment. Besides
-patterns, a target can be a module type (``isinstance``), a module object
-(identity) or a predicate ``(path, module) -> bool``.
+The language is documented in one place, ``docs/selectors.md``. A target is a dotted
+path pattern (matched against module *and* parameter paths, see ``_patterns.py``), a
+module type, a module or parameter object, a predicate ``(path, module) -> bool``, or
+``params(...)``: a pattern or predicate ``(path, parameter) -> bool`` over parameters
+only. A target that names a module selects its whole subtree; one that names a
+parameter selects that parameter use. ``exclude=`` removes what it names the same way.
 
-A target selects the module(s) it matches *and everything below them*; ``exclude=``
-removes what it matches, again with everything below.
+Everything is computed in one pre-order walk: a use's subtree is the contiguous range
+``[i, end[i])`` of the walk, so expanding matches to subtrees is one sweep, and a
+pattern's automaton state at a node is one step from its parent's. Resolving costs
+time linear in the number of module and parameter uses.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from torch import nn
 
 from ._checks import check_model
 from ._errors import SelectorError, closest
-from ._tree import ModuleUse, iter_module_uses, join
+from ._patterns import ParamSelector, PathTree, Pattern, compile_pattern, params
+from ._tree import ModuleUse, ParamUse
 
-__all__ = ["select", "resolve", "compile_pattern", "Selection", "Selector", "NORM_TYPES", "in_subtree"]
-
-Selector = str | type | nn.Module | Callable[[str, nn.Module], bool]
+__all__ = [
+    "select",
+    "resolve",
+    "params",
+    "ParamSelector",
+    "compile_pattern",
+    "Selection",
+    "Selector",
+    "NORM_TYPES",
+    "in_subtree",
+]
 
 # What ``train_norms=True`` keeps trainable: every normalisation layer torch ships.
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -36,31 +46,35 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.LocalResponseNorm,
 )
 
-_RANGE = re.compile(r"(\d+)-(\d+)")
+
+Selector = str | type | nn.Module | nn.Parameter | ParamSelector | Callable[[str, nn.Module], bool]
 
 
 class Selection(NamedTuple):
-    """The result of resolving targets: the selected uses and the directly matched ones."""
+    """The result of resolving targets."""
 
-    uses: list[ModuleUse]  # every selected use, subtrees included, minus exclusions, in model order
-    matched: list[ModuleUse]  # the uses a target matched itself (before subtrees and exclusions)
+    uses: list[ModuleUse]  # every selected module use, subtrees included, minus exclusions, in model order
+    matched: list[ModuleUse]  # the module uses a target matched itself (before subtrees and exclusions)
+    params: list[ParamUse]  # parameter uses selected on their own (their module is not in ``uses``), model order
 
 
 def select(
     model: nn.Module, *targets: Selector, exclude: Selector | Iterable[Selector] = (), train_norms: bool = False
 ) -> list[str]:
-    """Return the paths of the modules that ``freeze(model, *targets, ...)`` would freeze.
+    """Return the paths that ``freeze(model, *targets, ...)`` would freeze: modules, then parameters alone.
 
-    Each target selects the modules it matches together with their whole subtree;
-    ``exclude=`` removes the modules it matches, again with their subtrees. The result
-    lists every selected module path (``state_dict`` style, ``""`` is the model itself)
-    in ``named_modules()`` order, so it is exactly the preview of a ``freeze`` call.
-    The pattern language is described in ``docs/selectors.md``.
+    Each target selects the modules it matches together with their whole subtree, and
+    the parameters it matches (a pattern reaching a parameter path such as ``"**.bias"``,
+    a parameter object, or :func:`params`). ``exclude=`` removes the same way. The result
+    is in ``state_dict`` order: each selected module path (``""`` is the model itself),
+    and the path of each parameter selected on its own, i.e. whose module is not selected.
+    The language is described in ``docs/selectors.md``.
 
     Args:
         model: the model to select in.
-        *targets: patterns (``"encoder.layer.0-5"``), module types, module objects or
-            predicates ``(path, module) -> bool``. None at all selects the whole model.
+        *targets: patterns (``"encoder.layer.-2:"``, ``"**.bias"``), module types, module or
+            parameter objects, predicates ``(path, module) -> bool`` or ``params(...)``. At
+            least one: the whole model is ``""``.
         exclude: one selector or a list of them, removed from the selection. Types and
             predicates may match nothing here (so a generic recipe such as
             ``exclude=nn.BatchNorm2d`` works on any model); patterns and objects must match.
@@ -68,41 +82,55 @@ def select(
             LayerNorm, GroupNorm, RMSNorm, LocalResponseNorm) -- fastai's "train the norms".
 
     Returns:
-        The selected module paths.
+        The selected module and parameter paths.
 
     Raises:
         TypeError: ``model`` is not a module, or a selector has an unsupported type.
-        frozen.SelectorError: a pattern is malformed, or a target matches no module.
+        frozen.SelectorError: no target, a malformed pattern, or a target that matches nothing.
 
     Example:
         >>> import torch, frozen
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
-        >>> frozen.select(net, "0-1"), frozen.select(net, torch.nn.Linear, exclude="2")
-        (['0', '1'], ['0'])
+        >>> frozen.select(net, "0-1"), frozen.select(net, torch.nn.Linear, exclude="2"), frozen.select(net, "-1")
+        (['0', '1'], ['0'], ['2'])
+        >>> frozen.select(net, "**.bias", exclude="0")
+        ['2.bias']
     """
     check_model(model, "frozen.select")
-    selection = resolve(model, targets, exclude, train_norms=train_norms, function="frozen.select")
-    return [use.path for use in selection.uses]
+    tree = PathTree(model)
+    modules, parameters, _ = _choose(tree, targets, exclude, train_norms, "frozen.select", "error")
+    by_owner: dict[int, list[str]] = {}
+    for j in parameters:
+        by_owner.setdefault(tree.owner[j], []).append(tree.params[j].path)
+    chosen = set(modules)
+    paths = []
+    for i, use in enumerate(tree.uses):  # a module's own parameters come right after it, as in state_dict
+        paths += [use.path] if i in chosen else []
+        paths += by_owner.get(i, [])
+    return paths
 
 
-def resolve(model: nn.Module, targets: tuple, exclude: Any, *, train_norms: bool = False, function: str) -> Selection:
-    """Resolve ``targets`` minus ``exclude`` to uses of ``model``; raise before anything changes."""
-    if not isinstance(train_norms, bool):
-        raise TypeError(f"{function}(..., train_norms=...): expected True or False, received {train_norms!r}.")
-    uses = list(iter_module_uses(model))
-    excluded = list(_as_selectors(exclude, function))
-    if train_norms:
-        excluded.append(NORM_TYPES)
-    if targets:
-        matched = _match_all(uses, targets, function, "target", must_match=lambda s: True)
-    else:
-        matched = [uses[0]]  # no target: the model itself, hence everything
-    # Exclusions by type or predicate may match nothing; patterns and objects name
-    # something specific, so an empty match there is a typo worth an error.
-    removed = _match_all(uses, excluded, function, "exclude", must_match=lambda s: isinstance(s, (str, nn.Module)))
-    chosen = _subtrees(uses, matched)
-    dropped = _subtrees(uses, removed)
-    return Selection([u for u in uses if u.path in chosen and u.path not in dropped], matched)
+def resolve(
+    model: nn.Module,
+    targets: tuple,
+    exclude: Any,
+    *,
+    train_norms: bool = False,
+    function: str,
+    no_targets: Literal["error", "all"] = "error",
+) -> Selection:
+    """Resolve ``targets`` minus ``exclude`` to uses of ``model``; raise before anything changes.
+
+    ``no_targets="error"`` refuses an empty ``targets`` (``freeze(model, *[])`` is an
+    accident, the whole model is spelled ``""``); ``"all"`` reads it as the whole model.
+    """
+    tree = PathTree(model)
+    modules, parameters, matched = _choose(tree, targets, exclude, train_norms, function, no_targets)
+    return Selection(
+        [tree.uses[i] for i in modules],
+        [use for use, hit in zip(tree.uses, matched) if hit],
+        [tree.params[j] for j in parameters],
+    )
 
 
 def in_subtree(path: str, root: str) -> bool:
@@ -110,12 +138,66 @@ def in_subtree(path: str, root: str) -> bool:
     return root == "" or path == root or path.startswith(root + ".")
 
 
-def _subtrees(uses: list[ModuleUse], roots: list[ModuleUse]) -> set[str]:
-    return {u.path for u in uses if any(in_subtree(u.path, r.path) for r in roots)}
+def _choose(
+    tree: PathTree, targets: tuple, exclude: Any, train_norms: Any, function: str, no_targets: str
+) -> tuple[list[int], list[int], list[bool]]:
+    """Indices of the selected module uses and parameter uses, and the module hits of the targets."""
+    if not isinstance(train_norms, bool):
+        raise TypeError(f"{function}(..., train_norms=...): expected True or False, received {train_norms!r}.")
+    excluded = list(_as_selectors(exclude, function))
+    if train_norms:
+        excluded.append(NORM_TYPES)
+    if not targets and no_targets != "all":
+        raise SelectorError(_no_targets_message(function, bool(excluded)))
+    if targets:
+        target_modules, target_params = _match_all(tree, targets, function, "target", lambda s: True)
+    else:
+        target_modules, target_params = [i == 0 for i in range(len(tree.uses))], None  # the model itself
+    # Exclusions by type or predicate may match nothing; patterns and objects name
+    # something specific, so an empty match there is a typo worth an error.
+    excluded_modules, excluded_params = _match_all(tree, excluded, function, "exclude", _names_something)
+    dropped = tree.cover(excluded_modules)
+    keep = [chosen and not out for chosen, out in zip(tree.cover(target_modules), dropped)]
+    if target_params is None and excluded_params is None:
+        return [i for i, k in enumerate(keep) if k], [], target_modules
+    chosen_params = _params_alone(tree, keep, dropped, target_params, excluded_params)
+    return [i for i, k in enumerate(keep) if k], chosen_params, target_modules
 
 
-def _as_selectors(exclude: Any, function: str) -> Iterable[Selector]:
-    if isinstance(exclude, (str, type, nn.Module)) or (callable(exclude) and not isinstance(exclude, Iterable)):
+def _params_alone(
+    tree: PathTree, keep: list[bool], dropped: list[bool], targeted: list[bool] | None, excluded: list[bool] | None
+) -> list[int]:
+    """Parameter uses selected on their own; updates ``keep`` for modules that lose a parameter.
+
+    Excluding a parameter of a selected module (``freeze(m, "head", exclude="head.bias")``)
+    selects that module's other parameters instead of the module itself.
+    """
+    count = len(tree.params)
+    targeted = targeted or [False] * count
+    excluded = excluded or [False] * count
+    out = [x or dropped[o] for x, o in zip(excluded, tree.owner)]
+    demoted = {o for x, o in zip(excluded, tree.owner) if x and keep[o]}
+    for o in demoted:
+        keep[o] = False
+    return [
+        j
+        for j, o in enumerate(tree.owner)
+        if not out[j] and (o in demoted or (targeted[j] and not keep[o]))  # a kept module covers its parameters
+    ]
+
+
+def _names_something(selector: Any) -> bool:
+    """Whether an exclude selector names something specific (so matching nothing is a typo)."""
+    if isinstance(selector, ParamSelector):
+        return isinstance(selector.what, str)
+    return isinstance(selector, (str, nn.Module, nn.Parameter))
+
+
+def _as_selectors(exclude: Any, function: str) -> Iterable[Any]:
+    # A Parameter is an iterable tensor: test it before Iterable.
+    if isinstance(exclude, (str, type, nn.Module, nn.Parameter, ParamSelector)):
+        return (exclude,)
+    if callable(exclude) and not isinstance(exclude, Iterable):
         return (exclude,)
     if isinstance(exclude, Iterable):
         return tuple(exclude)
@@ -126,107 +208,85 @@ def _as_selectors(exclude: Any, function: str) -> Iterable[Selector]:
 
 
 def _match_all(
-    uses: list[ModuleUse], selectors: Iterable[Any], function: str, role: str, must_match: Callable[[Any], bool]
-) -> list[ModuleUse]:
-    matched: dict[str, ModuleUse] = {}
+    tree: PathTree, selectors: Iterable[Any], function: str, role: str, must_match: Callable[[Any], bool]
+) -> tuple[list[bool], list[bool] | None]:
+    """Module hits and parameter hits (None when no selector looks at parameters) of ``selectors``."""
+    modules, parameters = [False] * len(tree.uses), None
     for selector in selectors:
-        hits = _match_one(uses, selector, function, role)
-        if not hits and must_match(selector):
-            raise SelectorError(_no_match_message(uses, selector, function, role))
-        matched.update((u.path, u) for u in hits)
-    return [u for u in uses if u.path in matched]
+        hit_modules, hit_params = _match_one(tree, selector, function, role)
+        if not any(hit_modules or ()) and not any(hit_params or ()) and must_match(selector):
+            raise SelectorError(_no_match_message(tree, selector, function, role))
+        if hit_modules is not None:
+            modules = [a or b for a, b in zip(modules, hit_modules)]
+        if hit_params is not None:
+            parameters = hit_params if parameters is None else [a or b for a, b in zip(parameters, hit_params)]
+    return modules, parameters
 
 
-def _match_one(uses: list[ModuleUse], selector: Any, function: str, role: str) -> list[ModuleUse]:
+def _match_one(tree: PathTree, selector: Any, function: str, role: str) -> tuple[list[bool] | None, list[bool] | None]:
     if isinstance(selector, str):
-        pattern = compile_pattern(selector, function, role)
-        return [u for u in uses if pattern(u.path)]
-    if isinstance(selector, tuple) and selector and all(isinstance(t, type) for t in selector):
-        selector_types: Any = selector  # NORM_TYPES, or a tuple of types as isinstance takes it
-    elif isinstance(selector, type):
-        selector_types = selector
-    else:
-        selector_types = None
-    if selector_types is not None:
-        return [u for u in uses if isinstance(u.module, selector_types) or isinstance(u.wrapper, selector_types)]
+        pattern = Pattern(selector, function, role)
+        masks = tree.masks(pattern)
+        return tree.module_hits(pattern, masks), tree.param_hits(pattern, masks)
+    if isinstance(selector, ParamSelector):
+        if isinstance(selector.what, str):
+            return None, tree.param_hits(Pattern(selector.what, function, role))
+        return None, [bool(selector.what(use.path, use.param)) for use in tree.params]
+    if isinstance(selector, nn.Parameter):
+        return None, [use.param is selector for use in tree.params]
+    if isinstance(selector, type) or (
+        isinstance(selector, tuple) and selector and all(isinstance(t, type) for t in selector)
+    ):  # NORM_TYPES, or a tuple of types as isinstance takes it
+        return [isinstance(u.module, selector) or isinstance(u.wrapper, selector) for u in tree.uses], None
     if isinstance(selector, nn.Module):
-        return [u for u in uses if u.module is selector or u.wrapper is selector]
+        return [u.module is selector or u.wrapper is selector for u in tree.uses], None
     if callable(selector):
         # The inner module, as paths skip wrapper levels too.
-        return [u for u in uses if selector(u.path, u.module)]
+        return [bool(selector(u.path, u.module)) for u in tree.uses], None
+    hint = " To pass a list of targets, unpack it: freeze(model, *targets)." if isinstance(selector, list) else ""
     raise TypeError(
-        f"{function}: expected each {role} to be a path pattern (str), a module type, a module "
-        f"object or a predicate (path, module) -> bool, received {type(selector).__name__} "
-        f"{selector!r}. See docs/selectors.md."
+        f"{function}: expected each {role} to be a path pattern (str), a module type, a module or parameter "
+        f"object, a predicate (path, module) -> bool or frozen.params(...), received {type(selector).__name__} "
+        f"{selector!r}. See docs/selectors.md.{hint}"
     )
 
 
-def compile_pattern(pattern: str, function: str = "frozen.select", role: str = "target") -> Callable[[str], bool]:
-    """Return a function ``path -> bool`` for a dotted-path pattern (see ``docs/selectors.md``)."""
-    if pattern == "":
-        return lambda path: path == ""
-    segments = pattern.split(".")
-    matchers: list[Callable[[str], bool] | None] = []  # None stands for "**"
-    for segment in segments:
-        if segment == "":
-            raise SelectorError(
-                f"{function}: the {role} pattern {pattern!r} has an empty segment. Expected dotted "
-                f"segments such as 'encoder.layer.0'; use '' alone for the model itself."
-            )
-        matchers.append(None if segment == "**" else _segment_matcher(segment, pattern, function, role))
-
-    def match(path: str) -> bool:
-        return _match_segments(matchers, path.split(".") if path else [])
-
-    return match
+def _no_targets_message(function: str, has_exclude: bool) -> str:
+    call = f'{function}(model, ""{", exclude=..." if has_exclude else ""})'
+    return (
+        f"{function}: no targets given. Expected at least one selector (docs/selectors.md). An empty "
+        f"target list is refused, not read as the whole model, because {function}(model, *targets) with a "
+        f'list that came out empty would freeze everything. To name the whole model, pass "" (the model '
+        f"itself): {call}."
+    )
 
 
-def _segment_matcher(segment: str, pattern: str, function: str, role: str) -> Callable[[str], bool]:
-    bounds = _RANGE.fullmatch(segment)
-    if bounds:
-        low, high = int(bounds.group(1)), int(bounds.group(2))
-        if low > high:
-            raise SelectorError(
-                f"{function}: the {role} pattern {pattern!r} has the range {segment!r} whose start is "
-                f"after its end. Ranges are inclusive and ascending: write '{high}-{low}'."
-            )
-        return lambda name: name.isdigit() and low <= int(name) <= high
-    regex = re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in segment))
-    return lambda name: regex.fullmatch(name) is not None
-
-
-def _match_segments(matchers: list, names: list[str]) -> bool:
-    if not matchers:
-        return not names
-    head, rest = matchers[0], matchers[1:]
-    if head is None:  # "**": try every number of segments, zero included
-        return any(_match_segments(rest, names[i:]) for i in range(len(names) + 1))
-    return bool(names) and head(names[0]) and _match_segments(rest, names[1:])
-
-
-def _no_match_message(uses: list[ModuleUse], selector: Any, function: str, role: str) -> str:
-    paths = [u.path for u in uses if u.path]
-    if isinstance(selector, str):
-        params = {join(u.path, n) for u in uses for n, p in u.module._parameters.items() if p is not None}
-        if selector in params:
-            owner = selector.rpartition(".")[0]
-            return (
-                f"{function}: the {role} {selector!r} is a parameter, but selectors name modules. "
-                f"Select its module {owner!r} instead, or freeze the single tensor by hand "
-                f"with requires_grad_(False)."
-            )
+def _no_match_message(tree: PathTree, selector: Any, function: str, role: str) -> str:
+    text = selector.what if isinstance(selector, ParamSelector) else selector
+    if isinstance(text, str):
+        what = "parameter path" if isinstance(selector, ParamSelector) else "module or parameter path"
         return (
-            f"{function}: the {role} pattern {selector!r} matches no module path of the model. "
-            f"Expected a dotted module path or pattern (docs/selectors.md); closest existing paths: "
-            f"{closest(selector, _near(selector, paths))}. List every path with frozen.select(model, '**')."
+            f"{function}: the {role} pattern {text!r} matches no {what} of the model. Expected a dotted "
+            f"path or pattern (docs/selectors.md); closest existing paths: {closest(text, _near(tree, text))}. "
+            f"List every path with frozen.select(model, '**', frozen.params('**'))."
+        )
+    if isinstance(selector, nn.Parameter):
+        return (
+            f"{function}: the {role} parameter object of shape {tuple(selector.shape)} is not part of the model. "
+            f"Expected a parameter reached from the model (e.g. model.cls_token); pass that object or its path."
         )
     if isinstance(selector, nn.Module):
         return (
             f"{function}: the {role} module object {type(selector).__name__} is not part of the model. "
             f"Expected a module reached from the model (e.g. model.encoder); pass that object or its path."
         )
+    if isinstance(selector, ParamSelector):
+        return (
+            f"{function}: the {role} parameter predicate {selector!r} matches no parameter of the model "
+            f"({len(tree.params)} parameter uses). Check the predicate; it is called as (path, parameter)."
+        )
     name = getattr(selector, "__name__", repr(selector))
-    kinds = sorted({type(u.module).__name__ for u in uses})
+    kinds = sorted({type(u.module).__name__ for u in tree.uses})
     what = "module type" if isinstance(selector, (type, tuple)) else "predicate"
     return (
         f"{function}: the {role} {what} {name} matches no module of the model. Module types "
@@ -234,13 +294,13 @@ def _no_match_message(uses: list[ModuleUse], selector: Any, function: str, role:
     )
 
 
-def _near(pattern: str, paths: list[str]) -> list[str]:
-    """Paths close to where ``pattern`` stops matching: the children of its longest matching prefix."""
-    segments = pattern.split(".")
+def _near(tree: PathTree, text: str) -> list[str]:
+    """Paths close to where ``text`` stops matching: the children of its longest matching prefix."""
+    segments = text.split(".")
     for keep in range(len(segments) - 1, 0, -1):
-        prefix = compile_pattern(".".join(segments[:keep]))
-        parents = {p for p in paths if prefix(p)}
-        children = [p for p in paths if p.rpartition(".")[0] in parents]
+        hits = tree.module_hits(Pattern(".".join(segments[:keep])))
+        children = [u.path for i, u in enumerate(tree.uses) if i and hits[tree.parent[i]]]
+        children += [p.path for p, o in zip(tree.params, tree.owner) if hits[o]]
         if children:
             return children
-    return paths
+    return [u.path for u in tree.uses[1:]] + [p.path for p in tree.params]
