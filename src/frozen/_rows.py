@@ -1,0 +1,303 @@
+"""Freezing rows of a parameter (indices along its first dimension), for new-token embeddings.
+
+A row-frozen parameter stays one ``Parameter`` (optimizers keep holding it, ``state_dict``
+keys do not change) and keeps ``requires_grad=True``: it still trains, in its other rows.
+Two mechanisms make the frozen rows exact constants:
+
+* a gradient hook on the parameter zeroes the frozen rows of every incoming gradient, so
+  ``.grad``, ``torch.autograd.grad`` and ``frozen.grad`` hold exact zeros there (the tensor
+  is partly trainable, so it gets a gradient tensor, never ``None``), and gradient clipping
+  or logging never sees them;
+* every optimizer step sees only the trainable rows (:mod:`frozen._rows_step`), so weight
+  decay and momentum cannot move the frozen ones and the trainable rows get exactly the
+  update of a separate tensor holding only them.
+
+The record lives in a registry keyed by the parameter object, so it follows the parameter
+through every path that reaches it: a tied embedding and output head freeze together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+from torch.utils.weak import WeakIdKeyDictionary
+
+from ._checks import check_model
+from ._errors import FrozenError, UnknownPathError, closest
+from ._rows_step import Layout, set_layout
+from ._tree import iter_param_uses, named_parameters
+
+__all__ = ["Rows", "RowsRecord", "freeze_rows", "frozen_rows", "load_rows_state", "rows_state", "thaw_rows"]
+
+RowSpec = torch.Tensor | Sequence[int] | range | slice | int
+
+
+class Rows:
+    """Target: rows (indices along dimension 0) of the parameter at ``path``.
+
+    Give the frozen rows, or ``trainable=`` the rows that keep training (all others
+    freeze). Rows are a tensor of indices or a boolean mask, a list, ``range``, ``slice``
+    or one int; negative indices count from the end.
+
+    Args:
+        path: a parameter path as in ``state_dict`` (any path of a tied parameter).
+        rows: the rows to freeze.
+        trainable: the rows to keep training (instead of ``rows``).
+
+    Raises:
+        TypeError: ``path`` is not a string, or neither / both of ``rows`` and ``trainable`` given.
+
+    Example:
+        >>> Rows("wte.weight", trainable=range(-2, 0))
+        Rows('wte.weight', trainable=range(-2, 0))
+    """
+
+    def __init__(self, path: str, rows: RowSpec | None = None, *, trainable: RowSpec | None = None) -> None:
+        if not isinstance(path, str):
+            raise TypeError(f"Rows(path, ...): expected path to be a parameter path string, received {path!r}.")
+        if (rows is None) == (trainable is None):
+            raise TypeError(
+                f"Rows({path!r}, ...): expected exactly one of rows= (the rows to freeze) and trainable= (the rows "
+                f"that keep training), received {'both' if rows is not None else 'neither'}."
+            )
+        self.path, self.rows, self.trainable = path, rows, trainable
+
+    def __repr__(self) -> str:
+        spec = f"{self.rows!r}" if self.rows is not None else f"trainable={self.trainable!r}"
+        return f"Rows({self.path!r}, {spec})"
+
+    def frozen_mask(self, n: int) -> torch.Tensor:
+        """Return the boolean mask (``n`` rows, True = frozen) this target describes."""
+        if self.rows is not None:
+            return _mask(self.rows, n, f"{self!r}")
+        return ~_mask(self.trainable, n, f"{self!r}")  # type: ignore[arg-type]
+
+
+def _mask(spec: RowSpec, n: int, where: str) -> torch.Tensor:
+    """The boolean mask of ``spec`` over ``n`` rows; raise naming ``where`` on a bad spec."""
+    if isinstance(spec, slice):
+        spec = range(*spec.indices(n))
+    if isinstance(spec, torch.Tensor) and spec.dtype == torch.bool:
+        if spec.shape != (n,):
+            raise FrozenError(f"{where}: a boolean mask needs shape ({n},), received {tuple(spec.shape)}.")
+        return spec.detach().cpu().clone()
+    if isinstance(spec, bool) or not isinstance(spec, torch.Tensor | Sequence | range | int):
+        raise TypeError(f"{where}: expected rows as int tensor, bool mask, list, range, slice or int; got {spec!r}.")
+    index = torch.as_tensor([spec] if isinstance(spec, int) else list(spec) if isinstance(spec, range) else spec)
+    if index.numel() and (index.is_floating_point() or index.is_complex() or index.dim() > 1):
+        raise TypeError(f"{where}: expected integer row indices (one dimension), received {index.dtype} {index}.")
+    index = index.flatten().to(torch.int64).cpu()
+    bad = index[(index < -n) | (index >= n)]
+    if bad.numel():
+        raise FrozenError(
+            f"{where}: row {int(bad[0])} is out of range for a parameter with {n} rows; use indices in [-{n}, {n})."
+        )
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[index % n] = True
+    return mask
+
+
+@dataclass(eq=False)
+class RowsRecord:
+    """What row freezing holds for one parameter: its frozen rows and the gradient hook."""
+
+    path: str  # the parameter's first path in named_parameters() order
+    mask: torch.Tensor  # bool, one entry per row, True = frozen
+    frozen: torch.Tensor  # sorted int64 indices of the frozen rows
+    layout: Layout  # the trainable rows, as optimizer steps see them
+    handle: RemovableHandle  # the gradient hook zeroing the frozen rows
+
+    @property
+    def trainable(self) -> torch.Tensor:
+        """Sorted int64 indices of the rows that train."""
+        return self.layout.trainable
+
+
+_RECORDS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # RowsRecord by parameter identity (tensors compare by value)
+
+
+def _resolve(model: nn.Module, path: object, function: str) -> tuple[str, nn.Parameter]:
+    """Return ``(first path, parameter)`` for any path of a parameter of ``model``; validate it."""
+    if not isinstance(path, str):
+        raise TypeError(f"{function}: expected a parameter path string or frozen.Rows, received {path!r}.")
+    uses = {use.path: use for use in iter_param_uses(model)}
+    if path not in uses:
+        raise UnknownPathError(
+            f"{function}: no parameter at path {path!r}. Closest parameter paths: {closest(path, uses)}."
+        )
+    param, owner = uses[path].param, uses[path].owner
+    if param.dim() == 0:
+        raise FrozenError(f"{function}: {path!r} is a scalar parameter and has no rows; freeze it whole.")
+    if isinstance(owner, nn.Embedding) and owner.sparse:
+        raise FrozenError(
+            f"{function}: {path!r} belongs to nn.Embedding(sparse=True), whose sparse gradients row freezing "
+            f"does not handle; build the embedding with sparse=False."
+        )
+    first = next(p for p, q in named_parameters(model) if q is param)
+    return first, param
+
+
+def _apply(param: nn.Parameter, path: str, mask: torch.Tensor) -> RowsRecord | None:
+    """Make ``mask`` the frozen rows of ``param`` (no row: remove row freezing)."""
+    old = _RECORDS.pop(param, None)
+    if old is not None:
+        old.handle.remove()
+    if not bool(mask.any()):
+        set_layout(param, None)
+        return None
+    frozen = mask.nonzero().flatten().to(device=param.device)
+    all_frozen = bool(mask.all())
+
+    def zero_frozen_rows(grad: torch.Tensor) -> torch.Tensor:
+        # Out of place: the incoming gradient may be shared with other autograd buffers.
+        return torch.zeros_like(grad) if all_frozen else grad.index_fill(0, frozen, 0)
+
+    layout = Layout.of(mask)
+    record = RowsRecord(path, mask, frozen.cpu(), layout, param.register_hook(zero_frozen_rows))
+    set_layout(param, layout)
+    _RECORDS[param] = record
+    return record
+
+
+def freeze_rows(model: nn.Module, target: Rows) -> RowsRecord:
+    """Freeze ``target``'s rows of a parameter, in addition to rows frozen before.
+
+    Optimizer state that the parameter already has keeps the trainable rows' entries and
+    drops the frozen rows' at the next step, so frozen rows hold no state.
+
+    Args:
+        model: the model holding the parameter.
+        target: a :class:`Rows` naming the parameter and the rows.
+
+    Returns:
+        The parameter's :class:`RowsRecord`.
+
+    Raises:
+        TypeError: ``target`` is not a ``Rows``.
+        frozen.UnknownPathError: no parameter at ``target.path``.
+        frozen.FrozenError: bad rows, or the target freezes no row.
+
+    Example:
+        >>> import torch
+        >>> emb = torch.nn.Embedding(5, 2)
+        >>> freeze_rows(emb, Rows("weight", trainable=[4])).frozen.tolist()
+        [0, 1, 2, 3]
+        >>> _ = thaw_rows(emb, "weight")
+    """
+    check_model(model, "frozen.freeze_rows")
+    if not isinstance(target, Rows):
+        raise TypeError(f"frozen.freeze_rows(model, target): expected a frozen.Rows target, received {target!r}.")
+    path, param = _resolve(model, target.path, f"frozen.freeze_rows(model, {target!r})")
+    mask = target.frozen_mask(param.shape[0])
+    if not bool(mask.any()):
+        raise FrozenError(
+            f"frozen.freeze_rows(model, {target!r}): the target freezes none of the {param.shape[0]} rows. "
+            f"Name at least one row to freeze (or keep at least one out of trainable=)."
+        )
+    old = _RECORDS.get(param)
+    record = _apply(param, path, mask | old.mask if old is not None else mask)
+    assert record is not None
+    return record
+
+
+def thaw_rows(model: nn.Module, target: str | Rows) -> nn.Module:
+    """Thaw every frozen row of the parameter at a path, or only a :class:`Rows` target's rows.
+
+    Rows that thaw start from zero optimizer state. Thawing rows that are not frozen does nothing.
+
+    Raises:
+        frozen.UnknownPathError: no parameter at the path.
+
+    Example:
+        >>> import torch
+        >>> emb = torch.nn.Embedding(5, 2)
+        >>> _ = freeze_rows(emb, Rows("weight", [0, 1]))
+        >>> _ = thaw_rows(emb, Rows("weight", [0]))
+        >>> frozen_rows(emb)["weight"].frozen.tolist()
+        [1]
+    """
+    check_model(model, "frozen.thaw_rows")
+    path_arg = target.path if isinstance(target, Rows) else target
+    path, param = _resolve(model, path_arg, f"frozen.thaw_rows(model, {target!r})")
+    old = _RECORDS.get(param)
+    if old is not None:
+        keep = (
+            old.mask & ~target.frozen_mask(param.shape[0]) if isinstance(target, Rows) else torch.zeros_like(old.mask)
+        )
+        _apply(param, path, keep)
+    return model
+
+
+def frozen_rows(model: nn.Module) -> dict[str, RowsRecord]:
+    """Return ``{first path: record}`` for every parameter of ``model`` with frozen rows."""
+    check_model(model, "frozen.frozen_rows")
+    found = ((path, _RECORDS.get(p)) for path, p in named_parameters(model))
+    return {path: record for path, record in found if record is not None}
+
+
+def _ranges(mask: torch.Tensor) -> list[list[int]]:
+    """``[[start, stop], ...]`` of the runs of True in ``mask`` (compact JSON for row sets)."""
+    edges = torch.diff(
+        mask.to(torch.int8), prepend=torch.zeros(1, dtype=torch.int8), append=torch.zeros(1, dtype=torch.int8)
+    )
+    starts, stops = (edges == 1).nonzero().flatten().tolist(), (edges == -1).nonzero().flatten().tolist()
+    return [[a, b] for a, b in zip(starts, stops, strict=True)]
+
+
+def rows_state(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Return the frozen rows of ``model`` as JSON-serialisable data.
+
+    Example:
+        >>> import torch
+        >>> emb = torch.nn.Embedding(6, 2)
+        >>> _ = freeze_rows(emb, Rows("weight", [0, 1, 2, 5]))
+        >>> rows_state(emb)
+        {'weight': {'rows': 6, 'frozen': [[0, 3], [5, 6]]}}
+        >>> _ = thaw_rows(emb, "weight")
+    """
+    return {path: {"rows": r.layout.n, "frozen": _ranges(r.mask)} for path, r in frozen_rows(model).items()}
+
+
+def load_rows_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
+    """Make the frozen rows of ``model`` exactly those in ``saved`` (from :func:`rows_state`).
+
+    Validates every entry before changing anything.
+
+    Raises:
+        frozen.UnknownPathError: a saved path is not a parameter of ``model``.
+        frozen.FrozenError: ``saved`` is malformed or its row count differs from the parameter's.
+    """
+    check_model(model, "frozen.load_rows_state")
+    if not isinstance(saved, dict):
+        raise TypeError(f"frozen.load_rows_state(model, saved): expected the dict rows_state returned, got {saved!r}.")
+    plan = []
+    for path, entry in saved.items():
+        where = f"frozen.load_rows_state(model, saved[{path!r}])"
+        first, param = _resolve(model, path, where)
+        try:
+            n, runs = int(entry["rows"]), [range(int(a), int(b)) for a, b in entry["frozen"]]
+        except (KeyError, TypeError, ValueError) as error:
+            raise FrozenError(
+                f"{where}: expected {{'rows': int, 'frozen': [[start, stop], ...]}}, got {entry!r}."
+            ) from error
+        if n != param.shape[0]:
+            raise FrozenError(
+                f"{where}: saved for {n} rows, the parameter has {param.shape[0]}; load a matching model."
+            )
+        plan.append((param, first, _mask([i for r in runs for i in r], n, where)))
+    for path, record in frozen_rows(model).items():
+        if not any(p is _param_at(model, path) for p, _, _ in plan):
+            _apply(_param_at(model, path), path, torch.zeros_like(record.mask))
+    for param, first, mask in plan:
+        _apply(param, first, mask)
+    return model
+
+
+def _param_at(model: nn.Module, path: str) -> nn.Parameter:
+    """The parameter at a first path of ``model``."""
+    return dict(named_parameters(model))[path]
