@@ -1,0 +1,232 @@
+"""Cached frozen prefixes: replay a frozen part's outputs instead of recomputing them.
+
+A frozen part that runs in inference behaviour and whose inputs need no gradient is a
+deterministic function of its inputs, so across epochs it recomputes the same values.
+:func:`cache` stores them per sample (keyed by the sample's inputs) within a byte
+budget; :func:`uncache` undoes it; :func:`cache_stats` reports what each part holds.
+See ``docs/cache.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from ._cache_key import CacheError
+from ._cache_part import Part
+from ._cache_store import STORES, Store, parse_budget
+from ._checks import check_model
+from ._errors import UnknownPathError, closest
+from ._query import trainable_ids
+from ._tree import iter_module_uses
+
+__all__ = ["CacheError", "CacheHandle", "cache", "cache_stats", "uncache"]
+
+
+class CacheHandle:
+    """The cached parts of one :func:`cache` call, their shared store and their statistics.
+
+    Attributes:
+        paths: the cached parts' paths, in the order given.
+        store: ``"device"``, ``"cpu"`` or ``"disk"``.
+        budget: the most bytes the stored outputs may take.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.parts: dict[str, Part] = {}
+
+    @property
+    def store(self) -> Store:
+        """The store holding every part's entries (``.kind``, ``.budget``, ``.nbytes``)."""
+        return self._store
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The paths still cached by this handle."""
+        return tuple(self.parts)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Return ``{path: counters}``: calls, sample hits and misses, forward runs, invalidations, bytes held.
+
+        ``forwards`` counts the calls of the part's own ``forward`` (a batch with a miss, or
+        a call passed through because the part trains now); ``bytes`` and ``entries`` are the
+        store's, shared by this handle's parts.
+        """
+        shared: dict[str, Any] = {
+            "entries": len(self._store),
+            "bytes": self._store.nbytes,
+            "budget": self._store.budget,
+        }
+        shared |= {"evictions": self._store.evictions, "store": self._store.kind}
+        return {path: {**part.counts, **shared} for path, part in self.parts.items()}
+
+    def clear(self) -> None:
+        """Drop every stored output (after writing a cached part's weights through ``.data``)."""
+        self._store.drop()
+        for part in self.parts.values():
+            part.fingerprint = None
+
+    def __repr__(self) -> str:
+        return (
+            f"CacheHandle(paths={list(self.parts)}, store={self._store.kind!r}, entries={len(self._store)}, "
+            f"bytes={self._store.nbytes}, budget={self._store.budget})"
+        )
+
+
+def _module_at(model: nn.Module, path: str, function: str) -> nn.Module:
+    """The module at ``path``, checked to be a frozen constant everywhere it is used."""
+    uses = list(iter_module_uses(model))
+    found = next((u for u in uses if u.path == path), None)
+    if found is None:
+        raise UnknownPathError(
+            f"{function}(model, {path!r}): no module has that path. Closest: "
+            f"{closest(path, [u.path for u in uses if u.path])}. Paths are state_dict style."
+        )
+    import frozen  # the package imports this module
+
+    ids = trainable_ids(model)
+    for use in uses:
+        if use.module is found.module and not frozen.is_frozen(model, use.path):
+            raise CacheError(
+                f"{function}(model, {path!r}): the part at {use.path!r} is not frozen; only a frozen part is a "
+                f"constant function of its inputs. Freeze it first: frozen.freeze(model, {use.path!r})."
+            )
+    trained = [n for n, p in found.module.named_parameters() if id(p) in ids]
+    if trained:
+        raise CacheError(
+            f"{function}(model, {path!r}): parameter {path}.{trained[0]} inside the part still trains through "
+            f"another use (a tied weight), so the part's outputs change every step. Freeze it everywhere "
+            f"(tied='freeze') or cache a part without it."
+        )
+    return found.module
+
+
+def cache(
+    model: nn.Module, *paths: str, budget: int | str = "1GB", store: str = "cpu", path: str | None = None
+) -> CacheHandle:
+    """Cache the outputs of the frozen parts at ``paths`` per sample; return a :class:`CacheHandle`.
+
+    Each sample is keyed by a BLAKE2b hash of all its tensor inputs (rows of dimension 0)
+    and the call's other arguments, so shuffled batches hit; a batch with misses runs the
+    part on the missing samples only. Entries are dropped whenever the part changes
+    (thaw, ``load_state_dict``, ``.to()``, ``frozen.load_state``); while a part is thawed
+    inside, calls pass through uncached. Parts given together share one store and budget,
+    and a cached part fed by another's output reuses its keys instead of hashing it.
+
+    Args:
+        model: the model holding the parts.
+        *paths: module paths of frozen parts that run before anything trains (their
+            inputs must not require grad), e.g. ``"backbone"`` or ``"embeddings", "encoder.layer.0"``.
+        budget: the most bytes stored, an int or a string such as ``"2GB"`` or ``"512MiB"``;
+            the least recently used samples are evicted beyond it.
+        store: ``"cpu"`` (default), ``"device"`` (where the part computes) or ``"disk"``
+            (a memory-mapped temporary file of ``budget`` bytes).
+        path: for ``store="disk"``, the directory of that file (default: the system's temp dir).
+
+    Returns:
+        The handle: ``.stats()``, ``.clear()``, ``.paths``.
+
+    Raises:
+        TypeError: ``model`` is not a module.
+        frozen.UnknownPathError: no module has a given path.
+        frozen.CacheError: a part is not frozen, trains through a tied weight, or is cached
+            already; ``store``/``path`` are invalid. At call time: inputs that require grad,
+            outputs that are not per-sample, a part that runs in training behaviour.
+        frozen.FrozenError: ``budget`` is not a positive size.
+        Nothing is changed when an error is raised.
+
+    Example:
+        >>> import torch, frozen
+        >>> net = frozen.freeze(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)), "0")
+        >>> handle = frozen.cache(net, "0", budget="1MB")
+        >>> x = torch.randn(6, 4)
+        >>> _ = net(x); _ = net(x[torch.randperm(6)])
+        >>> {k: handle.stats()["0"][k] for k in ("hits", "misses", "forwards")}
+        {'hits': 6, 'misses': 6, 'forwards': 1}
+    """
+    check_model(model, "frozen.cache")
+    size = parse_budget(budget)
+    if store not in STORES:
+        raise CacheError(f"frozen.cache(..., store={store!r}): expected one of {STORES}. Use store='cpu'.")
+    if path is not None and (store != "disk" or not os.path.isdir(path)):
+        raise CacheError(
+            f"frozen.cache(..., path={path!r}): expected an existing directory, with store='disk' (got "
+            f"store={store!r}). Pass store='disk' and a directory that exists, or leave path=None."
+        )
+    if not paths or not all(isinstance(p, str) and p for p in paths) or len(set(paths)) != len(paths):
+        raise CacheError(f"frozen.cache(model, *paths): expected distinct non-empty module paths, got {paths!r}.")
+    modules = [_module_at(model, p, "frozen.cache") for p in paths]
+    for p, module in zip(paths, modules, strict=True):
+        if isinstance(module.__dict__.get("forward"), Part):
+            raise CacheError(
+                f"frozen.cache(model, {p!r}): that part is cached already. Call frozen.uncache(model, {p!r}) first."
+            )
+    handle = CacheHandle(Store(store, size, path))
+    for index, (p, module) in enumerate(zip(paths, modules, strict=True)):
+        part = Part(handle, model, module, p, index)
+        handle.parts[p] = part
+        module.__dict__["forward"] = part
+    return handle
+
+
+def _cached_parts(model: nn.Module) -> dict[str, Part]:
+    parts: dict[str, Part] = {}
+    for use in iter_module_uses(model):
+        found = use.module.__dict__.get("forward")
+        if isinstance(found, Part):
+            parts.setdefault(found.path, found)
+    return parts
+
+
+def uncache(model: nn.Module, *paths: str) -> nn.Module:
+    """Stop caching the parts at ``paths`` (none: every cached part); free what they stored; return ``model``.
+
+    Raises:
+        TypeError: ``model`` is not a module.
+        frozen.CacheError: a path is not cached. Nothing is changed then.
+
+    Example:
+        >>> import torch, frozen
+        >>> net = frozen.freeze(torch.nn.Sequential(torch.nn.Linear(2, 2)), "0")
+        >>> _ = frozen.cache(net, "0")
+        >>> frozen.cache_stats(frozen.uncache(net, "0"))
+        {}
+    """
+    check_model(model, "frozen.uncache")
+    parts = _cached_parts(model)
+    unknown = [p for p in paths if p not in parts]
+    if unknown:
+        raise CacheError(
+            f"frozen.uncache(model, {unknown[0]!r}): that part is not cached; cached parts: {sorted(parts)}."
+        )
+    for p in paths or tuple(parts):
+        part = parts[p]
+        if part.own_forward is None:
+            del part.module.__dict__["forward"]
+        else:
+            part.module.__dict__["forward"] = part.own_forward
+        handle = part.handle
+        del handle.parts[p]
+        handle.store.drop(keep=lambda key, prefix=part.prefix: not key.startswith(prefix))
+        if not handle.parts:
+            handle.store.close()
+    return model
+
+
+def cache_stats(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Return ``{path: counters}`` for every cached part of ``model`` (see :meth:`CacheHandle.stats`).
+
+    The counters: ``calls``, ``hits`` and ``misses`` (samples), ``forwards`` (runs of the
+    part's own forward), ``invalidations``, ``bypassed`` (calls while the part trains),
+    and the store's ``entries``, ``bytes``, ``budget``, ``evictions`` and ``store`` kind.
+
+    Example:
+        >>> import torch, frozen
+        >>> frozen.cache_stats(torch.nn.Linear(2, 2))
+        {}
+    """
+    check_model(model, "frozen.cache_stats")
+    return {path: part.handle.stats()[path] for path, part in _cached_parts(model).items()}

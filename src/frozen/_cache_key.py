@@ -1,0 +1,137 @@
+"""Keys of cached samples: a content hash per batch row of a call's inputs.
+
+A cached part is a deterministic function of its inputs, so one sample's output is
+named by the sample's inputs: every tensor argument (positional and keyword) is split
+along dimension 0, each row is hashed with BLAKE2b (128-bit digest) over its bytes,
+shape and dtype, and the row digests of all arguments plus the call's other arguments
+(non-batch tensors hashed whole, plain Python scalars by value) make the sample's key.
+At 128 bits a collision needs ~2**64 distinct samples: not a practical concern, and
+unlike an explicit sample-id API it cannot be wrong when augmentation changes a sample.
+
+Tensors returned by a cache carry *derived* keys (a hash of the producing call's key),
+kept in a small identity memo; the next cached part that receives such a tensor
+unchanged (same object, same ``_version``) reuses them instead of hashing its bytes,
+which makes a chain of cached layers cost one hash per step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from typing import Any
+
+import torch
+
+from ._errors import FrozenError
+
+__all__ = ["CacheError", "CallKeys", "call_keys", "derive", "remember"]
+
+_DIGEST = 16
+_STATIC = (type(None), bool, int, float, str, torch.dtype, torch.device)
+_MEMO: dict[int, tuple[weakref.ref, int, list[bytes]]] = {}
+_MEMO_SIZE = 256
+
+
+class CacheError(FrozenError):
+    """A part cannot be cached: not frozen, not batch-separable, or its inputs need gradients."""
+
+
+class CallKeys:
+    """The per-sample keys of one call, and where its batched tensors are."""
+
+    def __init__(self, batch: int, keys: list[bytes], batched: list[tuple[int | str, torch.Tensor]]) -> None:
+        self.batch = batch
+        self.keys = keys
+        self.batched = batched  # (position or keyword name, tensor) of the arguments split along dim 0
+
+
+def _row_digests(tensor: torch.Tensor, rows: int) -> list[bytes]:
+    """BLAKE2b digest of each row of ``tensor`` (dim 0), over dtype, row shape and bytes."""
+    found = _MEMO.get(id(tensor))
+    if found is not None and found[0]() is tensor and found[1] == tensor._version:
+        return found[2]
+    flat = tensor.detach().cpu().contiguous().reshape(rows, -1)
+    if flat.dtype is torch.bool:
+        flat = flat.to(torch.uint8)
+    data = flat.view(torch.uint8).numpy() if flat.numel() else None
+    head = hashlib.blake2b(f"{flat.dtype}{tuple(tensor.shape[1:])}".encode(), digest_size=_DIGEST)
+    digests = []
+    for i in range(rows):
+        h = head.copy()
+        if data is not None:
+            h.update(memoryview(data[i]))
+        digests.append(h.digest())
+    return digests
+
+
+def _whole_digest(tensor: torch.Tensor) -> bytes:
+    """BLAKE2b digest of a whole tensor (an argument that is not split by sample)."""
+    flat = tensor.detach().cpu().contiguous().reshape(1, -1)
+    return hashlib.blake2b(f"{tuple(tensor.shape)}".encode() + b"".join(_row_digests(flat, 1))).digest()
+
+
+def call_keys(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> CallKeys:
+    """Return one key per sample of the call ``(*args, **kwargs)`` of the part at ``where``.
+
+    The batch size is dimension 0 of the first tensor argument with at least one
+    dimension; every tensor argument whose dimension 0 has that size is split by sample,
+    other tensors and scalars are part of every sample's key.
+
+    Raises:
+        frozen.CacheError: a tensor argument requires grad, an argument is neither a
+            tensor nor a plain scalar, or no argument is a batched tensor.
+    """
+    named = [(i, a) for i, a in enumerate(args)] + sorted(kwargs.items())
+    tensors = [(n, a) for n, a in named if isinstance(a, torch.Tensor)]
+    for name, value in named:
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            raise CacheError(
+                f"frozen.cache: the part at {where!r} received argument {name!r} that requires grad; a cached part "
+                f"must be a frozen prefix (its inputs constant). Cache a part earlier in the model, or stop caching "
+                f"it: frozen.uncache(model, {where!r})."
+            )
+        if not isinstance(value, (torch.Tensor, *_STATIC)):
+            raise CacheError(
+                f"frozen.cache: the part at {where!r} received argument {name!r} of type {type(value).__name__}; "
+                f"expected tensors and plain scalars only (a cache object, a list of tensors... cannot be keyed). "
+                f"Pass such options as None (e.g. use_cache=False), or cache a smaller part."
+            )
+    batch = next((t.shape[0] for _, t in tensors if t.dim() > 0), None)
+    if batch is None:
+        raise CacheError(
+            f"frozen.cache: the part at {where!r} received no tensor with a batch dimension (dimension 0); "
+            f"expected the batch first in at least one tensor argument. Cache a part that takes batches."
+        )
+    batched = [(n, t) for n, t in tensors if t.dim() > 0 and t.shape[0] == batch]
+    context = hashlib.blake2b(digest_size=_DIGEST)
+    for name, value in named:
+        if isinstance(value, torch.Tensor):
+            is_batched = value.dim() > 0 and value.shape[0] == batch
+            context.update(f"{name}:{'rows' if is_batched else 'whole'};".encode())
+            if not is_batched:
+                context.update(_whole_digest(value))
+        else:
+            context.update(f"{name}={type(value).__name__}:{value!r};".encode())
+    per_argument = [_row_digests(t, batch) for _, t in batched]
+    keys = []
+    for i in range(batch):
+        h = context.copy()
+        for digests in per_argument:
+            h.update(digests[i])
+        keys.append(h.digest())
+    return CallKeys(batch, keys, batched)
+
+
+def derive(token: bytes, keys: list[bytes], leaf: int) -> list[bytes]:
+    """Keys of the rows of output ``leaf`` of a call whose samples have ``keys`` (``token``: the part's state)."""
+    prefix = token + leaf.to_bytes(4, "little")
+    return [hashlib.blake2b(prefix + k, digest_size=_DIGEST, person=b"frozen-out").digest() for k in keys]
+
+
+def remember(tensor: torch.Tensor, keys: list[bytes]) -> None:
+    """Record ``keys`` as the row keys of ``tensor`` while it lives unchanged."""
+    if len(_MEMO) >= _MEMO_SIZE:
+        # Drop the oldest half: memo entries only save hashing, they are never needed.
+        for stale in list(_MEMO)[: _MEMO_SIZE // 2]:
+            del _MEMO[stale]
+    _MEMO[id(tensor)] = (weakref.ref(tensor), tensor._version, keys)

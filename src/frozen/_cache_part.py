@@ -1,0 +1,154 @@
+"""The cached ``forward`` of one part: look up each sample, compute only the misses.
+
+:func:`frozen.cache` puts a :class:`Part` in the part's ``module.__dict__["forward"]``
+(an instance attribute: no new module, no tree or ``state_dict`` change). It keys each
+sample by its inputs (``_cache_key.py``), replays stored rows and runs the part on the
+samples it has not seen, as one smaller batch.
+
+Nothing in the core calls this module. Instead, each call compares a cheap fingerprint
+of the part -- for every parameter and buffer its identity, ``_version``, data pointer,
+dtype, device and ``requires_grad``, and every submodule's ``training`` flag -- with the
+one its entries were computed under. ``thaw`` (flags), ``load_state_dict`` and in-place
+updates (``_version``), ``.to(dtype/device)`` (pointer, dtype, device) and
+``frozen.load_state`` all change it, and the part's entries are dropped before any is
+returned. Writes through ``.data`` bypass ``_version``: call ``handle.clear()`` after those.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._cache_key import CacheError, call_keys, derive, remember
+from ._cache_out import assemble, flatten, rebuild
+from ._query import trainable_ids
+
+__all__ = ["COUNTERS", "Part", "Passthrough"]
+
+COUNTERS = ("calls", "hits", "misses", "forwards", "invalidations", "bypassed")
+
+
+def _fingerprint(module: nn.Module) -> tuple:
+    tensors = [*module.parameters(), *module.buffers()]
+    state = [(id(t), t._version, t.data_ptr(), t.dtype, t.device, t.requires_grad) for t in tensors]
+    return (*state, tuple(m.training for m in module.modules()))
+
+
+class Passthrough:
+    """What a cached part's ``forward`` becomes in a copy (``deepcopy``, ``torch.save``): no cache."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return type(self.module).forward(self.module, *args, **kwargs)
+
+
+class Part:
+    """The ``forward`` of one cached part: look up each sample, compute only the misses."""
+
+    def __init__(self, handle: Any, model: nn.Module, module: nn.Module, path: str, index: int) -> None:
+        self.handle, self.module, self.path = handle, module, path
+        self.prefix = index.to_bytes(4, "little")
+        self.model = weakref.ref(model)
+        self.own_forward = module.__dict__.get("forward")  # restored by uncache
+        self.fingerprint: tuple | None = None
+        self.bypass = False
+        self.token = os.urandom(16)
+        self.counts = dict.fromkeys(COUNTERS, 0)
+
+    def __reduce__(self) -> tuple:
+        return (Passthrough, (self.module,))
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        own = self.own_forward
+        return own(*args, **kwargs) if own is not None else type(self.module).forward(self.module, *args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.counts["calls"] += 1
+        fingerprint = _fingerprint(self.module)
+        if fingerprint != self.fingerprint:
+            self._revalidate(fingerprint)
+        if self.bypass:
+            self.counts["bypassed"] += 1
+            self.counts["forwards"] += 1
+            return self.forward(*args, **kwargs)
+        keys = call_keys(args, kwargs, self.path)
+        store = self.handle.store
+        found = [store.get(self.prefix + k) for k in keys.keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        self.counts["hits"] += keys.batch - len(missing)
+        self.counts["misses"] += len(missing)
+        if len(missing) == keys.batch:
+            output, _, leaves = self._compute(args, kwargs, keys.keys)
+        else:
+            rows = [f[1] if f is not None else None for f in found]
+            spec = next(f[0] for f in found if f is not None)
+            if missing:
+                sub_args, sub_kwargs = _subset(args, kwargs, keys.batched, missing)
+                _, spec, computed = self._compute(sub_args, sub_kwargs, [keys.keys[i] for i in missing])
+                for j, i in enumerate(missing):
+                    rows[i] = tuple(leaf[j] for leaf in computed)
+            leaves = assemble(spec, rows)  # type: ignore[arg-type]
+            output = rebuild(spec, leaves)
+        for n, leaf in enumerate(leaves):
+            remember(leaf, derive(self.token, keys.keys, n))
+        return output
+
+    def _compute(self, args: tuple, kwargs: dict, keys: list[bytes]) -> tuple[Any, Any, list[torch.Tensor]]:
+        """Run the part on (a subset of) the batch and store each sample's rows."""
+        self.counts["forwards"] += 1
+        with torch.no_grad():
+            output = self.forward(*args, **kwargs)
+        spec, leaves = flatten(output, len(keys), self.path)
+        for j, key in enumerate(keys):
+            self.handle.store.put(self.prefix + key, tuple(leaf[j] for leaf in leaves), spec)
+        return output, spec, leaves
+
+    def _revalidate(self, fingerprint: tuple) -> None:
+        """Drop this part's entries; decide whether it may be cached now (thawed: pass through)."""
+        self.handle.store.drop(keep=lambda key: not key.startswith(self.prefix))
+        self.counts["invalidations"] += self.fingerprint is not None
+        self.token = os.urandom(16)  # tensors from the old state get keys that no longer match
+        import frozen  # the package imports this module
+
+        model = self.model()
+        if any(p.requires_grad for p in self.module.parameters()) or (
+            model is not None and _trainable_inside(model, self.module)
+        ):
+            self.bypass, self.fingerprint = True, fingerprint
+            return
+        for name, sub in self.module.named_modules():
+            if sub.training:
+                where = f"{self.path}.{name}" if name else self.path
+                if model is not None and not frozen.is_frozen(model, where):
+                    self.bypass, self.fingerprint = True, fingerprint  # thawed inside: it trains now
+                    return
+                raise CacheError(
+                    f"frozen.cache: the module at {where!r} ({type(sub).__name__}) inside the cached part "
+                    f"{self.path!r} runs in training behaviour (frozen with mode='inherit' in a training model?); "
+                    f"a cached part must run in inference behaviour. Freeze it with mode='eval' (the default), "
+                    f"or stop caching it: frozen.uncache(model, {self.path!r})."
+                )
+        self.bypass, self.fingerprint = False, fingerprint
+
+
+def _trainable_inside(model: nn.Module, module: nn.Module) -> bool:
+    ids = trainable_ids(model)
+    return any(id(p) in ids for p in module.parameters())
+
+
+def _subset(args: tuple, kwargs: dict, batched: list, rows: list[int]) -> tuple[tuple, dict]:
+    """The call's arguments restricted to ``rows`` of the batch (split tensors only)."""
+    positional, named = list(args), dict(kwargs)
+    for name, tensor in batched:
+        picked = tensor.index_select(0, torch.tensor(rows, device=tensor.device))
+        if isinstance(name, int):
+            positional[name] = picked
+        else:
+            named[name] = picked
+    return tuple(positional), named

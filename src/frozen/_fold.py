@@ -1,0 +1,92 @@
+"""Folding an eval-mode BatchNorm into the convolution before it, and the lean convolution.
+
+In inference behaviour ``bn(conv(x)) == conv'(x)`` with ``w' = w * s``, ``b' = (b - mean) * s + beta``
+and ``s = gamma / sqrt(var + eps)`` per output channel: one convolution instead of a
+convolution and a normalisation, and nothing saved for the normalisation's backward.
+The folded weights are computed in float64, cast to the weight's type, and recomputed
+whenever a fingerprint of either module changes (``load_state_dict``, ``.to()``, thaw).
+
+:class:`InputGradConv` is a convolution whose backward computes the input gradient
+only, so it saves the weight and the input's *shape*, not the input itself (torch's
+own convolution saves the input even when the weight needs no gradient; ``Linear``
+already does not, so it needs nothing from us).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["InputGradConv", "fold", "foldable", "state_of"]
+
+
+def state_of(*modules: nn.Module) -> tuple:
+    """A fingerprint of the modules' parameters, buffers and flags: changes whenever any of them changes."""
+    parts: list[Any] = []
+    for module in modules:
+        tensors = [*module.parameters(), *module.buffers()]
+        parts += [(id(t), t._version, t.data_ptr(), t.dtype, t.device, t.requires_grad) for t in tensors]
+        parts.append((module.training, getattr(module, "eps", None)))
+    return tuple(parts)
+
+
+def foldable(norm: nn.Module) -> bool:
+    """Whether ``norm`` normalises with fixed statistics now (eval mode, running statistics, frozen)."""
+    return (
+        isinstance(norm, nn.modules.batchnorm._BatchNorm)
+        and not norm.training
+        and norm.running_mean is not None
+        and norm.running_var is not None
+        and not any(p.requires_grad for p in norm.parameters())
+    )
+
+
+def fold(conv: Any, norm: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(weight, bias)`` of the convolution ``conv`` followed by the eval-mode BatchNorm ``norm``."""
+    with torch.no_grad():
+        weight = conv.weight.double()
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(weight[:, 0].flatten())
+        assert norm.running_mean is not None and norm.running_var is not None
+        scale = torch.rsqrt(norm.running_var.double() + norm.eps)
+        shift = -norm.running_mean.double() * scale
+        if norm.affine:
+            scale, shift = scale * norm.weight.double(), shift * norm.weight.double() + norm.bias.double()
+        shape = (-1,) + (1,) * (weight.dim() - 1)
+        folded_weight = (weight * scale.reshape(shape)).to(conv.weight.dtype)
+        folded_bias = (bias * scale + shift).to(conv.weight.dtype)
+    return folded_weight, folded_bias
+
+
+class InputGradConv(torch.autograd.Function):
+    """``aten.convolution`` whose backward gives the input gradient only (weight and bias are constants)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        stride: list[int],
+        padding: list[int],
+        dilation: list[int],
+        groups: int,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.shape, ctx.config = x.shape, (stride, padding, dilation, groups)
+        zeros = [0] * len(stride)
+        return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, zeros, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        (weight,) = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.config
+        # Only the input's shape is read for the input gradient (torch.nn.grad.conv2d_input does the same).
+        shape_only = grad.new_empty(1).expand(ctx.shape)
+        zeros = [0] * len(stride)
+        mask = (True, False, False)
+        grad_input = torch.ops.aten.convolution_backward(
+            grad, shape_only, weight, None, stride, padding, dilation, False, zeros, groups, mask
+        )[0]
+        return grad_input, None, None, None, None, None, None

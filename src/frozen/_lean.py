@@ -1,0 +1,172 @@
+"""Lean frozen middles: save less for backward where no weight gradient is needed.
+
+:func:`lean` makes every frozen convolution of a part compute its backward for the input
+only (saving the weight, not the input activation) and folds each frozen eval-mode
+BatchNorm into the convolution just before it in an ``nn.Sequential`` (one operation
+instead of two, nothing saved for the normalisation). Like :func:`frozen.cache` it sets
+an instance ``forward`` on those modules -- no new module, same tree, same
+``state_dict``. Every call checks the modules are still frozen (else it runs the plain
+forward) and refolds when a fingerprint of the convolution or the norm changed. See
+``docs/cache.md`` for the measurements behind making this opt-in.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._cache_part import Passthrough
+from ._checks import check_model
+from ._errors import FrozenError, UnknownPathError, closest
+from ._fold import InputGradConv, fold, foldable, state_of
+from ._tree import iter_module_uses
+
+__all__ = ["lean", "unlean"]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class LeanConv:
+    """The ``forward`` of a lean convolution, with the BatchNorm after it folded in (if any)."""
+
+    def __init__(self, conv: Any, norm: nn.Module | None) -> None:
+        self.conv, self.norm = conv, norm
+        self.state: tuple | None = None
+        self.folded: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last: tuple[weakref.ref, int] | None = None  # the output the norm may pass through unchanged
+
+    def __reduce__(self) -> tuple:
+        return (Passthrough, (self.conv,))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        self.last = None
+        if any(p.requires_grad for p in conv.parameters()):  # thawed: the plain convolution
+            return type(conv).forward(conv, x)
+        weight, bias = conv.weight, conv.bias
+        folding = self.norm is not None and foldable(self.norm)
+        if folding:
+            state = state_of(conv, self.norm)  # type: ignore[arg-type]
+            if state != self.state or self.folded is None:
+                self.folded, self.state = fold(conv, self.norm), state
+            weight, bias = self.folded
+        if x.requires_grad and torch.is_grad_enabled():
+            args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+            y = InputGradConv.apply(x, weight, bias, *args)
+        else:
+            y = conv._conv_forward(x, weight, bias)
+        if folding:
+            self.last = (weakref.ref(y), y._version)
+        return y
+
+
+class LeanNorm:
+    """The ``forward`` of a BatchNorm folded into the convolution before it: identity on that output."""
+
+    def __init__(self, norm: nn.Module, conv: LeanConv) -> None:
+        self.norm, self.conv = norm, conv
+
+    def __reduce__(self) -> tuple:
+        return (Passthrough, (self.norm,))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        last = self.conv.last
+        if last is not None and last[0]() is x and x._version == last[1]:
+            return x  # the convolution already applied this normalisation
+        return type(self.norm).forward(self.norm, x)
+
+
+def _eligible(conv: nn.Module) -> bool:
+    return type(conv) in _CONVS and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
+def _plan(model: nn.Module, path: str) -> list[tuple[nn.Module, nn.Module | None]]:
+    """``(conv, norm or None)`` for every eligible convolution under ``path``; norms only where safe to fold."""
+    uses = [u for u in iter_module_uses(model) if u.path == path or u.path.startswith(f"{path}.") or not path]
+    counts: dict[int, int] = {}
+    for use in iter_module_uses(model):
+        counts[id(use.module)] = counts.get(id(use.module), 0) + 1
+    convs = {id(u.module): u.module for u in uses if _eligible(u.module)}
+    norms: dict[int, nn.Module] = {}
+    for use in uses:
+        seq = use.module
+        if type(seq).forward is not nn.Sequential.forward or not isinstance(seq, nn.Sequential):
+            continue
+        children = list(seq)
+        for first, second in zip(children, children[1:], strict=False):
+            # In a plain Sequential the convolution's output goes to the next child only.
+            if id(first) in convs and isinstance(second, nn.modules.batchnorm._BatchNorm):
+                if counts[id(first)] == 1 and counts[id(second)] == 1:
+                    norms[id(first)] = second
+    return [(conv, norms.get(key)) for key, conv in convs.items()]
+
+
+def lean(model: nn.Module, *paths: str) -> nn.Module:
+    """Make the frozen parts at ``paths`` (none: the whole model) save less for backward; return ``model``.
+
+    Frozen ``Conv1d/2d/3d`` compute only the input gradient and save no input activation;
+    a frozen eval-mode ``BatchNorm`` right after such a convolution in an ``nn.Sequential``
+    is folded into it (outputs and input gradients equal up to float rounding, ~1e-7
+    relative in float32). ``Linear`` needs nothing: torch already saves only the weight
+    when the weight needs no gradient. A module thawed later runs its plain forward.
+
+    Raises:
+        TypeError: ``model`` is not a module.
+        frozen.UnknownPathError: no module has a given path.
+        frozen.FrozenError: a part is not frozen. Nothing is changed then.
+
+    Example:
+        >>> import torch, frozen
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+        >>> x = torch.randn(2, 3, 8, 8, requires_grad=True)
+        >>> before = frozen.freeze(net)(x)
+        >>> torch.allclose(frozen.lean(net)(x), before, atol=1e-6)
+        True
+    """
+    check_model(model, "frozen.lean")
+    import frozen  # the package imports this module
+
+    known = [u.path for u in iter_module_uses(model)]
+    for path in paths or ("",):
+        if path not in known:
+            raise UnknownPathError(
+                f"frozen.lean(model, {path!r}): no module has that path. Closest: {closest(path, known)}."
+            )
+        if not frozen.is_frozen(model, path):
+            raise FrozenError(
+                f"frozen.lean(model, {path!r}): the part at {path!r} is not frozen; a lean backward drops the weight "
+                f"gradient, so only frozen parts can be lean. Freeze it first: frozen.freeze(model, {path!r})."
+            )
+    plans = [item for path in paths or ("",) for item in _plan(model, path)]
+    for conv, norm in plans:
+        if not isinstance(conv.__dict__.get("forward"), LeanConv) and "forward" not in conv.__dict__:
+            conv.__dict__["forward"] = lean_conv = LeanConv(conv, norm)
+            if norm is not None and "forward" not in norm.__dict__:
+                norm.__dict__["forward"] = LeanNorm(norm, lean_conv)
+            elif norm is not None:
+                lean_conv.norm = None  # the norm's forward is someone else's: do not fold
+    return model
+
+
+def unlean(model: nn.Module, *paths: str) -> nn.Module:
+    """Undo :func:`lean` for the parts at ``paths`` (none: the whole model); return ``model``.
+
+    Example:
+        >>> import torch, frozen
+        >>> net = frozen.lean(frozen.freeze(torch.nn.Sequential(torch.nn.Conv1d(2, 2, 1))))
+        >>> "forward" in frozen.unlean(net)[0].__dict__
+        False
+    """
+    check_model(model, "frozen.unlean")
+    for use in iter_module_uses(model):
+        if paths and not any(use.path == p or use.path.startswith(f"{p}.") for p in paths):
+            continue
+        found: Any = use.module.__dict__.get("forward")
+        if isinstance(found, LeanConv | LeanNorm):
+            del use.module.__dict__["forward"]
+            if isinstance(found, LeanConv):
+                found.last = None  # a norm left lean alone then runs its plain forward
+    return model
