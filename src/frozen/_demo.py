@@ -18,7 +18,7 @@ with the optimizer re-synchronised). Decisions where the issue was silent:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,16 @@ import frozen
 
 from ._demo_train import Curve, DigitNet, accuracy, digits_splits, train
 
-__all__ = ["Variant", "DemoResult", "run_demo", "write_plot"]
+__all__ = ["Thaw", "Variant", "DemoResult", "run_demo", "write_plot", "draw_curves"]
+
+
+@dataclass
+class Thaw:
+    """A stage of gradual unfreezing that took effect: after ``epoch`` epochs, ``part`` trains."""
+
+    epoch: int
+    part: str
+    trainable: int  # parameters that train from then on
 
 
 @dataclass
@@ -40,6 +49,7 @@ class Variant:
     trainable_params: int
     optimizer_bytes: int
     trainable_at_start: int | None = None  # differs from trainable_params when parts were thawed
+    thaws: list[Thaw] = field(default_factory=list)
 
     @property
     def final_accuracy(self) -> float:
@@ -125,8 +135,9 @@ def _run(quick: bool, seed: int, out: str | Path | None, console: Any) -> DemoRe
             # A frozen backbone leaves only the head to fit: it takes a larger step size.
             lr = 1e-2 if name == "frozen backbone" else 3e-3
             step_schedule: Any = None
+            thaws: list[Thaw] = []
             if name == "gradual unfreezing":
-                optimizer, step_schedule = _gradual(model, epochs, lr)
+                optimizer, step_schedule = _gradual(model, epochs, lr, thaws)
             else:
                 optimizer = torch.optim.Adam(frozen.trainable(model), lr=lr)
             at_start = sum(p.numel() for p in frozen.trainable(model))
@@ -148,7 +159,7 @@ def _run(quick: bool, seed: int, out: str | Path | None, console: Any) -> DemoRe
                 on_epoch_end=on_epoch_end,
             )
             params = sum(p.numel() for p in frozen.trainable(model))
-            variants.append(Variant(name, curve, params, frozen.optim.state_nbytes(optimizer), at_start))
+            variants.append(Variant(name, curve, params, frozen.optim.state_nbytes(optimizer), at_start, thaws))
 
     assert frozen_model is not None
     after = frozen_model.backbone.state_dict()
@@ -167,12 +178,13 @@ def _run(quick: bool, seed: int, out: str | Path | None, console: Any) -> DemoRe
     return DemoResult(variants, pretrain_accuracy, identical, len(snapshot), plot)
 
 
-def _gradual(model: DigitNet, epochs: int, lr: float) -> tuple[torch.optim.Optimizer, Any]:
+def _gradual(model: DigitNet, epochs: int, lr: float, thaws: list[Thaw]) -> tuple[torch.optim.Optimizer, Any]:
     """Freeze the backbone, then thaw its last block at 1/3 and the rest at 2/3 of training.
 
     The optimizer's groups come from ``frozen.optim.param_groups``, so each thawed part
     returns to its group with fresh Adam state (ULMFiT-style, via
-    ``frozen.schedule.GradualUnfreezing``, which calls ``frozen.optim.sync``).
+    ``frozen.schedule.GradualUnfreezing``, which calls ``frozen.optim.sync``). Each
+    stage that takes effect is appended to ``thaws`` (what the plot marks).
     """
     frozen.freeze(model, "backbone")
     optimizer = torch.optim.Adam(frozen.optim.param_groups(model, lr=lr), lr=lr)
@@ -181,7 +193,13 @@ def _gradual(model: DigitNet, epochs: int, lr: float) -> tuple[torch.optim.Optim
         frozen.schedule.Stage(max(2, 2 * epochs // 3), ("backbone",)),
     ]
     plan = frozen.schedule.GradualUnfreezing(model, optimizer, stages)
-    return optimizer, lambda epoch, curve: plan.step()
+
+    def step(epoch: int, curve: Curve) -> None:
+        for stage in plan.step():
+            trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
+            thaws.append(Thaw(epoch + 1, ", ".join(map(str, stage.targets)), trainable))
+
+    return optimizer, step
 
 
 def _progress(console: Any) -> Any:
@@ -223,11 +241,20 @@ def _trainable_cell(v: Variant) -> str:
 
 
 def write_plot(variants: list[Variant], path: Path) -> Path:
-    """Draw test accuracy and training loss per epoch for every variant; return the absolute path."""
+    """Draw :func:`draw_curves` into a PNG at ``path``; return the absolute path."""
+    figure = draw_curves(variants)
+    path = path.expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
+def draw_curves(variants: list[Variant]) -> Any:
+    """Return a figure of test accuracy and training loss per epoch, thaws marked by dashed lines."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 4), dpi=110)
+    figure = Figure(figsize=(10, 4.5), dpi=110)
     FigureCanvasAgg(figure)
     acc_ax, loss_ax = figure.subplots(1, 2)
     for v in variants:
@@ -237,11 +264,32 @@ def write_plot(variants: list[Variant], path: Path) -> Path:
     acc_ax.set(title="test accuracy on digits 5-9", xlabel="epoch", ylabel="accuracy (%)")
     loss_ax.set(title="training loss", xlabel="epoch", ylabel="cross-entropy", yscale="log")
     for ax in (acc_ax, loss_ax):
+        _mark_thaws(ax, variants)
         ax.grid(alpha=0.3)
-        ax.legend()
-    figure.suptitle("frozen demo: transfer with 10 labels per class")
+    acc_ax.legend(fontsize="small", loc="lower right")
+    figure.suptitle("frozen demo: transfer with 10 labels per class (dashed: gradual unfreezing thaws a stage)")
     figure.tight_layout()
-    path = path.expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    return figure
+
+
+def _mark_thaws(ax: Any, variants: list[Variant]) -> None:
+    """Draw a dashed line where a stage thawed (between its last frozen and first thawed epoch)."""
+    from matplotlib.transforms import blended_transform_factory
+
+    along_top = blended_transform_factory(ax.transData, ax.transAxes)
+    for line, v in zip(ax.get_lines(), variants):
+        for thaw in v.thaws:
+            x = thaw.epoch + 0.5
+            ax.axvline(x, color=line.get_color(), linestyle="--", linewidth=1, alpha=0.8)
+            label = f"thaw {thaw.part}\n({thaw.trainable:,} trainable)"
+            ax.text(
+                x,
+                0.98,
+                label,
+                transform=along_top,
+                rotation=90,
+                ha="right",
+                va="top",
+                fontsize=7,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+            )

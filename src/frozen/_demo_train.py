@@ -59,7 +59,7 @@ class DigitNet(nn.Module):
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
 
-        self.backbone = nn.Sequential(
+        self.backbone: nn.Module = nn.Sequential(  # nn.Module: the demo swaps in a Frozen wrapper
             block(1, 16), block(16, 32), nn.MaxPool2d(2), block(32, 32), nn.MaxPool2d(2), nn.Flatten()
         )
         self.head = nn.Linear(128, classes)
