@@ -33,7 +33,7 @@ def flatten(output: Any, batch: int, where: str) -> tuple[Any, list[torch.Tensor
                     f"shape {tuple(value.shape)}, expected {batch} rows in dimension 0 (one per sample). Cache a "
                     f"part whose outputs are per-sample, e.g. the module before the pooling or loss."
                 )
-            leaves.append(value.detach())
+            leaves.append(value)  # the returned object itself: its row keys are remembered by identity
             return ("T", value.device)
         if value is None:
             return ("N",)

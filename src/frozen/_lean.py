@@ -122,7 +122,7 @@ def lean(model: nn.Module, *paths: str) -> nn.Module:
         >>> import torch, frozen
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
         >>> x = torch.randn(2, 3, 8, 8, requires_grad=True)
-        >>> before = frozen.freeze(net)(x)
+        >>> before = frozen.freeze(net, "")(x)
         >>> torch.allclose(frozen.lean(net)(x), before, atol=1e-6)
         True
     """
@@ -156,7 +156,7 @@ def unlean(model: nn.Module, *paths: str) -> nn.Module:
 
     Example:
         >>> import torch, frozen
-        >>> net = frozen.lean(frozen.freeze(torch.nn.Sequential(torch.nn.Conv1d(2, 2, 1))))
+        >>> net = frozen.lean(frozen.freeze(torch.nn.Sequential(torch.nn.Conv1d(2, 2, 1)), ""))
         >>> "forward" in frozen.unlean(net)[0].__dict__
         False
     """

@@ -1,0 +1,283 @@
+"""Cached frozen prefixes: frozen.cache / uncache / cache_stats, and the features() shortcut."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel, ViTConfig, ViTModel
+
+import frozen
+from frozen._cache import CacheError, cache, cache_stats, uncache
+from frozen._features import features
+
+# Outputs replayed from the cache were computed at another batch size / composition than
+# the uncached call; on CPU they are bit-identical here, the stated bound is float32's
+# torch.testing default (rtol 1.3e-6, atol 1e-5), which covers batch-size-dependent kernels.
+TOL = {"rtol": 1.3e-6, "atol": 1e-5}
+
+
+class Probe(nn.Module):
+    """A ViT backbone (frozen) and a linear head on the CLS token (trained)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        config = ViTConfig(
+            image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+        )  # fmt: skip
+        self.backbone = ViTModel(config, add_pooling_layer=False)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(pixel_values=x).last_hidden_state[:, 0])
+
+
+def _count_forwards(module: nn.Module) -> list[int]:
+    """Count the real runs of ``module``'s computation (its first child runs only then)."""
+    calls = [0]
+    first = next(iter(module.children()))
+    first.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def _train_probe(use_cache: bool, epochs: int = 3) -> tuple[list[float], Probe, list[int], dict]:
+    torch.manual_seed(0)
+    model = frozen.freeze(Probe(), "backbone")
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    calls = _count_forwards(model.backbone)
+    if use_cache:
+        cache(model, "backbone", budget="4MB")
+    optimizer = torch.optim.AdamW(frozen.trainable(model), lr=1e-2)
+    data, labels = torch.randn(24, 3, 16, 16), torch.randint(0, 3, (24,))
+    losses, per_epoch = [], []
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(24, generator=torch.Generator().manual_seed(epoch))
+        start = calls[0]
+        for batch in order.split(8):
+            loss = nn.functional.cross_entropy(model(data[batch]), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        per_epoch.append(calls[0] - start)
+    assert all(torch.equal(v, before[k]) for k, v in model.backbone.state_dict().items())
+    return losses, model, per_epoch, cache_stats(model)
+
+
+def test_shuffled_epochs_replay_the_cache_and_train_the_head_identically() -> None:
+    plain_losses, plain, plain_calls, _ = _train_probe(use_cache=False)
+    losses, cached, calls, stats = _train_probe(use_cache=True)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(plain_losses), **TOL)
+    torch.testing.assert_close(cached.head.weight, plain.head.weight, **TOL)
+    assert plain_calls == [3, 3, 3] and calls == [3, 0, 0]  # epochs 2+ never run the backbone
+    assert stats["backbone"]["hits"] == 48 and stats["backbone"]["misses"] == 24
+    assert (
+        cached.head.weight.grad is not None
+        and cached.backbone.embeddings.patch_embeddings.projection.weight.grad is None
+    )
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None, scale: float = 1.0) -> dict:
+        out = self.embed(ids) * scale
+        if mask is not None:
+            out = out * mask[..., None]
+        return {"hidden": out, "pair": (out.sum(-1), None)}
+
+
+def test_every_input_is_part_of_the_key_and_structures_are_rebuilt() -> None:
+    model = frozen.freeze(nn.Sequential(TwoInputs()), "0")
+    handle = cache(model, "0")
+    ids = torch.randint(0, 10, (4, 5))
+    ones, half = torch.ones(4, 5), torch.ones(4, 5)
+    half[0, 2] = 0.5
+    plain = TwoInputs.forward
+    for mask, scale in ((ones, 1.0), (half, 1.0), (ones, 2.0), (None, 1.0)):
+        got = model[0](ids, mask=mask, scale=scale)
+        want = plain(model[0], ids, mask=mask, scale=scale)
+        assert set(got) == {"hidden", "pair"} and got["pair"][1] is None
+        torch.testing.assert_close(got["hidden"], want["hidden"], **TOL)
+        torch.testing.assert_close(got["pair"][0], want["pair"][0], **TOL)
+    assert handle.stats()["0"]["hits"] == 3  # rows 1-3 of `half` equal rows of `ones`; row 0 differs
+    # A batch mixing seen and unseen samples computes only the unseen ones, at a smaller batch size.
+    mixed = torch.cat([ids[:2], torch.randint(0, 10, (3, 5))])
+    got = model[0](mixed, mask=None, scale=1.0)["hidden"]
+    torch.testing.assert_close(got, plain(model[0], mixed)["hidden"], **TOL)
+    assert handle.stats()["0"]["hits"] == 5 and handle.stats()["0"]["misses"] == 13 + 3
+
+
+def test_chained_bert_prefix_hits_and_returns_model_outputs() -> None:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0  # layer 2 trains: no randomness
+    bert = frozen.freeze(BertModel(config), "embeddings", "encoder.layer.0-1")
+    ids, mask = torch.randint(0, 50, (6, 7)), torch.ones(6, 7, dtype=torch.long)
+    mask[0, 5:] = 0
+    bert.train()
+    want = bert(input_ids=ids, attention_mask=mask).last_hidden_state.detach()
+    handle = cache(bert, "embeddings", "encoder.layer.0", "encoder.layer.1")
+    for _ in range(2):
+        got = bert(input_ids=ids, attention_mask=mask)
+        torch.testing.assert_close(got.last_hidden_state, want, **TOL)
+    stats = handle.stats()
+    assert [stats[p]["forwards"] for p in handle.paths] == [1, 1, 1]
+    assert [stats[p]["hits"] for p in handle.paths] == [6, 6, 6]
+    got.last_hidden_state.sum().backward()  # layer 2 trains on top of the cached prefix
+    assert bert.encoder.layer[2].output.dense.weight.grad is not None
+
+
+def _cached_linear() -> tuple[nn.Sequential, list[int], torch.Tensor]:
+    torch.manual_seed(0)
+    model = frozen.freeze(nn.Sequential(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), nn.Linear(4, 1)), "0")
+    calls = _count_forwards(model[0])
+    cache(model, "0")
+    x = torch.randn(5, 4)
+    model(x)
+    model(x)
+    assert calls == [1]
+    return model, calls, x
+
+
+def _plain(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    for layer in (model[0][0], model[0][1], model[1]):
+        x = nn.functional.linear(x, layer.weight, layer.bias)
+    return x
+
+
+def test_thaw_inside_the_part_recomputes_and_trains_then_refreeze_caches_again() -> None:
+    model, calls, x = _cached_linear()
+    frozen.thaw(model, "0.1")
+    model.train()
+    model(x).sum().backward()
+    assert calls == [2] and model[0][1].weight.grad is not None  # recomputed, with gradients
+    with torch.no_grad():
+        model[0][1].weight.add_(1.0)
+    got = model(x)
+    assert calls == [3]
+    torch.testing.assert_close(got, _plain(model, x))
+    frozen.freeze(model, "0.1")
+    model(x)
+    model(x)
+    assert calls == [4] and cache_stats(model)["0"]["invalidations"] >= 2
+
+
+def test_schedule_thawing_inside_the_part_drops_the_cache() -> None:
+    model, calls, x = _cached_linear()
+    optimizer = torch.optim.SGD(frozen.optim.param_groups(model, lr=0.1), lr=0.1)
+    plan = frozen.schedule.GradualUnfreezing(model, optimizer, [frozen.schedule.Stage(1, ("0.0",))])
+    plan.step()
+    model(x).sum().backward()
+    optimizer.step()
+    assert calls == [2] and model[0][0].weight.grad is not None
+
+
+@pytest.mark.parametrize("change", ["load_state_dict", "double", "load_state", "in_place"])
+def test_changing_the_part_invalidates_it(change: str) -> None:
+    model, calls, x = _cached_linear()
+    if change == "load_state_dict":
+        state = {k: v + 1 for k, v in model.state_dict().items()}
+        model.load_state_dict(state)
+    elif change == "double":
+        model.double()
+        x = x.double()
+    elif change == "load_state":
+        saved = frozen.state(frozen.thaw(copy.deepcopy(model), "0.0"))
+        frozen.load_state(model, saved)
+    else:
+        with torch.no_grad():
+            model[0][0].bias.mul_(3)
+    got = model(x)
+    assert calls == [2]
+    torch.testing.assert_close(got, _plain(model, x))
+
+
+@pytest.mark.parametrize("store", ["cpu", "device", "disk"])
+def test_stores_stay_within_budget_and_evict_least_recently_used(store: str, tmp_path) -> None:
+    model = frozen.freeze(nn.Sequential(nn.Linear(4, 16, dtype=torch.float64)), "0")
+    handle = cache(model, "0", budget=5 * 128, store=store, path=str(tmp_path) if store == "disk" else None)
+    x = torch.randn(8, 4, dtype=torch.float64)
+    for _ in range(3):
+        torch.testing.assert_close(model(x), nn.Linear.forward(model[0], x), **TOL)
+    stats = handle.stats()["0"]
+    assert stats["entries"] == 5 and stats["bytes"] <= 5 * 128 and stats["evictions"] > 0
+    assert model(x[3:]).shape == (5, 16) and handle.stats()["0"]["hits"] == stats["hits"] + 5
+    uncache(model)
+    assert "forward" not in model[0].__dict__ and cache_stats(model) == {}
+
+
+def test_refusals_name_the_part_and_change_nothing() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2))
+    with pytest.raises(CacheError, match="'0' is not frozen"):
+        cache(model, "0")
+    with pytest.raises(frozen.UnknownPathError, match="'9'"):
+        cache(model, "9")
+    frozen.freeze(model, "0-1", mode="inherit")
+    with pytest.raises(frozen.FrozenError, match="budget"):
+        cache(model, "0", budget="lots")
+    with pytest.raises(CacheError, match="store"):
+        cache(model, "0", store="gpu")
+    assert "forward" not in model[0].__dict__
+    cache(model, "1")
+    model.train()
+    with pytest.raises(CacheError, match=r"'1' \(Dropout\).*training behaviour.*mode='inherit'"):
+        model(torch.randn(3, 4))
+    with pytest.raises(CacheError, match="cached already"):
+        cache(model, "1")
+    cache(model, "0")
+    model.eval()  # mode="inherit" in eval: inference behaviour, cacheable
+    with pytest.raises(CacheError, match="requires grad"):
+        model[0](torch.randn(3, 4, requires_grad=True))
+    pooled = frozen.freeze(nn.Sequential(Pool()), "0")
+    cache(pooled, "0")
+    with pytest.raises(CacheError, match="'0' is not batch-separable"):
+        pooled(torch.randn(3, 4))
+    with pytest.raises(CacheError, match="not cached"):
+        uncache(model, "2")
+
+
+class Pool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(0)  # mixes the samples: no per-sample rows
+
+
+def test_tied_weight_that_trains_elsewhere_is_refused() -> None:
+    shared = nn.Linear(3, 3)
+    model = nn.Sequential(frozen.Frozen(shared), nn.Sequential(shared))
+    with pytest.raises(CacheError, match="not frozen|trains through"):
+        cache(model, "0")
+
+
+def test_copies_run_uncached_with_the_same_outputs() -> None:
+    model, calls, x = _cached_linear()
+    picklable = frozen.freeze(nn.Sequential(nn.Linear(4, 2)), "0")
+    cache(picklable, "0")
+    picklable(x)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(picklable))(x), picklable(x))
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(picklable))):
+        assert cache_stats(clone) == {} and clone(x).shape[0] == 5
+
+
+def test_features_compute_a_backbone_once_over_a_loader() -> None:
+    torch.manual_seed(0)
+    backbone = Probe().backbone  # features() runs it in eval mode whatever its mode, then restores it
+    data, labels = torch.randn(10, 3, 16, 16), torch.arange(10)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data, labels), batch_size=4)
+    with torch.no_grad():
+        want = backbone.eval()(pixel_values=data).last_hidden_state
+    backbone.train()
+    out, got_labels = features(backbone, loader, progress=True)
+    torch.testing.assert_close(out.last_hidden_state, want, **TOL)
+    assert torch.equal(got_labels, labels) and backbone.training and not out.last_hidden_state.requires_grad
+    dict_loader = [{"pixel_values": data[:4]}, {"pixel_values": data[4:]}]
+    torch.testing.assert_close(features(backbone, dict_loader, progress=False).last_hidden_state, want, **TOL)
+    with pytest.raises(CacheError, match="no batch"):
+        features(backbone, [], progress=False)
