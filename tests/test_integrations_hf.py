@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
 import frozen
 from frozen.integrations.hf import FreezeCallback
@@ -37,7 +39,7 @@ def tiny_bert() -> BertForSequenceClassification:
     return BertForSequenceClassification(config)
 
 
-def make_trainer(model, tmp_path, callbacks=(), epochs: float = 1) -> Trainer:
+def make_trainer(model, tmp_path, callbacks=(), epochs: float = 1, **options) -> Trainer:
     args = TrainingArguments(
         output_dir=str(tmp_path),
         per_device_train_batch_size=4,
@@ -45,9 +47,9 @@ def make_trainer(model, tmp_path, callbacks=(), epochs: float = 1) -> Trainer:
         learning_rate=1e-2,
         report_to="none",
         use_cpu=True,
-        save_strategy="no",
         logging_strategy="no",
         disable_tqdm=True,
+        **{"save_strategy": "no", **options},
     )
     return Trainer(model=model, args=args, train_dataset=RandomTokens(), callbacks=list(callbacks))
 
@@ -99,3 +101,96 @@ def test_callback_rejects_bad_arguments_when_created():
         FreezeCallback("bert", unfreeze=[("bert", 1)])
     with pytest.raises(frozen.InvalidModeError, match="mode="):
         FreezeCallback("bert", mode="train")
+
+
+# -- resume, decay rule, rates, steps, logging (issue 11) -----------------------------------------
+
+
+def two_stage_callback(unit: str = "epoch", at: tuple[int, int] = (1, 2)) -> FreezeCallback:
+    return FreezeCallback(
+        "bert.encoder",
+        unit=unit,
+        unfreeze=[
+            frozen.schedule.Stage(at[0], ("bert.encoder.layer.1",), lr_ratio=0.1, name="layer1"),
+            frozen.schedule.Stage(at[1], ("bert.encoder.layer.0",)),  # back to the Trainer's groups
+        ],
+    )
+
+
+RUN = {"epochs": 3, "weight_decay": 0.05, "save_strategy": "steps", "save_steps": 2, "seed": 7}
+
+
+def layout(trainer: Trainer) -> list[tuple]:
+    return [(g.get("name"), g["lr"], g["weight_decay"], len(g["params"])) for g in trainer.optimizer.param_groups]
+
+
+def test_resume_from_any_checkpoint_before_or_after_a_stage_is_bit_identical(tmp_path):
+    straight = tiny_bert()
+    reference = make_trainer(straight, tmp_path, [two_stage_callback()], **RUN)
+    reference.train()  # 4 steps per epoch: layer 1 thaws at step 4, layer 0 at step 8
+    expected = straight.state_dict()
+    for step in (4, 6, 10):  # before stage 1 (end of epoch 0), after stage 1 (mid-epoch), after stage 2
+        resumed = tiny_bert()
+        trainer = make_trainer(resumed, tmp_path / f"resume-{step}", [two_stage_callback()], **RUN)
+        trainer.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{step}"))
+        assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in expected.items()), step
+        assert layout(trainer) == layout(reference)
+        assert optimizer_ids(trainer) == {id(p) for p in frozen.trainable(resumed)}
+
+
+def test_thawed_parameters_follow_the_trainers_decay_rule_and_arguments(tmp_path):
+    model = tiny_bert()
+    trainer = make_trainer(model, tmp_path, [two_stage_callback()], epochs=3, weight_decay=0.05)
+    trainer.train()
+    decay = set(trainer.get_decay_parameter_names(model))
+    path_of = {id(p): n for n, p in model.named_parameters()}
+    groups = {g.get("name"): g for g in trainer.optimizer.param_groups}
+    assert set(groups) == {None, "layer1", "layer1/no_decay"}
+    for group in trainer.optimizer.param_groups:
+        names = [path_of[id(p)] for p in group["params"]]
+        assert all((n in decay) == (group["weight_decay"] == 0.05) for n in names), group.get("name")
+        assert group["weight_decay"] in (0.05, 0.0) and group["betas"] == (0.9, 0.999) and group["eps"] == 1e-8
+    layer0 = [n for n in path_of.values() if n.startswith("bert.encoder.layer.0.")]
+    home = [path_of[id(p)] for g in trainer.optimizer.param_groups[:2] for p in g["params"]]
+    assert set(layer0) <= set(home)  # returned to the Trainer's own two groups
+    assert groups["layer1"]["initial_lr"] == pytest.approx(0.1 * 1e-2)
+
+
+class Rates(TrainerCallback):
+    def __init__(self) -> None:
+        self.steps: list[dict] = []
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.steps.append({g.get("name"): g["lr"] for g in optimizer.param_groups})
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant", "constant_with_warmup"])
+def test_lr_ratio_is_applied_exactly_once_under_every_trainer_scheduler(tmp_path, kind):
+    rates = Rates()
+    model = tiny_bert()
+    callbacks = [two_stage_callback(), rates]
+    make_trainer(model, tmp_path, callbacks, epochs=3, lr_scheduler_type=kind, warmup_steps=2).train()
+    after = [step for step in rates.steps if "layer1" in step]
+    assert len(after) == 8 and len(rates.steps) == 12  # thawed at the start of epoch 1
+    for step in after:
+        assert step["layer1"] == pytest.approx(0.1 * step[None], rel=1e-12, abs=1e-18)
+        assert step["layer1/no_decay"] == step["layer1"]
+
+
+def test_stages_counted_in_steps_for_max_steps_runs_and_one_log_line_per_thaw(tmp_path, caplog):
+    model = tiny_bert()
+    layer0, layer1 = snapshot(model, "bert.encoder.layer.0."), snapshot(model, "bert.encoder.layer.1.")
+    trainer = make_trainer(model, tmp_path, [two_stage_callback("step", at=(3, 100))], max_steps=6)
+    with caplog.at_level(logging.INFO, logger="frozen"):
+        trainer.train()
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in layer0.items())
+    assert not all(torch.equal(v, after[k]) for k, v in layer1.items())
+    lines = [r.getMessage() for r in caplog.records if r.name == "frozen"]
+    count = sum(p.numel() for p in frozen.trainable(model))
+    assert lines == [f"frozen: thawed bert.encoder.layer.1 at step 3 (global step 3); {count:,} trainable parameters"]
+
+
+def test_growth_is_refused_with_the_trainer():
+    with pytest.raises(frozen.FrozenError, match="growth is not supported"):
+        FreezeCallback("bert", unfreeze=[frozen.schedule.Stage(1, ("bert",), lr_ratio=0.1, growth=2.0)])

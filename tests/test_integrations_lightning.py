@@ -140,3 +140,153 @@ def test_resume_from_a_checkpoint_after_a_thaw_continues_exactly(tmp_path):
     assert frozen.is_frozen(resumed, "backbone.0") and not frozen.is_frozen(resumed, "backbone.3")
     assert optimizer_ids(again) == {id(p) for p in frozen.trainable(resumed)}
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in straight.state_dict().items())
+
+
+# -- Lightning parity (issue 11) ----------------------------------------------------------------
+
+
+class Recorder(lightning.Callback):
+    """Learning rate of every group, as the first batch of each epoch trains with it."""
+
+    def __init__(self) -> None:
+        self.rates: list[list[float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.rates.append([g["lr"] for g in trainer.optimizers[0].param_groups])
+
+
+class HeadOnly(Net):
+    """Lightning's BackboneFinetuning test model: the optimizer gets the head only, with a scheduler."""
+
+    def __init__(self, scheduler: str = "step", norm: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        norm_layer = nn.BatchNorm1d(8) if norm else nn.Identity()
+        self.backbone = nn.Sequential(nn.Linear(4, 8), norm_layer, nn.ReLU(), nn.Linear(8, 8), nn.ReLU())
+        self.scheduler = scheduler
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.head.parameters(), lr=0.1, momentum=0.9)
+        steps = self.trainer.estimated_stepping_batches
+        make = {
+            "step": lambda: torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7),
+            "lambda": lambda: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.9**step),
+            "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.5, total_steps=steps),
+            "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps),
+            "plateau": lambda: torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0),
+        }
+        interval = "epoch" if self.scheduler in ("step", "plateau") else "step"
+        config = {"scheduler": make[self.scheduler](), "interval": interval, "monitor": "train_loss"}
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def fit_with(model, callbacks, epochs, **kwargs):
+    trainer = lightning.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        **kwargs,
+    )
+    trainer.fit(model, loader())
+    return trainer
+
+
+def test_backbone_finetuning_preset_gives_lightnings_rates_epoch_for_epoch():
+    # Lightning's test_finetuning_callback: StepLR(gamma=0.7), backbone thawed at epoch 3, 8 epochs.
+    from lightning.pytorch.callbacks import BackboneFinetuning
+
+    theirs, ours = Recorder(), Recorder()
+    fit_with(HeadOnly(), [BackboneFinetuning(unfreeze_backbone_at_epoch=3, verbose=False), theirs], epochs=8)
+    model = HeadOnly()
+    fit_with(model, [FreezeCallback.backbone_finetuning(unfreeze_at=3), ours], epochs=8)
+    assert ours.rates == theirs.rates  # same rate per group per epoch, bit for bit
+    assert [len(r) for r in ours.rates] == [1, 1, 1, 2, 2, 2, 2, 2]
+    head, backbone = zip(*ours.rates[3:])
+    assert backbone[0] == pytest.approx(0.1 * head[0])  # lr_ratio applied once, to this epoch's rate
+    assert all(b <= h for h, b in zip(head, backbone)) and backbone[-1] == head[-1]  # grows x2, capped
+    assert not frozen.is_frozen(model, "backbone")
+
+
+def test_translated_lightning_one_layer_per_epoch_gets_its_own_group():
+    # Lightning's test_base_finetuning_internal_optimizer_metadata: one more layer per epoch.
+    model = Net()
+    stages = [frozen.schedule.Stage(1, ("backbone.0",), lr=0.01), frozen.schedule.Stage(2, ("backbone.3",), lr=0.01)]
+    trainer = fit(model, FreezeCallback("backbone", unfreeze=stages), epochs=3)
+    groups = trainer.optimizers[0].param_groups
+    assert [g["name"] for g in groups] == ["default", "backbone.0", "backbone.3"]
+    assert [[id(p) for p in g["params"]] for g in groups[1:]] == [
+        [id(p) for p in model.backbone[0].parameters()],
+        [id(p) for p in model.backbone[3].parameters()],
+    ]
+
+
+@pytest.mark.parametrize("scheduler", ["lambda", "onecycle", "plateau", "cosine"])
+def test_train_norms_with_a_head_only_optimizer_works_under_any_scheduler(scheduler):
+    model = HeadOnly(scheduler, norm=True)
+    linear = snapshot(model.backbone[0])
+    trainer = fit_with(model, [FreezeCallback("backbone", train_norms=True)], epochs=2)
+    assert same(linear, model.backbone[0])
+    assert optimizer_ids(trainer) == {id(p) for p in [*model.head.parameters(), *model.backbone[1].parameters()]}
+    head, norms = trainer.optimizers[0].param_groups
+    if scheduler == "lambda":  # the norms follow the head's schedule, from their own base rate
+        assert norms["lr"] == pytest.approx(head["lr"]) and head["lr"] == pytest.approx(0.1 * 0.9**8)
+
+
+def test_one_callback_serves_two_fits_each_with_its_own_optimizer():
+    callback = FreezeCallback("backbone", unfreeze=[frozen.schedule.Stage(1, ("backbone.3",), lr=0.01)])
+    fit(Net(), callback, epochs=2)
+    second = Net()
+    layer = snapshot(second.backbone[3])
+    trainer = fit(second, callback, epochs=2)
+    assert not same(layer, second.backbone[3])  # thawed into the second fit's optimizer, and trained
+    assert optimizer_ids(trainer) == {id(p) for p in frozen.trainable(second)}
+
+
+class LateBackbone(Net):
+    """The backbone exists only once Lightning calls configure_model (after setup)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.backbone
+
+    def configure_model(self):
+        if not hasattr(self, "backbone"):
+            torch.manual_seed(1)
+            self.backbone = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU())
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.05)
+
+
+def test_modules_made_in_configure_model_can_be_targeted():
+    model = LateBackbone()
+    trainer = lightning.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[FreezeCallback("backbone")],
+    )
+    model.configure_model()
+    before = snapshot(model.backbone)
+    del model.backbone
+    trainer.fit(model, loader())
+    assert same(before, model.backbone)
+    assert optimizer_ids(trainer) == {id(p) for p in model.head.parameters()}
+
+
+def test_a_missing_target_still_fails_clearly_without_configure_model():
+    with pytest.raises(frozen.SelectorError, match="nothing_here"):
+        fit(Net(), FreezeCallback("nothing_here"), epochs=1)

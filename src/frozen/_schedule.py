@@ -12,7 +12,7 @@ from torch import nn
 from ._checks import check_model, check_optimizer
 from ._errors import FrozenError
 from ._freeze import thaw
-from .optim._sync import sync
+from .optim._sync import STATE_POLICIES, sync
 
 __all__ = ["Stage", "GradualUnfreezing"]
 
@@ -31,8 +31,16 @@ class Stage:
         name: the new group's name (default: the targets joined with ``","``).
         growth: after the thaw, multiply the new group's rate by this factor at every
             later step, or by ``growth(count)`` if callable (Lightning's ``lambda_func``).
+            The factor applies to the rate the schedule set last (as Lightning's
+            ``previous_backbone_lr``), so an LR scheduler's changes in between do not
+            compound with it.
         align: with ``growth``, never let the rate pass the reference group's rate
             (Lightning's ``should_align``).
+
+    With ``lr_ratio`` the new group's rate is ``lr_ratio`` times the reference group's
+    rate *now*, and its base rate (``initial_lr``, what an LR scheduler multiplies by its
+    factor) is ``lr_ratio`` times the reference group's base rate, so the ratio holds
+    at every later step under any scheduler: the schedule factor is applied once.
 
     Without ``lr`` / ``lr_ratio`` the thawed parameters return to the groups that
     record them (see :func:`frozen.optim.sync`).
@@ -72,6 +80,8 @@ class GradualUnfreezing:
         stages: :class:`Stage` objects (any order; applied by ``at``).
         reference_group: index or name of the group ``lr_ratio`` and ``align`` refer
             to (default 0, the first group, as Lightning).
+        state: what :func:`frozen.optim.sync` does with a frozen parameter's optimizer
+            state, ``"drop"`` (default) or ``"keep"`` (see ``docs/optimizers.md``).
 
     Raises:
         TypeError: wrong argument types.
@@ -94,8 +104,14 @@ class GradualUnfreezing:
         stages: Sequence[Stage],
         *,
         reference_group: int | str = 0,
+        state: str = "drop",
     ) -> None:
         check_model(model, "frozen.schedule.GradualUnfreezing")
+        if state not in STATE_POLICIES:
+            raise FrozenError(
+                f"GradualUnfreezing(state={state!r}): expected one of {STATE_POLICIES!r} (what happens to a frozen "
+                f"parameter's optimizer state, see frozen.optim.sync)."
+            )
         check_optimizer(optimizer, "frozen.schedule.GradualUnfreezing")
         stages = list(stages)
         for stage in stages:
@@ -110,10 +126,12 @@ class GradualUnfreezing:
                     f"Fix that stage; to train a part from the start, leave it unfrozen."
                 )
         self.model, self.optimizer, self.reference_group = model, optimizer, reference_group
+        self.state = state
         self._reference()  # fail now, not at the first thaw
         self.stages = sorted(stages, key=lambda s: s.at)  # stable: same-`at` stages keep order
         self.count = 0
         self.applied: list[int] = []
+        self.rates: dict[int, float] = {}  # stage index -> the rate growth set last
 
     # -- presets -----------------------------------------------------------------------
 
@@ -138,11 +156,18 @@ class GradualUnfreezing:
         *,
         unfreeze_at: int = 10,
         lr_ratio: float = 0.1,
-        growth: float | Callable[[int], float] = 1.5,
+        growth: float | Callable[[int], float] = 2.0,
         align: bool = True,
     ) -> GradualUnfreezing:
         """Lightning ``BackboneFinetuning``: thaw ``backbone`` at epoch ``unfreeze_at`` into a new
-        group at ``lr_ratio`` times the first group's rate, then grow it by ``growth`` each epoch."""
+        group at ``lr_ratio`` times the first group's rate, then grow it by ``growth`` each epoch.
+
+        Defaults are Lightning's (``unfreeze_backbone_at_epoch=10``,
+        ``backbone_initial_ratio_lr=0.1``, ``lambda_func`` = 2.0, ``should_align=True``).
+        Call :meth:`advance` with the epoch index at the *start* of each epoch, after the
+        LR scheduler stepped, as Lightning's ``on_train_epoch_start`` does: then the rates
+        match Lightning's epoch for epoch.
+        """
         stage = Stage(unfreeze_at, backbone, lr_ratio=lr_ratio, name="backbone", growth=growth, align=align)
         return cls(model, optimizer, [stage])
 
@@ -177,35 +202,62 @@ class GradualUnfreezing:
         self.count += 1
         due = [k for k, stage in enumerate(self.stages) if stage.at <= self.count and k not in self.applied]
         for k in due:
-            stage = self.stages[k]
-            thaw(self.model, *stage.targets)
-            if stage.lr is None and stage.lr_ratio is None:
-                sync(self.optimizer, self.model)
-            else:
-                lr = stage.lr if stage.lr is not None else stage.lr_ratio * self._reference()["lr"]
-                sync(self.optimizer, self.model, new_group={"name": stage.group_name, "lr": lr})
-            self.applied.append(k)
+            self._thaw(k)
         for k in self.applied:
-            stage = self.stages[k]
-            if stage.growth is not None and k not in due:
-                self._grow(stage)
+            if self.stages[k].growth is not None and k not in due:
+                self._grow(k)
         return [self.stages[k] for k in due]
 
-    def _grow(self, stage: Stage) -> None:
-        group = next((g for g in self.optimizer.param_groups if g.get("name") == stage.group_name), None)
-        if group is None:
+    def advance(self, to: int) -> list[Stage]:
+        """Call :meth:`step` until ``to`` units are done; return the stages thawed.
+
+        Idempotent: ``advance(3)`` twice counts three units once. Frameworks call it with
+        their own counter (the epoch index at the start of an epoch, the global step),
+        so a resumed run that calls it again for a unit already counted changes nothing.
+        """
+        thawed: list[Stage] = []
+        while self.count < to:
+            thawed += self.step()
+        return thawed
+
+    def _thaw(self, k: int) -> None:
+        stage = self.stages[k]
+        thaw(self.model, *stage.targets)
+        if stage.lr is None and stage.lr_ratio is None:
+            sync(self.optimizer, self.model, state=self.state)
+        else:
+            ref = self._reference()
+            options: dict[str, Any] = {"name": stage.group_name}
+            if stage.lr is not None:
+                options["lr"] = stage.lr
+            else:
+                options["lr"] = stage.lr_ratio * ref["lr"]
+                if "initial_lr" in ref:  # the scheduler's factor lives in ref["lr"]: apply it once
+                    options["initial_lr"] = stage.lr_ratio * ref["initial_lr"]
+            sync(self.optimizer, self.model, new_group=options, state=self.state)
+            group = self._group(stage)
+            if group is not None and stage.growth is not None:
+                self.rates[k] = group["lr"]
+        self.applied.append(k)
+
+    def _group(self, stage: Stage) -> dict[str, Any] | None:
+        return next((g for g in self.optimizer.param_groups if g.get("name") == stage.group_name), None)
+
+    def _grow(self, k: int) -> None:
+        stage, group = self.stages[k], self._group(self.stages[k])
+        if group is None or stage.growth is None:
             return  # nothing was thawed into it (the part had no parameters)
         factor = stage.growth(self.count) if callable(stage.growth) else stage.growth
-        lr = group["lr"] * factor
+        lr = self.rates.get(k, group["lr"]) * factor
         if stage.align:
             lr = min(lr, self._reference()["lr"])
-        group["lr"] = lr
+        group["lr"] = self.rates[k] = lr
 
     # -- checkpoints -------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """Return the progress through the plan (JSON-serialisable)."""
-        return {"count": self.count, "applied": list(self.applied)}
+        return {"count": self.count, "applied": list(self.applied), "rates": {str(k): v for k, v in self.rates.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore progress saved by :meth:`state_dict`.
@@ -214,7 +266,7 @@ class GradualUnfreezing:
         and the optimizer with ``frozen.optim.load_state_dict`` (the learning rates the
         schedule set live in the optimizer's groups).
         """
-        if not isinstance(state, dict) or set(state) != {"count", "applied"}:
+        if not isinstance(state, dict) or not {"count", "applied"} <= set(state) <= {"count", "applied", "rates"}:
             raise FrozenError(
                 f"GradualUnfreezing.load_state_dict(state): expected the dict state_dict() returned, with keys 'count' and 'applied', received {state!r}."
             )
@@ -223,3 +275,4 @@ class GradualUnfreezing:
                 f"GradualUnfreezing.load_state_dict(state): state['applied'] = {state['applied']!r} names stages this plan does not have (it has {len(self.stages)}). Build the schedule with the same stages as the saved run."
             )
         self.count, self.applied = int(state["count"]), list(state["applied"])
+        self.rates = {int(k): float(v) for k, v in state.get("rates", {}).items()}

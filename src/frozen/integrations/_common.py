@@ -8,20 +8,43 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import freeze
 from .._checks import check_mode
 from .._errors import FrozenError
-from .._freeze import freeze
 from .._schedule import GradualUnfreezing, Stage
-from ..optim._sync import sync
+from ..optim._sync import STATE_POLICIES, sync
+from ._schedulers import extend_scheduler
 
-__all__ = ["FreezePlan", "unwrap_optimizer", "extend_scheduler"]
+__all__ = ["FreezePlan", "unwrap_optimizer", "unwrap_model", "extend_scheduler", "UNITS"]
+
+UNITS = ("epoch", "step")
 
 
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The ``torch.optim`` optimizer inside Accelerate's / Lightning's wrappers."""
-    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+    """The ``torch.optim`` optimizer inside Accelerate's / Lightning's wrappers.
+
+    Accelerate's ``AcceleratedOptimizer`` is itself an ``Optimizer`` subclass without
+    hooks of its own: go inside whenever the inner object is an optimizer too.
+    """
+    while hasattr(optimizer, "optimizer") and (
+        isinstance(optimizer.optimizer, torch.optim.Optimizer) or not isinstance(optimizer, torch.optim.Optimizer)
+    ):
         optimizer = optimizer.optimizer
     return optimizer
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's model inside DDP / DataParallel / ``torch.compile`` wrappers (``.module`` / ``._orig_mod``).
+
+    Selectors name paths of the user's model, and the optimizer holds its parameters.
+    """
+    while True:
+        inner = getattr(model, "_orig_mod", None) or (
+            model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else None
+        )
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 class FreezePlan:
@@ -40,6 +63,8 @@ class FreezePlan:
         train_norms: bool,
         unfreeze: Iterable[Stage],
         owner: str,
+        state: str = "drop",
+        unit: str = "epoch",
     ) -> None:
         check_mode(mode)
         self.unfreeze = list(unfreeze)
@@ -49,7 +74,13 @@ class FreezePlan:
                     f"{owner}(unfreeze=...): expected frozen.schedule.Stage objects, received {stage!r}. "
                     f"Write unfreeze=[frozen.schedule.Stage(at=2, targets=('backbone',))]."
                 )
+        if state not in STATE_POLICIES or unit not in UNITS:
+            raise FrozenError(
+                f"{owner}(state={state!r}, unit={unit!r}): expected state in {STATE_POLICIES!r} (optimizer state of "
+                f"frozen parameters) and unit in {UNITS!r} (what Stage.at counts)."
+            )
         self.targets, self.exclude, self.mode, self.train_norms = tuple(targets), exclude, mode, train_norms
+        self.state, self.unit = state, unit
         self.schedule: GradualUnfreezing | None = None
         self._frozen_models: set[int] = set()
 
@@ -61,8 +92,14 @@ class FreezePlan:
             freeze(model, *self.targets, exclude=self.exclude, mode=self.mode, train_norms=self.train_norms)
         self._frozen_models.add(id(model))
 
-    def start(self, model: nn.Module, optimizers: Sequence[Any]) -> None:
-        """Make a single optimizer hold exactly the trainable set; attach the schedule to it.
+    def start(self, model: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any] = ()) -> None:
+        """Make a single optimizer hold exactly the trainable set; bind a fresh schedule to it.
+
+        Every call binds a new schedule to the optimizer it is given, so one callback
+        serves several ``fit()`` / ``train()`` calls, each with its own optimizer; the
+        progress restarts at 0 (a resumed run restores it afterwards). Groups ``sync``
+        adds here (``train_norms`` with a head-only optimizer) are taught to
+        ``schedulers``, which already exist.
 
         With several optimizers (a GAN's generator and discriminator) each holds only
         part of the model, so ``sync`` — which makes one optimizer hold *every*
@@ -70,45 +107,22 @@ class FreezePlan:
         is refused. Build them from ``frozen.trainable(part)`` instead.
         """
         raw = [unwrap_optimizer(o) for o in optimizers]
+        if self.unfreeze and len(raw) != 1:
+            raise FrozenError(
+                f"gradual unfreezing (unfreeze=...) needs exactly one optimizer to add thawed "
+                f"parameters to, received {len(raw)}. Expected a single optimizer; with several, "
+                f"thaw by hand and add the parameters to the right one (frozen.optim.sync)."
+            )
         if len(raw) == 1:
-            sync(raw[0], model)
-        if self.unfreeze and self.schedule is None:
-            if len(raw) != 1:
-                raise FrozenError(
-                    f"gradual unfreezing (unfreeze=...) needs exactly one optimizer to add thawed "
-                    f"parameters to, received {len(raw)}. Expected a single optimizer; with several, "
-                    f"thaw by hand and add the parameters to the right one (frozen.optim.sync)."
-                )
-            self.schedule = GradualUnfreezing(model, raw[0], self.unfreeze)
+            sync(raw[0], model, state=self.state)
+            for scheduler in schedulers:
+                extend_scheduler(scheduler)
+        self.schedule = GradualUnfreezing(model, raw[0], self.unfreeze, state=self.state) if self.unfreeze else None
 
-    def step(self, schedulers: Sequence[Any] = ()) -> list[Stage]:
-        """One unit (epoch) done: thaw what is due, extend ``schedulers`` to new groups."""
-        thawed = self.schedule.step() if self.schedule is not None else []
+    def advance(self, to: int, schedulers: Sequence[Any] = ()) -> list[Stage]:
+        """``to`` units done: thaw what is due, extend ``schedulers`` to new groups; return the stages thawed."""
+        thawed = self.schedule.advance(to) if self.schedule is not None else []
         if thawed:
             for scheduler in schedulers:
                 extend_scheduler(scheduler)
         return thawed
-
-
-def extend_scheduler(scheduler: Any) -> None:
-    """Teach an LR scheduler about optimizer groups added after it was built.
-
-    torch's schedulers keep one base rate (and, for ``LambdaLR``, one function) per
-    group and refuse to step when the optimizer has more groups. A new group gets
-    its own rate as base rate and the *last* group's function, so a thawed part
-    follows the same warm-up / decay shape as the rest, scaled to its own rate.
-    """
-    groups = scheduler.optimizer.param_groups
-    base_lrs = getattr(scheduler, "base_lrs", None)
-    if base_lrs is None:
-        return
-    for group in groups[len(base_lrs) :]:
-        group.setdefault("initial_lr", group["lr"])
-        base_lrs.append(group["initial_lr"])
-        for name in ("lr_lambdas", "_last_lr"):
-            values = getattr(scheduler, name, None)
-            if isinstance(values, list) and values:
-                values.append(values[-1] if name == "lr_lambdas" else group["lr"])
-        # The rate the scheduler would give the group now, at its current step.
-        if getattr(scheduler, "lr_lambdas", None):
-            group["lr"] = group["initial_lr"] * scheduler.lr_lambdas[-1](scheduler.last_epoch)

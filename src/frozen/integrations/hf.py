@@ -9,26 +9,45 @@ and adds gradual unfreezing:
 * at ``Trainer(...)`` creation (``on_init_end``) it freezes the targets, before
   the optimizer exists;
 * at ``on_train_begin`` it makes the optimizer hold exactly the trainable
-  parameters (:func:`frozen.optim.sync`), whatever was frozen in between;
-* after each epoch it advances the ``unfreeze`` stages; thawed parameters join
-  the optimizer (a group named ``"thawed"`` with the optimizer's defaults, or one
-  with the stage's ``lr``). The ``Trainer``'s learning-rate scheduler is extended
-  to the new group: it follows the same warm-up/decay shape, scaled to its own rate.
+  parameters (:func:`frozen.optim.sync`) and records every frozen parameter in the
+  Trainer's decay or no-decay group, by the Trainer's own rule
+  (``Trainer.get_decay_parameter_names``), so a part thawed without its own rate
+  returns there with ``TrainingArguments``' ``weight_decay`` / ``learning_rate``;
+* it advances the ``unfreeze`` stages at the start of each epoch (``unit="epoch"``,
+  stages count finished epochs) or after each optimizer step (``unit="step"``, stages
+  count ``global_step``). A stage with ``lr`` / ``lr_ratio`` gets two groups,
+  ``name`` and ``name/no_decay``, split by the same rule; the ``Trainer``'s scheduler
+  is extended to them, from their own base rate (``lr_ratio`` times the first group's
+  base rate), so the ratio holds at every step and the schedule factor applies once;
+* each thaw logs one line (logger ``"frozen"``, level INFO) with the new trainable count;
+* checkpoints resume exactly: see :mod:`frozen.integrations._hf_resume`.
 
 Importing this module imports ``transformers``; ``import frozen`` does not.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterable
 from typing import Any
 
-from transformers import TrainerCallback
+from torch import nn
+from transformers import Trainer, TrainerCallback
 
+from .. import thaw
+from .._errors import FrozenError
+from .._query import trainable_ids
+from .._tree import named_parameters
+from ..optim import load_state_dict
+from ..optim._groups import PARKED
 from ..schedule import Stage
-from ._common import FreezePlan
+from ._common import FreezePlan, extend_scheduler, unwrap_model, unwrap_optimizer
+from ._hf_resume import install, take
 
 __all__ = ["FreezeCallback"]
+
+logger = logging.getLogger("frozen")
 
 
 class FreezeCallback(TrainerCallback):
@@ -41,12 +60,17 @@ class FreezeCallback(TrainerCallback):
         mode: ``"eval"`` (default: frozen parts keep inference behaviour, Dropout off)
             or ``"inherit"``.
         train_norms: keep normalisation layers inside the targets trainable.
-        unfreeze: :class:`frozen.schedule.Stage` objects counted in epochs
-            (``Stage(at=1, targets=("bert.encoder.layer.3",))`` thaws it after epoch 1).
+        unfreeze: :class:`frozen.schedule.Stage` objects; ``Stage(at=1,
+            targets=("bert.encoder.layer.3",))`` thaws it once one ``unit`` is done.
+            ``growth`` is refused: the Trainer's scheduler sets every rate at every step.
+        state: ``"drop"`` (default) or ``"keep"``: the optimizer state of frozen
+            parameters (:func:`frozen.optim.sync`).
+        unit: ``"epoch"`` (default) or ``"step"`` (optimizer steps, for ``max_steps`` runs).
 
     Raises:
         TypeError: ``unfreeze`` holds something other than ``Stage`` objects.
         frozen.InvalidModeError: unknown ``mode``.
+        frozen.FrozenError: unknown ``state`` / ``unit``, or a stage with ``growth``.
 
     Example:
         >>> from frozen.integrations.hf import FreezeCallback
@@ -62,23 +86,131 @@ class FreezeCallback(TrainerCallback):
         mode: str = "eval",
         train_norms: bool = False,
         unfreeze: Iterable[Stage] = (),
+        state: str = "drop",
+        unit: str = "epoch",
     ) -> None:
         self.plan = FreezePlan(
-            targets, exclude=exclude, mode=mode, train_norms=train_norms, unfreeze=unfreeze, owner="FreezeCallback"
+            targets,
+            exclude=exclude,
+            mode=mode,
+            train_norms=train_norms,
+            unfreeze=unfreeze,
+            owner="FreezeCallback",
+            state=state,
+            unit=unit,
         )
+        for stage in self.plan.unfreeze:
+            if stage.growth is not None:
+                raise FrozenError(
+                    f"FreezeCallback(unfreeze=[{stage!r}]): growth is not supported with the Hugging Face Trainer, "
+                    f"whose scheduler sets every group's rate at every step. Use lr or lr_ratio (the group then "
+                    f"follows the Trainer's schedule), or Lightning's callback / frozen.schedule for growth."
+                )
+        self._model: nn.Module | None = None
+        self._decay: set[str] = set()
+        self._weight_decay = 0.0
 
     def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if model is not None:
-            self.plan.freeze(model)
+            self.plan.freeze(unwrap_model(model))
 
     def on_train_begin(
-        self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: Any = None,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
+        **kwargs: Any,
     ) -> None:
         if model is None:
             return
+        model = self._model = unwrap_model(model)
         self.plan.freeze(model)  # a model passed via model_init is only created now
-        if optimizer is not None:
-            self.plan.start(model, [optimizer])
+        if optimizer is None:
+            return
+        raw = unwrap_optimizer(optimizer)
+        stash = take(raw)  # a resumed run: the real layout travelled inside the checkpoint
+        counts = [len(group["params"]) for group in raw.param_groups]  # the fresh Trainer's layout
+        schedulers = [lr_scheduler] if lr_scheduler is not None else []
+        # On resume the scheduler already holds the saved run's groups: extend it after the restore.
+        self.plan.start(model, [raw], schedulers if stash is None else [])
+        # The Trainer's own rule; the method does not use its instance.
+        self._decay = set(Trainer.get_decay_parameter_names(None, model))  # type: ignore[arg-type]
+        self._weight_decay = args.weight_decay
+        if stash is None:
+            self._park_by_decay_rule(raw, args)
+        else:
+            self._restore(raw, model, stash, schedulers)
+        install(raw, model, counts, lambda: self.plan.schedule.state_dict() if self.plan.schedule else {})
 
-    def on_epoch_end(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any) -> None:
-        self.plan.step([lr_scheduler] if lr_scheduler is not None else [])
+    def _park_by_decay_rule(self, optimizer: Any, args: Any) -> None:
+        """Record each frozen parameter in the Trainer's decay or no-decay group, so it returns there."""
+        groups = optimizer.param_groups
+        if len(groups) != 2 or [g.get("weight_decay") for g in groups] != [args.weight_decay, 0.0]:
+            return  # not the Trainer's own optimizer: sync's rules apply
+        assert self._model is not None
+        ids = trainable_ids(self._model)
+        for path, param in named_parameters(self._model):
+            if id(param) not in ids:
+                group = groups[0] if path in self._decay else groups[1]
+                if path not in group.setdefault(PARKED, []):
+                    group[PARKED].append(path)
+
+    def _restore(self, optimizer: Any, model: nn.Module, stash: dict[str, Any], schedulers: list[Any]) -> None:
+        """Put the model and optimizer back as the checkpointed run had them (stages, groups, state)."""
+        schedule = self.plan.schedule
+        if schedule is not None and stash["progress"]:
+            schedule.load_state_dict(stash["progress"])
+            for k in schedule.applied:
+                thaw(model, *schedule.stages[k].targets)
+        load_state_dict(optimizer, model, stash["saved"])
+        for scheduler in schedulers:  # it loaded base rates for every group; give it a function for each
+            extend_scheduler(scheduler)
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any) -> None:
+        if self.plan.unit == "epoch":
+            # state.epoch is the epoch index here (fractional only mid-epoch, after a resume).
+            self._advance(math.floor(state.epoch), state, lr_scheduler)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any) -> None:
+        if self.plan.unit == "step":
+            self._advance(state.global_step, state, lr_scheduler)
+
+    def _advance(self, to: int, state: Any, lr_scheduler: Any) -> None:
+        schedule = self.plan.schedule
+        if schedule is None or self._model is None:
+            return
+        thawed = schedule.advance(to)
+        for stage in thawed:
+            if stage.lr is not None or stage.lr_ratio is not None:
+                self._split_no_decay(schedule.optimizer, stage.group_name)
+        if thawed and lr_scheduler is not None:
+            extend_scheduler(lr_scheduler)
+        ids = trainable_ids(self._model)
+        count = sum(p.numel() for _, p in named_parameters(self._model) if id(p) in ids)
+        for stage in thawed:
+            logger.info(
+                "frozen: thawed %s at %s %d (global step %d); %s trainable parameters",
+                ", ".join(map(str, stage.targets)),
+                self.plan.unit,
+                to,
+                state.global_step,
+                f"{count:,}",
+            )
+
+    def _split_no_decay(self, optimizer: Any, name: str) -> None:
+        """Move a stage group's biases and norm weights to ``name/no_decay`` (weight_decay 0), as the Trainer does."""
+        group = next((g for g in optimizer.param_groups if g.get("name") == name), None)
+        if group is None:
+            return
+        group["weight_decay"] = self._weight_decay  # not torch's default: TrainingArguments' value
+        assert self._model is not None
+        path_of = {id(p): path for path, p in named_parameters(self._model)}
+        rest = [p for p in group["params"] if path_of[id(p)] not in self._decay]
+        if not rest:
+            return
+        group["params"][:] = [p for p in group["params"] if path_of[id(p)] in self._decay]
+        options = {k: v for k, v in group.items() if k not in ("params", PARKED, "param_names")}
+        optimizer.add_param_group({**options, "name": f"{name}/no_decay", "weight_decay": 0.0, "params": rest})

@@ -8,16 +8,20 @@ keep their identity, ``thaw`` restores exactly what was changed).
 
 * ``setup("fit")`` — before ``configure_optimizers`` — freezes the targets, so an
   optimizer built from ``frozen.trainable(self)`` or ``frozen.optim.param_groups(self)``
-  sees only what trains;
+  sees only what trains. Targets that exist only once ``configure_model`` ran are
+  frozen in ``on_fit_start`` instead (Lightning calls ``setup`` first);
 * ``on_fit_start`` makes a single optimizer hold exactly the trainable set
   (:func:`frozen.optim.sync`), even if ``configure_optimizers`` passed
-  ``self.parameters()``;
-* ``on_train_epoch_end`` advances the ``unfreeze`` stages
-  (:class:`frozen.schedule.GradualUnfreezing`), adding thawed parameters to the
-  optimizer with fresh state.
+  ``self.parameters()``, teaches the LR schedulers any group that adds, and binds the
+  ``unfreeze`` plan to this fit's optimizer (one callback serves several ``fit`` calls);
+* ``on_train_epoch_start`` advances the plan to the epoch index — Lightning's
+  ``BackboneFinetuning`` timing: after the epoch's scheduler step, so ``lr_ratio`` is
+  taken from the rate the epoch trains with (``unit="step"``: ``on_train_batch_start``,
+  to the global step).
 
 Its progress is saved in checkpoints (``state_dict``); a resumed run replays the
-stages already reached before Lightning restores the optimizer. Importing this module imports ``lightning``; ``import frozen`` does not.
+stages already reached before Lightning restores the optimizer. Importing this
+module imports ``lightning``; ``import frozen`` does not.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback
 
+from .._errors import SelectorError
 from .._tree import iter_module_uses
 from ..schedule import Stage
 from ._common import FreezePlan
@@ -46,9 +52,12 @@ class FreezeCallback(Callback):
         mode: ``"eval"`` (default) or ``"inherit"``.
         train_norms: keep normalisation layers inside the targets trainable and in
             training behaviour — Lightning's ``train_bn=True``.
-        unfreeze: :class:`frozen.schedule.Stage` objects counted in epochs; ``Stage(2,
-            ("backbone",), lr_ratio=0.1)`` thaws the backbone after two epochs into a
-            new group at a tenth of the first group's rate.
+        unfreeze: :class:`frozen.schedule.Stage` objects counted in ``unit``; ``Stage(2,
+            ("backbone",), lr_ratio=0.1)`` thaws the backbone at the start of epoch 2
+            into a new group at a tenth of the first group's rate.
+        state: ``"drop"`` (default) or ``"keep"``: the optimizer state of frozen
+            parameters (:func:`frozen.optim.sync`).
+        unit: ``"epoch"`` (default) or ``"step"`` (optimizer steps, ``trainer.global_step``).
 
     Raises:
         TypeError: ``unfreeze`` holds something other than ``Stage`` objects.
@@ -70,25 +79,75 @@ class FreezeCallback(Callback):
         mode: str = "eval",
         train_norms: bool = False,
         unfreeze: Iterable[Stage] = (),
+        state: str = "drop",
+        unit: str = "epoch",
     ) -> None:
         self.plan = FreezePlan(
-            targets, exclude=exclude, mode=mode, train_norms=train_norms, unfreeze=unfreeze, owner="FreezeCallback"
+            targets,
+            exclude=exclude,
+            mode=mode,
+            train_norms=train_norms,
+            unfreeze=unfreeze,
+            owner="FreezeCallback",
+            state=state,
+            unit=unit,
         )
         self._restored: dict[str, Any] | None = None
         self._quiet: Any = None
+        self._deferred = False
+
+    @classmethod
+    def backbone_finetuning(
+        cls,
+        backbone: Any = "backbone",
+        *,
+        unfreeze_at: int = 10,
+        lr_ratio: float = 0.1,
+        growth: float = 2.0,
+        align: bool = True,
+        train_norms: bool = True,
+        **options: Any,
+    ) -> FreezeCallback:
+        """Lightning's ``BackboneFinetuning`` with its defaults, as a ``FreezeCallback``.
+
+        Freezes ``backbone`` (norm layers keep training: ``train_bn=True``), thaws it at
+        the start of epoch ``unfreeze_at`` into a group named ``"backbone"`` at
+        ``lr_ratio`` times the first group's rate, then multiplies that rate by
+        ``growth`` at each later epoch start, capped at the first group's rate. The rates
+        equal Lightning's epoch for epoch (``tests/test_integrations_lightning.py``).
+
+        Example:
+            >>> from frozen.integrations.lightning import FreezeCallback
+            >>> FreezeCallback.backbone_finetuning(unfreeze_at=3).plan.unfreeze[0].growth
+            2.0
+        """
+        stage = Stage(unfreeze_at, backbone, lr_ratio=lr_ratio, name="backbone", growth=growth, align=align)
+        return cls(backbone, train_norms=train_norms, unfreeze=[stage], **options)
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage == "fit":
+        self._deferred = False
+        if stage != "fit":
+            return
+        try:
             self.plan.freeze(pl_module)
+        except SelectorError:
+            # Lightning calls configure_model after setup: targets it creates do not exist yet.
+            if type(pl_module).configure_model is LightningModule.configure_model:
+                raise
+            self._deferred = True
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self.plan.start(pl_module, trainer.optimizers)
+        if self._deferred:
+            self.plan.freeze(pl_module)  # raises now if the target is still missing
+        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        self.plan.start(pl_module, trainer.optimizers, schedulers)
         if self._restored is not None and self.plan.schedule is not None:
             # Replay the stages a checkpointed run had reached, so the model and the
             # optimizer's groups are as they were when it was saved; Lightning then
-            # loads the optimizer state (rates included) into those groups.
-            for _ in range(self._restored.get("count", 0)):
-                self.plan.step([config.scheduler for config in trainer.lr_scheduler_configs])
+            # loads the optimizer and scheduler state (rates included) into those groups.
+            self.plan.advance(self._restored.get("count", 0), schedulers)
+            self.plan.schedule.load_state_dict(self._restored)
+        self._restored = None  # a later fit() without ckpt_path starts from the beginning
         self._quiet_eval_mode_warning(pl_module)  # after the replay: thawed parts are not frozen
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -120,8 +179,13 @@ class FreezeCallback(Callback):
             self._quiet.__exit__(None, None, None)
             self._quiet = None
 
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        self.plan.step([config.scheduler for config in trainer.lr_scheduler_configs])
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.plan.unit == "epoch":
+            self.plan.advance(trainer.current_epoch, [config.scheduler for config in trainer.lr_scheduler_configs])
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.plan.unit == "step":
+            self.plan.advance(trainer.global_step, [config.scheduler for config in trainer.lr_scheduler_configs])
 
     def state_dict(self) -> dict[str, Any]:
         return self.plan.schedule.state_dict() if self.plan.schedule is not None else {}

@@ -20,9 +20,24 @@ from .._query import trainable_ids
 from .._tree import named_parameters
 from ._sync import paths_by_id
 
-__all__ = ["state_dict", "load_state_dict", "PATHS_KEY"]
+__all__ = ["state_dict", "load_state_dict", "PATHS_KEY", "STASH", "STASH_PREFIX"]
 
 PATHS_KEY = "frozen_param_paths"
+# A Hugging Face FreezeCallback makes optimizer.state_dict() return the Trainer's initial
+# layout with the real one inside (see frozen/integrations/_hf_resume.py): the first
+# group's option STASH carries layout and paths, state keys STASH_PREFIX + id the state.
+STASH = "frozen_resume"
+STASH_PREFIX = "frozen:"
+
+
+def _unstash(saved: dict[str, Any]) -> dict[str, Any] | None:
+    """The real path-keyed state dict inside a stashed one, or None if ``saved`` is not stashed."""
+    groups = saved.get("param_groups") or [{}]
+    real = groups[0].get(STASH)
+    if real is None:
+        return None
+    state = {int(k[len(STASH_PREFIX) :]): v for k, v in saved["state"].items() if isinstance(k, str)}
+    return {"state": state, "param_groups": real["param_groups"], PATHS_KEY: real[PATHS_KEY]}
 
 
 def state_dict(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
@@ -44,6 +59,9 @@ def state_dict(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, 
     check_model(model, "frozen.optim.state_dict")
     path_of = paths_by_id(optimizer, model, "frozen.optim.state_dict")
     saved = optimizer.state_dict()
+    real = _unstash(saved)
+    if real is not None:
+        return real
     saved[PATHS_KEY] = [[path_of[id(p)] for p in group["params"]] for group in optimizer.param_groups]
     return saved
 

@@ -216,9 +216,9 @@ def _add_to_new_group(
             for k in range(1, len(names) + 2)
             if (name := NEW_GROUP_NAME if k == 1 else f"{NEW_GROUP_NAME}-{k}") not in names
         )
-    for group in optimizer.param_groups:
-        if group.get("name") == options["name"]:
-            _set_params(group, list(group["params"]) + params, path_of)
+    for existing in optimizer.param_groups:
+        if existing.get("name") == options["name"]:
+            _set_params(existing, list(existing["params"]) + params, path_of)
             return
     group: dict[str, Any] = {**options, "params": params, PARKED: []}
     if any("param_names" in g for g in optimizer.param_groups):
