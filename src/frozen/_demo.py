@@ -263,33 +263,36 @@ def draw_curves(variants: list[Variant]) -> Any:
         loss_ax.plot(epochs, v.curve.loss, marker=".", label=v.name)
     acc_ax.set(title="test accuracy on digits 5-9", xlabel="epoch", ylabel="accuracy (%)")
     loss_ax.set(title="training loss", xlabel="epoch", ylabel="cross-entropy", yscale="log")
+    _mark_thaws(acc_ax, variants, labelled=True)  # labels low on the left, where the curves have risen
+    _mark_thaws(loss_ax, variants, labelled=False)
     for ax in (acc_ax, loss_ax):
-        _mark_thaws(ax, variants)
         ax.grid(alpha=0.3)
-    acc_ax.legend(fontsize="small", loc="lower right")
+    loss_ax.legend(fontsize="small", loc="upper right")
     figure.suptitle("frozen demo: transfer with 10 labels per class (dashed: gradual unfreezing thaws a stage)")
     figure.tight_layout()
     return figure
 
 
-def _mark_thaws(ax: Any, variants: list[Variant]) -> None:
+def _mark_thaws(ax: Any, variants: list[Variant], *, labelled: bool) -> None:
     """Draw a dashed line where a stage thawed (between its last frozen and first thawed epoch)."""
     from matplotlib.transforms import blended_transform_factory
 
-    along_top = blended_transform_factory(ax.transData, ax.transAxes)
+    data_x_axes_y = blended_transform_factory(ax.transData, ax.transAxes)
     for line, v in zip(ax.get_lines(), variants):
         for thaw in v.thaws:
             x = thaw.epoch + 0.5
             ax.axvline(x, color=line.get_color(), linestyle="--", linewidth=1, alpha=0.8)
+            if not labelled:
+                continue
             label = f"thaw {thaw.part}\n({thaw.trainable:,} trainable)"
             ax.text(
                 x,
-                0.98,
+                0.03,
                 label,
-                transform=along_top,
+                transform=data_x_axes_y,
                 rotation=90,
                 ha="right",
-                va="top",
+                va="bottom",
                 fontsize=7,
-                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1},
             )
