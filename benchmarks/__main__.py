@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from . import _report
+from ._registry import load_errors, scenarios
 from ._run import Settings, run_scenario
-from ._scenarios import SCENARIOS, has_freeze, has_low_precision, low_precision_variants
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,14 +29,14 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[1])
     parser.add_argument(
-        "--quick", action="store_true", help="few rounds, no peak-memory subprocesses (< 2 min on 2 cores)"
+        "--quick", action="store_true", help="few rounds, no peak-RSS subprocesses (a few minutes on 2 cores)"
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument(
         "--threads", type=int, default=cores, help=f"torch.set_num_threads (default: the {cores} usable cores)"
     )
     parser.add_argument(
-        "--scenario", action="append", choices=[s.key for s in SCENARIOS], help="run only these (repeatable)"
+        "--scenario", action="append", choices=[s.key for s in scenarios()], help="run only these (repeatable)"
     )
     parser.add_argument("--out", type=Path, help="output folder (default: see above)")
     parser.add_argument("--rounds-scale", type=float, default=1.0, help="multiply every scenario's round count")
@@ -77,9 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"{machine}\nwriting to {out}", flush=True)
     started = time.perf_counter()
-    results = []
-    for scenario in SCENARIOS:
+    results, left_out = [], []
+    for scenario in scenarios():
         if args.scenario and scenario.key not in args.scenario:
+            continue
+        if args.quick and not scenario.quick and not args.scenario:
+            left_out.append(f"`{scenario.key}` is not in `--quick`: {scenario.quick_note}")
+            print(f"\n{scenario.title}: LEFT OUT of --quick: {scenario.quick_note}", flush=True)
             continue
         t0 = time.perf_counter()
         result = run_scenario(scenario, settings)
@@ -90,30 +94,18 @@ def main(argv: list[str] | None = None) -> int:
 
             text += "\n" + seed_profile(full=not args.quick)
         (out / f"{scenario.key}.md").write_text(text)
-        print(f"\n{scenario.title}  ({time.perf_counter() - t0:.0f} s)")
-        for row in result.rows:
-            ratio = "" if row.vs_ideal is None else f"{row.vs_ideal[0]:6.3f}x ideal"
-            ok = {True: "correct", False: "NOT CORRECT: " + row.correct_note, None: ""}[row.correct]
-            print(f"  {row.variant:16s} {row.timing.median * 1e3:9.3f} ms  {ratio}  {ok}")
-        for claim, value, bound, met in _report.targets(result):
-            if bound != "equal":
-                print(f"  target: {claim} = {value:.3f} ({bound}) {'met' if met else 'MISSED'}")
+        _print(result, time.perf_counter() - t0)
     notes = [
-        "Variants, scenarios and method: [../../README.md](../../README.md).",
-        "`frozen.freeze`: " + ("measured." if has_freeze() else "not in this build; its rows are marked n/a."),
-        "Low-precision frozen weights (`dtype=`): "
-        + (
-            "measured as the `... bf16` rows of each scenario (`freeze(dtype=)` "
-            + (
-                "too)."
-                if "freeze bf16" in low_precision_variants()
-                else "is not in this build; only `Frozen(dtype=)`)."
-            )
-            if has_low_precision()
-            else "NOT BENCHMARKED - `frozen.Frozen` has no `dtype=` option in this build "
-            "(hook: `benchmarks/_scenarios.py: has_low_precision`)."
+        "Variants, scenarios, method and the verdict rule: [../../README.md](../../README.md).",
+        f"Load average at the end: {os.getloadavg()[0]:.2f} (the machine is shared; see the A/A spreads).",
+        "Peak RSS: "
+        + ("one fresh process per variant, 3 steps." if memory else "not measured in this run (--quick).")
+        + " The deterministic memory figure is the saved-activation bytes in each scenario's table.",
+        *left_out,
+        *(
+            f"Extension `{name}` failed to import: `{error.strip().splitlines()[-1]}`"
+            for name, error in load_errors().items()
         ),
-        f"Peak memory: {'one fresh process per variant, 3 steps' if memory else 'not measured in this run (--quick); run full mode'}.",
     ]
     (out / "summary.md").write_text(_report.summary_markdown(results, machine, command.strip(), notes))
     try:
@@ -122,6 +114,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chart.png not written: {error} (pip install matplotlib)", file=sys.stderr)
     print(f"\ndone in {time.perf_counter() - started:.0f} s; tables in {out}")
     return 0
+
+
+def _print(result, seconds: float) -> None:
+    print(f"\n{result.scenario.title}  ({seconds:.0f} s)")
+    for row in result.rows:
+        ratio = "" if row.vs_ideal is None else f"{row.vs_ideal[0]:6.3f}x {result.scenario.reference}"
+        saved = "" if row.saved_bytes is None else f"saved {row.saved_bytes / 2**20:8.2f} MiB"
+        ok = {True: "correct", False: "NOT CORRECT: " + row.correct_note, None: ""}[row.correct]
+        print(f"  {row.variant:20s} {row.timing.median * 1e3:9.3f} ms  {ratio}  {saved}  {ok}")
+    for variant, why in result.skipped.items():
+        print(f"  {variant:20s} SKIPPED: {why}")
+    if result.spread is not None:
+        print(f"  A/A spread: ±{result.spread:.3f}")
+    for line in _report.verdict_lines(result):
+        print(line)
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 Why interleaved: on a shared 2-core machine the speed drifts over seconds (turbo,
 other processes, allocator state). Timing variant A for a minute and then variant B
 would fold that drift into the A/B ratio. Here every round runs every variant once
-(in a rotated order, so no variant always goes first), and a ratio is taken *within*
-a round before taking the median over rounds, so slow drift cancels.
+(in a seeded shuffled order with an untimed re-warm step before each variant, so no
+variant inherits another's warm state), and a ratio is taken *within* a round before
+taking the median over rounds, so slow drift cancels.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ __all__ = [
     "Workload",
     "Timing",
     "time_interleaved",
+    "saved_activation_bytes",
     "paired_ratio",
     "tensor_bytes",
     "optimizer_state_bytes",
@@ -106,20 +109,23 @@ def sync(device: torch.device) -> None:
 
 
 def time_interleaved(
-    workloads: dict[str, Workload], *, rounds: int, inner: int, warmup: int, device: torch.device
+    workloads: dict[str, Workload], *, rounds: int, inner: int, warmup: int, device: torch.device, seed: int = 0
 ) -> dict[str, Timing]:
-    """Time every workload round-robin; each sample is the median of ``inner`` steps.
+    """Time every workload in shuffled rounds; each sample is the median of ``inner`` steps.
 
-    Every step is timed on its own and a sample is the median over ``inner`` of them:
-    on a shared machine a stall (another process, a thread wake-up) then spoils one
-    step, not a whole sample.
+    Each round runs every variant once, in an order shuffled with ``random.Random(seed + round)``
+    (a fixed cyclic order let the reference always follow the heaviest variant and inherit
+    its cache and allocator state). Before a variant's timed steps, one untimed step re-warms
+    its own weights and buffers. Every step is timed on its own and a sample is the median
+    over ``inner`` of them: a stall on a shared machine spoils one step, not a sample.
 
     Args:
         workloads: variant name to built workload (all in this process).
         rounds: samples per variant.
-        inner: steps per sample (more for fast steps, so stalls are outvoted).
-        warmup: untimed steps per variant first (allocator, lazy init, autotuning).
+        inner: timed steps per sample.
+        warmup: untimed steps per variant first (allocator, lazy init, compilation).
         device: where the work runs (CUDA work is synchronised before reading the clock).
+        seed: seed of the per-round shuffles (the order is reproducible).
 
     Returns:
         variant name to :class:`Timing`.
@@ -131,9 +137,11 @@ def time_interleaved(
     sync(device)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
+        order = list(names)
+        random.Random(seed + r).shuffle(order)
         for name in order:
             step = workloads[name].step
+            step()  # the untimed re-warm
             times = []
             for _ in range(inner):
                 sync(device)
@@ -143,6 +151,38 @@ def time_interleaved(
                 times.append(time.perf_counter() - start)
             samples[name].append(statistics.median(times))
     return {name: Timing(s) for name, s in samples.items()}
+
+
+def saved_activation_bytes(workload: Workload) -> int | None:
+    """Bytes that one step saves for backward, each storage once, the model's own tensors excluded.
+
+    Runs one extra step under :func:`torch.autograd.graph.saved_tensors_hooks`. A storage is
+    identified by its untyped storage's ``data_ptr`` (views of one tensor count once); the
+    model's parameters and buffers are left out, since they exist whether saved or not (a cast
+    copy of a weight is counted: it is allocated for the step). Deterministic, unlike RSS.
+    Tensors saved inside a checkpointed region are not held, so they are not counted.
+
+    Returns:
+        the byte count, or ``None`` when the workload has no autograd step (``saved=False``).
+    """
+    if not workload.saved:
+        return None
+    own = {t.untyped_storage().data_ptr() for t in [*workload.model.parameters(), *workload.model.buffers()]}
+    seen: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # tensors without a storage (sparse, nested)
+            return tensor
+        pointer = storage.data_ptr()
+        if pointer and pointer not in own:
+            seen[pointer] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        workload.step()
+    return sum(seen.values())
 
 
 def paired_ratio(a: Timing, b: Timing) -> tuple[float, float, float]:

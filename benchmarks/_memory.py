@@ -1,4 +1,7 @@
-"""Peak memory of a training step, measured in a fresh process per variant.
+"""Peak memory of a training step, measured in a fresh process per variant (secondary figure).
+
+The deterministic memory figure is the saved-activation bytes (``_harness.saved_activation_bytes``);
+RSS deltas on CPU move by a few MiB from run to run.
 
 CPU: the peak resident set size (``VmHWM``) while ``steps`` steps run, minus the
 resident size just before them. The high-water mark is reset first (Linux
@@ -36,12 +39,12 @@ def peak_memory(scenario_key: str, variant: str, device_name: str, threads: int,
     """Build one variant here and return ``{"peak_bytes": ..., "how": ...}`` for ``steps`` steps."""
     import torch
 
-    from ._scenarios import SCENARIOS
+    from ._registry import Setup, scenarios
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)
-    scenario = next(s for s in SCENARIOS if s.key == scenario_key)
-    workload = scenario.build(variant, device)
+    scenario = next(s for s in scenarios() if s.key == scenario_key)
+    workload = scenario.build(variant, Setup(device, "full"))
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -19,6 +19,10 @@ __all__ = [
     "perceptual_model",
     "Siamese",
     "siamese_encoder",
+    "ConvBNMiddle",
+    "convbn_middle",
+    "gpt2_lm",
+    "mlp_classifier",
 ]
 
 
@@ -46,7 +50,9 @@ class TextClassifier(nn.Module):
         return self.head(hidden[:, 0])
 
 
-def text_classifier(batch: int = 8, length: int = 64) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def text_classifier(
+    batch: int = 8, length: int = 64, hidden: int = 256, layers: int = 4
+) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """A 4-layer BERT built from a config (nothing is downloaded) and a 2-class head.
 
     Dropout is 0 so that every variant does the same arithmetic in the backbone and
@@ -56,10 +62,10 @@ def text_classifier(batch: int = 8, length: int = 64) -> tuple[nn.Module, tuple[
 
     config = BertConfig(
         vocab_size=2000,
-        hidden_size=256,
-        num_hidden_layers=4,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
         num_attention_heads=4,
-        intermediate_size=1024,
+        intermediate_size=4 * hidden,
         max_position_embeddings=length,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
@@ -97,7 +103,7 @@ class _Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def resnet_classifier(batch: int = 16) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def resnet_classifier(batch: int = 16, size: int = 32) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """A small ResNet (conv, BatchNorm, residual blocks) backbone and a 10-class head, 32x32 RGB."""
     torch.manual_seed(0)
     backbone = nn.Sequential(
@@ -111,7 +117,7 @@ def resnet_classifier(batch: int = 16) -> tuple[nn.Module, tuple[torch.Tensor, .
         nn.Flatten(),
     )
     model = _Classifier(backbone, 64, 10)
-    return model, (torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,)))
+    return model, (torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,)))
 
 
 class Perceptual(nn.Module):
@@ -191,3 +197,60 @@ def siamese_encoder(batch: int = 64) -> tuple[nn.Module, tuple[torch.Tensor, ...
     encoder = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 128))
     x = torch.randn(batch, 256)
     return encoder, (x + 0.1 * torch.randn_like(x), x + 0.1 * torch.randn_like(x))
+
+
+class ConvBNMiddle(nn.Module):
+    """``head(middle(stem(x)))``: a trainable stem, a conv-BN-ReLU ``middle``, a trainable head.
+
+    The middle is what gets frozen: gradients must cross it to reach the stem, so a frozen
+    middle still runs a backward pass (input gradients only).
+    """
+
+    def __init__(self, channels: int, depth: int, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.middle = nn.Sequential(*[_conv_bn(channels, channels) for _ in range(depth)])
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.middle(self.stem(x)))
+
+
+def convbn_middle(batch: int = 8, size: int = 32, channels: int = 32, depth: int = 6):
+    """A :class:`ConvBNMiddle` whose BatchNorms hold non-trivial running statistics, and a batch."""
+    torch.manual_seed(0)
+    model = ConvBNMiddle(channels, depth)
+    for module in model.middle.modules():
+        if isinstance(module, nn.BatchNorm2d):  # as if pretrained: eval-mode BN is then not the identity
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    return model, (torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,)))
+
+
+def gpt2_lm(batch: int = 4, length: int = 64, hidden: int = 128, layers: int = 2):
+    """A GPT-2 LM built from a config (``wte`` tied with ``lm_head``, dropout 0) and token ids."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=2000,
+        n_positions=length,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config)
+    assert model.lm_head.weight is model.transformer.wte.weight, "GPT-2 config did not tie wte and lm_head"
+    return model, (torch.randint(0, config.vocab_size, (batch, length)),)
+
+
+def mlp_classifier(batch: int = 64, width: int = 256, depth: int = 4):
+    """An MLP ``backbone`` (``depth`` x Linear-ReLU) and a linear head: small enough to compile on 2 cores."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(depth)])
+    model = _Classifier(backbone, width, 10)
+    return model, (torch.randn(batch, width), torch.randint(0, 10, (batch,)))

@@ -19,6 +19,7 @@ from torch import nn
 import frozen
 
 from ._models import seed_model
+from ._registry import Setup
 from ._scenarios import SCENARIOS
 
 __all__ = ["seed_profile"]
@@ -53,7 +54,7 @@ def _call_costs(rounds: int, inner: int) -> dict[str, float]:
 
 
 def _cprofile(variant: str, steps: int) -> tuple[str, float]:
-    workload = SCENARIOS[0].build(variant, torch.device("cpu"))
+    workload = SCENARIOS[0].build(variant, Setup(torch.device("cpu")))
     for _ in range(20):
         workload.step()
     profiler = cProfile.Profile()

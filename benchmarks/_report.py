@@ -9,11 +9,13 @@ from pathlib import Path
 
 import torch
 
+from ._registry import AA
 from ._run import Row, ScenarioResult
+from ._verdict import Verdict
 
-__all__ = ["machine", "machine_slug", "scenario_markdown", "targets", "summary_markdown", "write_chart"]
+__all__ = ["machine", "machine_slug", "scenario_markdown", "verdict_lines", "summary_markdown", "write_chart"]
 
-SETTLED = ("Frozen+settle", "freeze")
+FROZEN_PATHS = ("Frozen", "Frozen+settle", "freeze", "Frozen+settle bf16", "freeze bf16")
 
 
 def _cpu_model() -> str:
@@ -76,92 +78,97 @@ def _correct(row: Row) -> str:
     return f"{'**yes**' if row.correct else '**NO**'}: {row.correct_note}"
 
 
-def targets(result: ScenarioResult) -> list[tuple[str, float, str, bool]]:
-    """``(claim, measured, bound, met)`` for each performance target this scenario has."""
-    rows = {row.variant: row for row in result.rows}
-    key = result.scenario.key
-    found = []
-    bound = 1.05 if key == "seed" else 1.03
-    for name in SETTLED:
-        if name in rows and rows[name].vs_ideal is not None:
-            ratio = rows[name].vs_ideal[0]
-            found.append((f"`{name}` step time / ideal", ratio, f"≤ {bound}", ratio <= bound))
-    if key in ("bert", "resnet") and "optimizer-side" in rows:
-        side = rows["optimizer-side"].timing
-        for name in SETTLED:
-            if name in rows:
-                speedup = 1 / _paired_median(rows[name].timing.samples, side.samples)
-                found.append((f"optimizer-side step time / `{name}`", speedup, "≥ 2", speedup >= 2))
-    if "ideal" in rows:
-        for name in SETTLED:
-            if name in rows:
-                same = rows[name].optimizer_bytes == rows["ideal"].optimizer_bytes
-                found.append(
-                    (
-                        f"`{name}` optimizer state = ideal's ({_bytes(rows['ideal'].optimizer_bytes)})",
-                        float(same),
-                        "equal",
-                        same,
-                    )
-                )
-    return found
+def _shown(verdict: Verdict) -> tuple[str, str]:
+    """(value, widened interval) as text; byte and count ratios get 3 decimals too."""
+    if verdict.value is None:
+        return "—", "—"
+    interval = "exact" if verdict.low == verdict.high else f"{verdict.low:.3f}–{verdict.high:.3f}"
+    return f"{verdict.value:.3f}", interval
 
 
-def _paired_median(a: list[float], b: list[float]) -> float:
-    import statistics
+def verdict_lines(result: ScenarioResult) -> list[str]:
+    """One line per bar for the console: ``claim = value (bound) verdict``."""
+    lines = []
+    for v in result.verdicts:
+        value, interval = _shown(v)
+        mark = {"met": "met", "missed": "MISSED", "inconclusive": "inconclusive"}[v.verdict]
+        lines.append(f"  bar: {v.bar.claim} = {value} [{interval}] ({v.bar.op} {v.bar.bound}) {mark}; {v.note}")
+    return lines
 
-    return statistics.median(x / y for x, y in zip(a, b))
+
+def _figure_columns(result: ScenarioResult) -> list[str]:
+    names: list[str] = []
+    for row in result.rows:
+        names += [k for k in row.figures if k not in names]
+    return names
+
+
+def _figure(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def scenario_markdown(result: ScenarioResult, machine_line: str, command: str) -> str:
-    """The results file of one scenario: description, table, targets, notes."""
+    """The results file of one scenario: description, table, bars with verdicts, notes."""
     s = result.scenario
+    extra = _figure_columns(result)
+    ref = s.reference or "—"
     lines = [
         f"# {s.title}",
         "",
         f"Machine: {machine_line}  ",
-        f"Command: `{command}`; {result.rounds} interleaved rounds "
-        f"x {result.inner} steps per variant (each sample is the median of its steps).",
+        f"Command: `{command}`; {result.rounds} rounds (order shuffled per round, one untimed re-warm step "
+        f"before each variant) x {result.inner} timed steps per variant (each sample is the median of its steps).",
         "",
         s.about,
         "",
-        "| variant | median step (ms) | IQR (ms) | × ideal (IQR) | × unfrozen (IQR) | optimizer state | gradients "
-        "| peak memory | frozen part (params + buffers) | output Δ vs ideal | correct |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"| variant | median step (ms) | IQR (ms) | × {ref} (IQR) | × unfrozen (IQR) | saved activations "
+        "| optimizer state | gradients | peak RSS Δ | frozen (params + buffers) | output Δ | correct |"
+        + "".join(f" {name} |" for name in extra),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |" + " ---: |" * len(extra),
     ]
     for row in result.rows:
         q1, q3 = row.timing.quartiles()
         lines.append(
             f"| {row.variant} | {_ms(row.timing.median)} | {_ms(q1)}–{_ms(q3)} | {_ratio(row.vs_ideal)} | "
-            f"{_ratio(row.vs_unfrozen)} | {_bytes(row.optimizer_bytes)} | {_bytes(row.gradient_bytes)} | "
-            f"{_bytes(row.peak_bytes)} | {_bytes(row.frozen_bytes) if row.frozen_bytes else '—'} | "
+            f"{_ratio(row.vs_unfrozen)} | {_bytes(row.saved_bytes) if row.saved_bytes is not None else '—'} | "
+            f"{_bytes(row.optimizer_bytes)} | {_bytes(row.gradient_bytes)} | "
+            f"{_bytes(row.peak_bytes) if row.peak_bytes is not None else '—'} | "
+            f"{_bytes(row.frozen_bytes) if row.frozen_bytes else '—'} | "
             f"{_difference(row.output_difference)} | {_correct(row)} |"
+            + "".join(f" {_figure(row.figures.get(name, '—'))} |" for name in extra)
         )
     for variant, why in {**s.not_applicable, **result.skipped}.items():
-        lines.append(f"| {variant} | n/a | | | | | | | | | {why} |")
+        lines.append(f"| {variant} | n/a | | | | | | | | | | {why} |" + " |" * len(extra))
+    spread = "no A/A control" if result.spread is None else f"±{result.spread:.3f}"
     lines += [
         "",
-        "Ratios are medians of per-round ratios (both variants timed in the same round); "
-        "IQR is the interquartile range over rounds. Optimizer state and gradients: bytes held after "
-        "the last timed step. Peak memory: see the README (fresh process per variant). Output Δ: "
-        "max |output − ideal's output| / max |ideal's output| on the same batch before any step "
-        "(variants that leave BatchNorm in training mode normalise with batch statistics, so they "
-        "differ). Correct: the frozen part's parameters and buffers are bit-identical (`torch.equal`) "
-        "after every timed step.",
+        f"`{ref}{AA}` is the A/A control: a second, independent build of `{ref}`, timed like every other "
+        f"variant. A/A spread (how far its ratio's 95 % interval reaches from 1.0): **{spread}**. "
+        "Ratios are medians of per-round ratios (both variants timed in the same round); IQR over rounds. "
+        "Saved activations: bytes one step saves for backward (`saved_tensors_hooks`, each storage once, "
+        "the model's own parameters and buffers excluded) - deterministic. Optimizer state and gradients: "
+        "bytes held after the last step. Peak RSS Δ: fresh process per variant, noisy (±3 MiB), secondary. "
+        f"Output Δ: max |output − {ref}'s| / max |{ref}'s| on the same batch before any step. Correct: the "
+        "frozen parameters and buffers are bit-identical (`torch.equal`) after every step.",
         "",
     ]
-    found = targets(result)
-    if found:
-        lines += ["## Targets", "", "| target | measured | bound | met |", "| --- | ---: | --- | --- |"]
-        for claim, value, bound, met in found:
-            shown = ("yes" if value else "no") if bound == "equal" else f"{value:.3f}"
-            lines.append(f"| {claim} | {shown} | {bound} | {'yes' if met else '**MISSED**'} |")
+    if result.verdicts:
+        lines += ["## Bars", "", "| bar | measured | interval judged | bound | verdict | note |"]
+        lines.append("| --- | ---: | --- | --- | --- | --- |")
+        for v in result.verdicts:
+            value, interval = _shown(v)
+            shown = v.verdict if v.verdict != "missed" else "**missed**"
+            lines.append(f"| {v.bar.claim} | {value} | {interval} | {v.bar.op} {v.bar.bound} | {shown} | {v.note} |")
         lines.append("")
+    if s.notes is not None:
+        lines += [*s.notes(result), ""]
     return "\n".join(lines)
 
 
 def summary_markdown(results: list[ScenarioResult], machine_line: str, command: str, notes: list[str]) -> str:
-    """The index page: machine, every target of every scenario, links."""
+    """The index page: machine, every bar of every scenario with its verdict, links."""
     lines = [
         "# Benchmark results",
         "",
@@ -170,25 +177,32 @@ def summary_markdown(results: list[ScenarioResult], machine_line: str, command: 
         "",
         "![step time relative to the hand-written ideal](chart.png)",
         "",
-        "| scenario | target | measured | bound | met |",
-        "| --- | --- | ---: | --- | --- |",
+        "| scenario | A/A spread | bar | measured | interval judged | bound | verdict |",
+        "| --- | ---: | --- | ---: | --- | --- | --- |",
     ]
     for result in results:
         link = f"[{result.scenario.key}]({result.scenario.key}.md)"
-        for claim, value, bound, met in targets(result):
-            shown = ("yes" if value else "no") if bound == "equal" else f"{value:.3f}"
-            lines.append(f"| {link} | {claim} | {shown} | {bound} | {'yes' if met else '**MISSED**'} |")
+        spread = "—" if result.spread is None else f"±{result.spread:.3f}"
+        for v in result.verdicts:
+            value, interval = _shown(v)
+            shown = v.verdict if v.verdict != "missed" else "**missed**"
+            lines.append(
+                f"| {link} | {spread} | {v.bar.claim} | {value} | {interval} | {v.bar.op} {v.bar.bound} | {shown} |"
+            )
     lines += ["", *notes, ""]
     return "\n".join(lines)
 
 
 def write_chart(results: list[ScenarioResult], path: Path, machine_line: str) -> None:
-    """One PNG: per scenario, each variant's step time as a multiple of the ideal."""
+    """One PNG: per scenario, each variant's step time as a multiple of the reference."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    results = [r for r in results if any(row.vs_ideal is not None for row in r.rows)]
+    if not results:
+        return
     fig, axes = plt.subplots(len(results), 1, figsize=(8, 2.1 * len(results) + 0.8), squeeze=False)
     for ax, result in zip(axes[:, 0], results):
         rows = [r for r in result.rows if r.vs_ideal is not None]
@@ -196,7 +210,7 @@ def write_chart(results: list[ScenarioResult], path: Path, machine_line: str) ->
         values = [r.vs_ideal[0] for r in rows]
         errors = [[r.vs_ideal[0] - r.vs_ideal[1] for r in rows], [r.vs_ideal[2] - r.vs_ideal[0] for r in rows]]
         colors = [
-            "tab:blue" if n in ("Frozen", *SETTLED) else "tab:green" if n == "ideal" else "tab:gray" for n in names
+            "tab:blue" if n in FROZEN_PATHS else "tab:green" if n.startswith("ideal") else "tab:gray" for n in names
         ]
         ax.barh(names, values, xerr=errors, color=colors)
         ax.axvline(1.0, color="black", linewidth=0.8)
@@ -205,7 +219,7 @@ def write_chart(results: list[ScenarioResult], path: Path, machine_line: str) ->
         ax.tick_params(labelsize=8)
         for y, v in enumerate(values):
             ax.text(v, y, f" {v:.2f}×", va="center", fontsize=7)
-    axes[-1, 0].set_xlabel("median step time / hand-written ideal (lower is faster; bars: IQR)")
+    axes[-1, 0].set_xlabel("median step time / the scenario's reference (lower is faster; bars: IQR)")
     fig.suptitle(machine_line, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
