@@ -126,7 +126,7 @@ SCENARIOS = (
             Bar("`freeze` step time / ideal", "freeze", "ideal", 1.03),
         ),
         inner=2,
-        rounds=(6, 20),
+        rounds=(6, 12),
         rss=False,
         notes=_notes,
     ),

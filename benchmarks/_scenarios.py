@@ -148,7 +148,7 @@ SCENARIOS = (
         _SEED_NA,
         bars=settled_bars(1.05),
         inner=30,
-        rounds=(8, 60),
+        rounds=(8, 40),
         rss=False,
     ),
     Scenario(
@@ -161,7 +161,7 @@ SCENARIOS = (
         _ALL,
         bars=settled_bars() + speedup_bars(),
         inner=2,
-        rounds=(5, 24),
+        rounds=(6, 16),
         rss=False,
     ),
     Scenario(
@@ -174,7 +174,7 @@ SCENARIOS = (
         _ALL,
         bars=settled_bars() + speedup_bars(),
         inner=2,
-        rounds=(5, 24),
+        rounds=(6, 16),
     ),
     Scenario(
         "perceptual",
@@ -186,7 +186,7 @@ SCENARIOS = (
         _ALL,
         bars=settled_bars(),
         inner=2,
-        rounds=(5, 24),
+        rounds=(6, 16),
         rss=False,
     ),
     Scenario(
@@ -203,7 +203,7 @@ SCENARIOS = (
         _SIAMESE_NA,
         bars=settled_bars(names=("Frozen+settle",)),
         inner=6,
-        rounds=(6, 40),
+        rounds=(6, 24),
         rss=False,
     ),
 )

@@ -159,11 +159,11 @@ SCENARIOS = (
                 "freeze",
                 2.0,
                 ">=",
-                rss=False,
             ),
         ),
         inner=2,
-        rounds=(6, 20),
+        rounds=(6, 16),
+        rss=False,
     ),
     Scenario(
         "gpt2-tied",
@@ -182,7 +182,7 @@ SCENARIOS = (
         },
         bars=settled_bars(),
         inner=2,
-        rounds=(6, 24),
+        rounds=(6, 16),
         rss=False,
     ),
     Scenario(
@@ -197,7 +197,7 @@ SCENARIOS = (
         bars=settled_bars()
         + (Bar("`freeze` saved-activation bytes / ideal's", "freeze", "ideal", 1.0, "<=", "saved"),),
         inner=2,
-        rounds=(6, 24),
+        rounds=(6, 16),
     ),
     Scenario(
         "compile",
@@ -210,7 +210,7 @@ SCENARIOS = (
         ("ideal", "freeze"),
         bars=settled_bars(names=("freeze",)),
         inner=4,
-        rounds=(6, 24),
+        rounds=(6, 16),
         rss=False,
     ),
 )
