@@ -63,4 +63,4 @@ def test_the_plot_marks_each_thaw_with_a_labelled_line(quick):
         assert {line.get_color() for line in dashed} == {curve.get_color()}
     accuracy_panel, loss_panel = figure.axes
     labels = [f"thaw {t.part}\n({t.trainable:,} trainable)" for t in gradual.thaws]
-    assert [t.get_text() for t in accuracy_panel.texts] == labels and loss_panel.texts == []
+    assert [t.get_text() for t in accuracy_panel.texts] == labels and len(loss_panel.texts) == 0
