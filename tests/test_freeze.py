@@ -41,7 +41,10 @@ def test_freeze_keeps_frozen_part_constant_and_trains_the_rest():
         assert torch.equal(before[key], after[key]) == key.startswith("0."), key  # BN stats included
     assert all(p.grad is None for p in net[0].parameters())
     assert frozen.is_frozen(net, "0") and frozen.is_frozen(net, "0.1") and not frozen.is_frozen(net, "1")
-    assert not any(m._forward_pre_hooks or m._forward_hooks for m in net.modules())  # settled: plain calls
+    # Settled: plain calls, except the one white-box guard at the root of the frozen part (a
+    # pre-hook that notices tensors torch.func.functional_call substitutes); no forward hooks.
+    assert [len(m._forward_pre_hooks) for m in net.modules()] == [int(m is net[0]) for m in net.modules()]
+    assert not any(m._forward_hooks for m in net.modules())
 
 
 def test_freeze_before_lazy_parameters_materialise():
@@ -78,7 +81,7 @@ def test_thaw_round_trip_is_exact_and_keeps_user_flags():
     net[2].bias.requires_grad_(False)  # frozen by hand: stays frozen
     net.train()
     before = snapshot(net)
-    frozen.thaw(frozen.freeze(net))
+    frozen.thaw(frozen.freeze(net, ""))
     assert_same(before, snapshot(net))
     assert not net[2].bias.requires_grad
 

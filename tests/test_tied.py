@@ -29,7 +29,8 @@ def test_gradient_comes_from_the_plain_use_only(settled, encoder_first):
     torch.manual_seed(0)
     model = Siamese(encoder_first)
     if settled:
-        frozen.settle(model)
+        with pytest.warns(frozen.TiedParameterWarning, match="'teacher' shares parameters"):
+            frozen.settle(model)
     encoder = model.encoder
     assert encoder.weight.requires_grad  # still trainable: a plain use reaches it
     assert {id(p) for p in frozen.trainable(model)} == {
@@ -50,8 +51,10 @@ def test_gradient_comes_from_the_plain_use_only(settled, encoder_first):
 
 
 def test_after_settle_only_the_tied_parameters_are_detached_at_the_frozen_use():
-    model = frozen.settle(Siamese(encoder_first=True))
+    with pytest.warns(frozen.TiedParameterWarning, match="'teacher' shares parameters"):
+        model = frozen.settle(Siamese(encoder_first=True))
     plan = model.teacher._plan
-    assert [(owner is model.encoder, name) for owner, name in plan] == [(True, "weight"), (True, "bias")]
+    detached = [(owner is model.encoder, name) for i, (owner, name, _) in enumerate(plan.slots) if i in plan.detach]
+    assert detached == [(True, "weight"), (True, "bias")]
     only_frozen = frozen.settle(nn.Sequential(frozen.Frozen(nn.Linear(2, 2)), nn.Linear(2, 1)))
-    assert only_frozen[0]._plan == ()
+    assert only_frozen[0]._plan.direct and not only_frozen[0]._plan.detach

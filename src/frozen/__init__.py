@@ -7,7 +7,6 @@ concepts and recipes.
 
 from . import optim as optim
 from . import schedule as schedule
-from ._context import freezing as freezing
 from ._errors import FrozenError as FrozenError
 from ._errors import InvalidModeError as InvalidModeError
 from ._errors import NonScalarLossError as NonScalarLossError
@@ -17,9 +16,10 @@ from ._errors import TiedParameterWarning as TiedParameterWarning
 from ._errors import UnknownPathError as UnknownPathError
 from ._freeze import freeze as freeze
 from ._freeze import thaw as thaw
+from ._freeze_state import load_state as load_state
+from ._freeze_state import state as state
+from ._freezing import freezing as freezing
 from ._grad import grad as grad
-from ._persist import load_state as load_state
-from ._persist import state as state
 from ._query import is_frozen as is_frozen
 from ._query import named_trainable as named_trainable
 from ._query import trainable as trainable

@@ -1,35 +1,44 @@
 """``freeze`` / ``thaw``: freezing after construction, in place (contract S6, S9).
 
-Freezing marks every module of the selected parts individually (``_mark.py``: the
-record of what changed, the mode guard, the tied-weight hooks), then settles the
-model. No module type, tree shape, parameter object or ``state_dict`` key changes.
+Each call reads validate -> plan -> apply. Validation and planning walk the model
+once and change nothing; apply writes the records (``_record.py``) and then
+:func:`frozen.settle` writes the flags. ``load_state`` reuses the same apply step.
+No module type, tree shape, parameter object or ``state_dict`` key changes.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._checks import TIED_POLICIES, check_dtype, check_mode, check_model
+from ._checks import check_dtype, check_mode, check_model, check_tied
 from ._errors import FrozenError, TiedParameterError, TiedParameterWarning
-from ._mark import mark, record_of, unmark
-from ._precision import (
-    check_thaw_keeps_parts_whole,
-    low_precision_roots,
-    lower_precision,
-    precision_of,
-    restore_precision,
-)
+from ._precision import floating_tensors, lower_precision, restore_precision
 from ._query import trainable_ids
-from ._select import Selector, resolve
+from ._record import LOCK, freeze_slot, is_marked, mark, record_of, release_slot, unmark
+from ._select import Selection, Selector, resolve
 from ._settle import settle
-from ._state import frozen_slot_names, set_frozen_slot
-from ._tree import iter_module_uses, iter_param_uses
+from ._tree import ModuleUse, ParamUse, iter_module_uses, iter_param_uses
 
-__all__ = ["freeze", "thaw", "thaw_modules"]
+__all__ = ["FreezePlan", "apply_freeze", "apply_thaw", "freeze", "plan_thaw", "thaw"]
+
+
+@dataclass
+class FreezePlan:
+    """What a ``freeze`` call will change, computed before anything changes."""
+
+    mode: str
+    tied: str
+    marks: list[ModuleUse] = field(default_factory=list)  # modules to mark (not yet marked)
+    slots: list[tuple[nn.Module, str, str, nn.Module | None]] = field(default_factory=list)  # owner, name, why, holder
+    low_roots: list[nn.Module] = field(default_factory=list)
+    dtype: torch.dtype | None = None
+    shared: list[tuple[str, str]] = field(default_factory=list)  # (frozen path, other path) pairs
+    requested_training: bool | None = None  # load_state: the train/eval mode saved with the marks
 
 
 def freeze(
@@ -46,11 +55,13 @@ def freeze(
     Every module of each selected part is marked frozen (see ``docs/freeze.md``): its
     parameters leave :func:`frozen.trainable` and get ``requires_grad=False``, and with
     ``mode="eval"`` it keeps inference behaviour across ``model.train()`` /
-    ``model.eval()`` (BatchNorm uses and keeps its running statistics, Dropout is off).
-    Nothing else changes: no module type, tree shape, parameter object or
-    ``state_dict`` key, so optimizers holding the parameters keep working (re-sync them
-    with :func:`frozen.optim.sync`). The whole model is then settled
-    (:func:`frozen.settle`).
+    ``model.eval()`` (BatchNorm uses and keeps its running statistics, Dropout is off;
+    a layer with gradient checkpointing switched on keeps its parent's flag so that
+    checkpointing stays on, its children run in eval). A selected *parameter*
+    (``"0.weight"``, ``frozen.params("**.bias")``) is frozen at its slot only. Nothing
+    else changes: no module type, tree shape, parameter object or ``state_dict`` key, so
+    optimizers holding the parameters keep working (re-sync them with
+    :func:`frozen.optim.sync`). The whole model is then settled (:func:`frozen.settle`).
 
     Freezing what is already frozen in place changes nothing and keeps the first
     record, so :func:`thaw` restores the state from before the first ``freeze``.
@@ -59,7 +70,9 @@ def freeze(
 
     Args:
         model: the model to change.
-        *targets: what to freeze (``docs/selectors.md``); none means the whole model.
+        *targets: what to freeze (``docs/selectors.md``); ``""`` is the whole model.
+            At least one target: an empty list built by code raises instead of freezing
+            everything.
         exclude: selectors kept out of the frozen parts, e.g. ``exclude=torch.nn.LayerNorm``.
         mode: ``"eval"`` (default) or ``"inherit"`` (follow the parent's train/eval;
             BatchNorm statistics may then change).
@@ -82,7 +95,7 @@ def freeze(
 
     Raises:
         TypeError: ``model`` is not a module, or a selector has an unsupported type.
-        frozen.SelectorError: a selector is malformed or matches nothing.
+        frozen.SelectorError: no target, or a selector is malformed or matches nothing.
         frozen.InvalidModeError: ``mode`` is not ``"eval"`` or ``"inherit"``.
         frozen.TiedParameterError: ``tied="error"`` and something is shared with an
             unselected part, or ``tied="train"`` and a selected module *object* is also
@@ -102,29 +115,13 @@ def freeze(
     """
     check_model(model, "frozen.freeze")
     check_mode(mode)
+    check_tied(tied, "frozen.freeze")
     check_dtype(dtype)
-    if tied not in TIED_POLICIES:
-        raise FrozenError(
-            f"frozen.freeze(..., tied={tied!r}): expected one of {TIED_POLICIES!r}. Use 'freeze' (default: a "
-            f"shared parameter freezes everywhere, with a warning), 'train' (other uses keep training it) or 'error'."
-        )
-    uses = resolve(model, targets, exclude, train_norms=train_norms, function="frozen.freeze").uses
-    new: dict[int, Any] = {}
-    for use in uses:
-        record = record_of(use.module)
-        if record is not None and record.mode != mode:
-            raise FrozenError(
-                f"frozen.freeze(..., mode={mode!r}): the module at {use.path!r} is already frozen in place "
-                f"with mode={record.mode!r}. Freezing again changes nothing; to change the mode, "
-                f"thaw it first: frozen.thaw(model, {use.path!r})."
-            )
-        if record is None:
-            new.setdefault(id(use.module), use)
-    pairs, slots = _shared_with_unselected(model, {u.path for u in uses}, new, tied)
-    low_roots = low_precision_roots(uses, dtype, pairs) if dtype is not None else []
-    if pairs:
-        listing = "; ".join(f"{frozen_at!r} and {other!r}" for frozen_at, other in pairs)
-        if tied == "freeze":
+    with LOCK:
+        selection = resolve(model, targets, exclude, train_norms=train_norms, function="frozen.freeze")
+        plan = plan_freeze(model, selection, mode, tied, dtype)
+        if plan.shared and tied == "freeze":
+            listing = "; ".join(f"{a!r} and {b!r}" for a, b in plan.shared)
             warnings.warn(
                 f"frozen.freeze: shared between a selected and an unselected part: {listing}. With "
                 f"tied='freeze' it is frozen at both. Pass tied='train' to keep the unselected use "
@@ -132,59 +129,131 @@ def freeze(
                 TiedParameterWarning,
                 stacklevel=2,
             )
-        else:
-            raise TiedParameterError(
-                f"frozen.freeze(..., tied={tied!r}): shared between a selected and an unselected part: "
-                f"{listing}. "
-                + (
-                    "The same module object is used at both paths, and freezing in place freezes the "
-                    "object; to freeze only one use, wrap that use instead: parent.child = frozen.Frozen(child)."
-                    if tied == "train"
-                    else "Pass tied='freeze' to freeze it everywhere, tied='train' to keep the unselected use "
-                    "training it, or select both parts. Nothing was changed."
-                )
+        apply_freeze(plan)
+        settle(model)
+    return model
+
+
+def plan_freeze(model: nn.Module, selection: Selection, mode: str, tied: str, dtype: torch.dtype | None) -> FreezePlan:
+    """Validate a ``freeze`` call and return what it will change; change nothing."""
+    plan = FreezePlan(mode=mode, tied=tied, dtype=dtype)
+    new: dict[int, ModuleUse] = {}
+    for use in selection.uses:
+        record = record_of(use.module)
+        if record is not None and record.mode is not None and record.mode != mode:
+            raise FrozenError(
+                f"frozen.freeze(..., mode={mode!r}): the module at {use.path!r} is already frozen in place "
+                f"with mode={record.mode!r}. Freezing again changes nothing; to change the mode, "
+                f"thaw it first: frozen.thaw(model, {use.path!r})."
             )
-    for use in new.values():
-        mark(use.module, mode, tied)
-    for owner, name, frozen_module in slots:
-        set_frozen_slot(owner, name, True)
-        record = record_of(frozen_module)
-        record.tied_slots += ((owner, name),)
-    for root in low_roots:
-        lower_precision(root, dtype)
-    return settle(model)
+        if not is_marked(use.module):
+            new.setdefault(id(use.module), use)
+    plan.marks = list(new.values())
+    selected = {u.path for u in selection.uses}
+    _plan_shared_modules(model, selected, new, tied, plan)
+    _plan_shared_params(model, selected, new, selection.params, tied, plan)
+    if plan.shared and tied == "error":
+        listing = "; ".join(f"{a!r} and {b!r}" for a, b in plan.shared)
+        raise TiedParameterError(
+            f"frozen.freeze(..., tied='error'): shared between a selected and an unselected part: {listing}. "
+            f"Pass tied='freeze' to freeze it everywhere, tied='train' to keep the unselected use "
+            f"training it, or select both parts. Nothing was changed."
+        )
+    if dtype is not None:
+        plan.low_roots = _low_precision_roots(selection, dtype, plan.shared)
+    return plan
 
 
-def _shared_with_unselected(model: nn.Module, selected: set[str], new: dict[int, Any], tied: str) -> tuple[list, list]:
-    """Pairs ``(frozen path, other path)`` shared with unselected, still-training uses, and the slots to freeze."""
-    pairs: list[tuple[str, str]] = []
-    slots: list[tuple[nn.Module, str, nn.Module]] = []
+def _plan_shared_modules(
+    model: nn.Module, selected: set[str], new: dict[int, ModuleUse], tied: str, plan: FreezePlan
+) -> None:
+    """Module *objects* also used at an unselected, unfrozen path (freezing in place freezes the object)."""
     for use in iter_module_uses(model):
         if use.path not in selected and not use.frozen and id(use.module) in new:
-            pairs.append((new[id(use.module)].path, use.path))
+            plan.shared.append((new[id(use.module)].path, use.path))
             if tied == "train":
-                return pairs, slots  # always an error; the first pair says enough
-    owned = {
-        id(p): (use.module, f"{use.path}.{n}" if use.path else n)
-        for use in new.values()
-        for n, p in use.module._parameters.items()
-        if p is not None
-    }
+                raise TiedParameterError(
+                    f"frozen.freeze(..., tied='train'): shared between a selected and an unselected part: "
+                    f"{plan.shared[-1][0]!r} and {use.path!r}. The same module object is used at both paths, "
+                    f"and freezing in place freezes the object; to freeze only one use, wrap that use "
+                    f"instead: parent.child = frozen.Frozen(child)."
+                )
+
+
+def _plan_shared_params(
+    model: nn.Module, selected: set[str], new: dict[int, ModuleUse], params: list[ParamUse], tied: str, plan: FreezePlan
+) -> None:
+    """Parameters of the selection also trained at an unselected slot: the tied policy decides."""
+    owned: dict[int, tuple[nn.Module | None, str]] = {}
+    for use in new.values():
+        for name, p in use.module._parameters.items():
+            if p is not None:
+                owned.setdefault(id(p), (use.module, f"{use.path}.{name}" if use.path else name))
+    for puse in params:
+        plan.slots.append((puse.owner, puse.name, "selected", None))
+        owned.setdefault(id(puse.param), (None, puse.path))
+    chosen = {(id(p.owner), p.name) for p in params}
     training = trainable_ids(model)
-    for param_use in iter_param_uses(model):
-        module_path = param_use.path.rpartition(".")[0]
-        if (
-            id(param_use.param) in owned
-            and id(param_use.owner) not in new
-            and module_path not in selected
-            and not param_use.frozen
-            and id(param_use.param) in training
-        ):
-            frozen_module, frozen_path = owned[id(param_use.param)]
-            if tied != "train":
-                pairs.append((frozen_path, param_use.path))
-                slots.append((param_use.owner, param_use.name, frozen_module))
-    return pairs, slots
+    for puse in iter_param_uses(model):
+        key = id(puse.param)
+        if key not in owned or id(puse.owner) in new or (id(puse.owner), puse.name) in chosen:
+            continue
+        if puse.path.rpartition(".")[0] in selected or puse.frozen or key not in training:
+            continue
+        holder, frozen_path = owned[key]
+        if tied != "train":
+            plan.shared.append((frozen_path, puse.path))
+            plan.slots.append((puse.owner, puse.name, "tied", holder))
+
+
+def _low_precision_roots(selection: Selection, dtype: torch.dtype, shared: list) -> list[nn.Module]:
+    """Validate ``freeze(..., dtype=...)``; return the roots of the parts to cast (once each).
+
+    A part stored in low precision is cast at its root, so it must be frozen whole:
+    no excluded module inside it (it would receive low-precision inputs with
+    full-precision weights) and no parameter shared with a part that still trains.
+    """
+    if shared:
+        frozen_at, other = shared[0]
+        raise FrozenError(
+            f"frozen.freeze(..., dtype={dtype}): {frozen_at!r} shares a parameter with {other!r}, which is "
+            f"not selected; casting it would change the weights that part uses too. Select both parts, or "
+            f"freeze without dtype=."
+        )
+    selected = {use.path for use in selection.uses}
+    ids = {id(use.module) for use in selection.uses}
+    roots: dict[int, nn.Module] = {}
+    for use in selection.uses:
+        if use.path and use.path.rpartition(".")[0] in selected:
+            continue  # inside a selected part: its root casts it
+        outside = [path for path, m in use.module.named_modules() if id(m) not in ids]
+        if outside:
+            raise FrozenError(
+                f"frozen.freeze(..., dtype={dtype}): the part {use.path!r} contains {outside[0]!r}, which is "
+                f"excluded and would keep training in full precision inside a low-precision part. Expected a "
+                f"part frozen whole: drop the exclusion (or train_norms=), or freeze the sub-parts separately."
+            )
+        if is_marked(use.module):
+            if all(t.dtype == dtype for _, t in floating_tensors(use.module)):
+                continue  # already frozen in this precision: nothing to do
+            raise FrozenError(
+                f"frozen.freeze(..., dtype={dtype}): {use.path!r} is already frozen in place in another "
+                f"precision. Thaw it first: frozen.thaw(model, {use.path!r})."
+            )
+        roots.setdefault(id(use.module), use.module)  # a module reached twice is cast once
+    return list(roots.values())
+
+
+def apply_freeze(plan: FreezePlan) -> None:
+    """Write a validated plan into the records (the caller settles the model next)."""
+    with LOCK:
+        for use in plan.marks:
+            mark(use.module, plan.mode, plan.tied, plan.requested_training)
+        for owner, name, why, holder in plan.slots:
+            freeze_slot(owner, name, why, holder)
+        if plan.dtype is not None:
+            for root in plan.low_roots:
+                lower_precision(root, plan.dtype)
 
 
 def thaw(model: nn.Module, *targets: Selector, exclude: Any = ()) -> nn.Module:
@@ -193,14 +262,16 @@ def thaw(model: nn.Module, *targets: Selector, exclude: Any = ()) -> nn.Module:
     Each selected module frozen in place gets back exactly what freezing changed: its
     parameters train again (``requires_grad`` flags the *user* turned off stay off),
     its ``train``/``eval`` follows its parent again (it takes the mode last asked of
-    it), its forward hooks are removed, and parameters frozen at other uses because of
-    it (``tied="freeze"``) train there again. Then the model is settled.
+    it), its hooks are removed, and parameters frozen at other uses because of it
+    (``tied="freeze"``) train there again. A selected parameter frozen at its slot
+    thaws there. Then the model is settled.
 
     * No targets: everything frozen in place is thawed.
     * A part of a frozen part: only that part thaws; the rest stays frozen.
     * Something never frozen: nothing happens (no error), as in Keras/Lightning.
     * A part frozen with ``dtype=``: it thaws whole (else :class:`frozen.FrozenError`),
-      back to its original types; values keep the low-precision rounding.
+      back to its original types (or the type the model was moved to since); values
+      keep the low-precision rounding.
     * A use wrapped in :class:`frozen.Frozen` at construction time, named by a target:
       :class:`frozen.FrozenError` -- replace the wrapper by its ``.module`` instead.
       Wrappers deeper inside a selected part stay as they are.
@@ -221,37 +292,74 @@ def thaw(model: nn.Module, *targets: Selector, exclude: Any = ()) -> nn.Module:
 
     Example:
         >>> import torch, frozen
-        >>> net = frozen.freeze(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)))
+        >>> net = frozen.freeze(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)), "")
         >>> [name for name, _ in frozen.named_trainable(frozen.thaw(net, "1"))]
         ['1.weight', '1.bias']
     """
     check_model(model, "frozen.thaw")
-    selection = resolve(model, targets, exclude, function="frozen.thaw")
-    if targets:
+    with LOCK:
+        selection = resolve(model, targets, exclude, function="frozen.thaw", no_targets="all")
+        modules, slots = plan_thaw(model, selection, named=bool(targets))
+        apply_thaw(model, modules, slots)
+        settle(model)
+    return model
+
+
+def plan_thaw(
+    model: nn.Module, selection: Selection, *, named: bool
+) -> tuple[list[nn.Module], list[tuple[nn.Module, str]]]:
+    """Validate a ``thaw``; return the modules to unmark and the parameter slots to release."""
+    if named:
         for use in selection.matched:
-            if use.frozen and record_of(use.module) is None:
+            if use.frozen and not is_marked(use.module):
                 raise FrozenError(
                     f"frozen.thaw: the module at {use.path!r} is frozen by a frozen.Frozen wrapper (at that "
                     f"path or above it), which thaw cannot undo in place: thaw only undoes frozen.freeze. To "
                     f"train it, replace the wrapper by its module, e.g. parent.child = parent.child.module "
                     f"(state_dict keys do not change)."
                 )
-    check_thaw_keeps_parts_whole(list(iter_module_uses(model)), [u.module for u in selection.uses])
-    thaw_modules(model, [u.module for u in selection.uses])
-    return settle(model)
+    modules = list({id(u.module): u.module for u in selection.uses}.values())
+    _check_low_precision_parts_whole(model, modules)
+    chosen = {id(p.param) for p in selection.params}
+    slots = [
+        (use.owner, use.name)
+        for use in iter_param_uses(model)
+        if id(use.param) in chosen and (r := record_of(use.owner)) is not None and use.name in r.frozen_slots
+    ]
+    for use in selection.uses:  # parameters selected on their own inside a thawed part thaw with it
+        record = record_of(use.module)
+        if record is not None:
+            slots += [(use.module, n) for n, why in record.frozen_slots.items() if why == "selected"]
+    return modules, slots
 
 
-def thaw_modules(model: nn.Module, modules: list[nn.Module]) -> None:
-    """Unmark the marked ones among ``modules`` and release the tied slots only they held."""
-    released: list[tuple[nn.Module, str]] = []
-    for module in {id(m): m for m in modules}.values():
-        if record_of(module) is not None:
-            released += unmark(module).tied_slots
-        if precision_of(module) is not None:
+def _check_low_precision_parts_whole(model: nn.Module, thawing: list[nn.Module]) -> None:
+    ids = {id(m) for m in thawing}
+    for use in iter_module_uses(model):
+        record = record_of(use.module)
+        if record is None or record.storage is None:
+            continue
+        thawed = [id(m) in ids for m in use.module.modules() if is_marked(m)]
+        if any(thawed) and not all(thawed):
+            raise FrozenError(
+                f"frozen.thaw: the part {use.path!r} is frozen in {record.storage.dtype}, and only "
+                f"some of it was selected. A low-precision part thaws whole, back to its original types: "
+                f"frozen.thaw(model, {use.path!r}), then freeze again what should stay frozen."
+            )
+
+
+def apply_thaw(model: nn.Module, modules: list[nn.Module], slots: list[tuple[nn.Module, str]]) -> None:
+    """Unmark ``modules``, release ``slots`` and the tied slots only the unmarked ones held."""
+    released: list[tuple[nn.Module, str]] = list(slots)
+    for module in modules:
+        record = record_of(module)
+        if record is not None and record.storage is not None:
             restore_precision(module)
+        if is_marked(module):
+            released += unmark(module)
     still_held = {
         (id(o), n) for use in iter_module_uses(model) if (r := record_of(use.module)) for o, n in r.tied_slots
     }
     for owner, name in released:
-        if (id(owner), name) not in still_held and name in frozen_slot_names(owner):
-            set_frozen_slot(owner, name, False)
+        if (id(owner), name) not in still_held:
+            release_slot(owner, name)

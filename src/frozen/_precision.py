@@ -1,10 +1,17 @@
-"""Frozen weights in low precision: cast at the boundary of a frozen use.
+"""Frozen weights in low precision: stored narrow, cast at the boundary of the frozen part.
 
 A frozen part never receives gradient for its weights, so it can keep them in a
-narrower floating type (``bfloat16``, ``float16``) and halve their memory. The
-boundary casts floating-point inputs to that type and floating-point outputs back
-to the caller's type; both casts are differentiable, so gradients still reach the
-inputs (contract S1), in the caller's precision.
+narrower floating type (``bfloat16``, ``float16``) and halve their memory. At the
+part's root, floating inputs are cast to that type and floating outputs back to the
+caller's type; both casts are differentiable, so gradients still reach the inputs
+(contract S1), in the caller's precision. Autocast is switched off inside the part: it
+would mix its own type with the stored one (an fp16 part under bf16 autocast fails with
+a raw dtype error otherwise).
+
+Dtype changes after freezing (``docs/freeze.md``): ``model.to(dtype)``, ``.half()``,
+``.float()``, ``.double()`` keep a low-precision part in its storage type — that is
+what ``dtype=`` asked for — and the boundary casts to whatever the caller now uses.
+The model's new type becomes the type :func:`frozen.thaw` gives the part back.
 """
 
 from __future__ import annotations
@@ -14,46 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import FrozenError
+from ._call import caller_dtype, cast_floating
+from ._record import ABSENT, Storage, record_of, set_storage
 
 __all__ = [
-    "cast_floating",
-    "caller_dtype",
-    "module_float_dtype",
+    "KeepStorage",
     "cast_module",
-    "PrecisionRecord",
-    "precision_of",
+    "floating_tensors",
     "lower_precision",
+    "module_float_dtype",
     "restore_precision",
 ]
-
-
-def cast_floating(obj: Any, dtype: torch.dtype) -> Any:
-    """Cast every floating-point tensor in ``obj`` (tuples, lists, dicts) to ``dtype``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(dtype) if obj.is_floating_point() and obj.dtype != dtype else obj
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # NamedTuple
-        return type(obj)(*(cast_floating(v, dtype) for v in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(cast_floating(v, dtype) for v in obj)
-    if isinstance(obj, dict):
-        return type(obj)((k, cast_floating(v, dtype)) for k, v in obj.items())
-    return obj
-
-
-def caller_dtype(args: tuple, kwargs: dict, default: torch.dtype) -> torch.dtype:
-    """The floating type of the first floating-point tensor argument, else ``default``."""
-    stack: list[Any] = [*args, *kwargs.values()]
-    while stack:
-        item = stack.pop(0)
-        if isinstance(item, torch.Tensor):
-            if item.is_floating_point():
-                return item.dtype
-        elif isinstance(item, (tuple, list)):
-            stack[:0] = list(item)
-        elif isinstance(item, dict):
-            stack[:0] = list(item.values())
-    return default
 
 
 def module_float_dtype(module: nn.Module) -> torch.dtype:
@@ -64,58 +42,76 @@ def module_float_dtype(module: nn.Module) -> torch.dtype:
     return torch.get_default_dtype()
 
 
+def floating_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every floating parameter and buffer under ``module``, by path."""
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    return [(name, t) for name, t in tensors if t.is_floating_point()]
+
+
 def cast_module(module: nn.Module, dtype: torch.dtype) -> None:
     """Cast floating parameters and buffers in place, keeping every ``Parameter`` object.
 
-    ``Module.to`` assigns ``param.data``, so optimizers and records that hold the
-    parameter objects keep working.
+    The class's own ``_apply`` assigns ``param.data``, so optimizers and records that hold
+    the parameter objects keep working; calling it directly skips a :class:`KeepStorage`.
     """
-    module.to(dtype)
+    type(module)._apply(module, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
-# -- parts frozen in place with freeze(..., dtype=...) ------------------------------
+class KeepStorage:
+    """Stands in for ``module._apply`` at the root of a low-precision part (``model.to(...)``).
 
-PRECISION = "_frozen_precision"  # key in the root module's __dict__
+    It lets the move happen (device, dtype), then puts the part's floating tensors back in
+    their storage type and notes the type the caller moved the model to, which is what
+    thaw gives back and what the boundary returns when no input is floating.
+    """
 
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
 
-class PrecisionRecord:
-    """What ``freeze(..., dtype=...)`` changed on the root of one frozen part."""
-
-    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
-        self.dtype = dtype
-        self.original = {name: t.dtype for name, t in _floating_tensors(module)}
-        self.fallback = module_float_dtype(module)  # the output type when no input is floating
-        self.callers: list[torch.dtype] = []  # the callers' types of the calls in progress
-        pre = module.register_forward_pre_hook(_cast_inputs, with_kwargs=True)
-        post = module.register_forward_hook(_cast_outputs, always_call=True)
-        self.hook_ids = (pre.id, post.id)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "callers": []}  # calls in progress do not travel
-
-
-def precision_of(module: nn.Module) -> PrecisionRecord | None:
-    """The record of a part frozen in low precision at ``module``, else ``None``."""
-    return module.__dict__.get(PRECISION)
+    def __call__(self, fn: Any, recurse: bool = True) -> nn.Module:
+        module = self.module
+        type(module)._apply(module, fn, recurse)
+        record = record_of(module)
+        storage = None if record is None else record.storage
+        if storage is not None:
+            moved = {name: fn(torch.empty(0, dtype=dtype)).dtype for name, dtype in storage.original.items()}
+            storage.original = moved
+            storage.fallback = fn(torch.empty(0, dtype=storage.fallback)).dtype
+            cast_module(module, storage.dtype)
+        return module
 
 
 def lower_precision(module: nn.Module, dtype: torch.dtype) -> None:
     """Store ``module``'s floating tensors in ``dtype`` and cast at its boundary."""
-    record = PrecisionRecord(module, dtype)
+    storage = Storage(
+        dtype=dtype,
+        original={name: t.dtype for name, t in floating_tensors(module)},
+        fallback=module_float_dtype(module),
+        own_apply=module.__dict__.get("_apply", ABSENT),
+    )
     cast_module(module, dtype)
-    module.__dict__[PRECISION] = record
+    boundary = _Boundary(storage)
+    storage.handles = [
+        module.register_forward_pre_hook(boundary.before, with_kwargs=True),
+        module.register_forward_hook(boundary.after, always_call=True),
+    ]
+    module.__dict__["_apply"] = KeepStorage(module)
+    set_storage(module, storage)
 
 
 def restore_precision(module: nn.Module) -> None:
     """Undo :func:`lower_precision`: the original types (values keep the rounding)."""
-    record: PrecisionRecord = module.__dict__.pop(PRECISION)
-    pre_id, post_id = record.hook_ids
-    module._forward_pre_hooks.pop(pre_id, None)
-    module._forward_pre_hooks_with_kwargs.pop(pre_id, None)
-    module._forward_hooks.pop(post_id, None)
-    module._forward_hooks_always_called.pop(post_id, None)
-    for name, tensor in _floating_tensors(module):
-        original = record.original.get(name)
+    storage = set_storage(module, None)
+    if storage is None:
+        return
+    for handle in storage.handles:
+        handle.remove()
+    if storage.own_apply is ABSENT:
+        module.__dict__.pop("_apply", None)
+    else:
+        module.__dict__["_apply"] = storage.own_apply
+    for name, tensor in floating_tensors(module):
+        original = storage.original.get(name)
         if original is not None and tensor.dtype != original:
             if isinstance(tensor, nn.Parameter):
                 tensor.data = tensor.data.to(original)  # same Parameter object
@@ -124,80 +120,35 @@ def restore_precision(module: nn.Module) -> None:
                 module.get_submodule(owner_path)._buffers[buffer_name] = tensor.to(original)
 
 
-def _floating_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    tensors = [*module.named_parameters(), *module.named_buffers()]
-    return [(name, t) for name, t in tensors if t.is_floating_point()]
+class _Boundary:
+    """The two hooks at a low-precision root: cast in (and leave autocast), cast back out."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.calls: list[tuple[torch.dtype, Any]] = []  # per call in progress: caller's type, autocast guard
+
+    def before(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        back = caller_dtype(args, kwargs, self.storage.fallback)
+        device = _device_type(module)
+        context = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else None
+        if context is not None:
+            context.__enter__()
+        self.calls.append((back, context))
+        return cast_floating(args, self.storage.dtype), cast_floating(kwargs, self.storage.dtype)
+
+    def after(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if not self.calls:
+            return None
+        back, context = self.calls.pop()
+        if context is not None:
+            context.__exit__(None, None, None)
+        return None if output is None else cast_floating(output, back)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "calls": []}  # calls in progress do not travel
 
 
-def _cast_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    record = precision_of(module)
-    if record is None:
-        return args, kwargs
-    record.callers.append(caller_dtype(args, kwargs, record.fallback))
-    return cast_floating(args, record.dtype), cast_floating(kwargs, record.dtype)
-
-
-def _cast_outputs(module: nn.Module, args: tuple, output: Any) -> Any:
-    record = precision_of(module)
-    if record is None or not record.callers:
-        return None
-    back = record.callers.pop()
-    return None if output is None else cast_floating(output, back)
-
-
-def low_precision_roots(uses: list, dtype: torch.dtype, shared: list) -> list[nn.Module]:
-    """Validate ``freeze(..., dtype=...)``; return the roots of the parts to cast.
-
-    A part stored in low precision is cast at its root, so it must be frozen whole:
-    no excluded module inside it (it would receive low-precision inputs with
-    full-precision weights) and no parameter shared with a part that still trains.
-    """
-    from ._state import is_marked_frozen
-
-    if shared:
-        frozen_at, other = shared[0]
-        raise FrozenError(
-            f"frozen.freeze(..., dtype={dtype}): {frozen_at!r} shares a parameter with {other!r}, which is "
-            f"not selected; casting it would change the weights that part uses too. Select both parts, or "
-            f"freeze without dtype=."
-        )
-    selected = {use.path for use in uses}
-    ids = {id(use.module) for use in uses}
-    roots = []
-    for use in uses:
-        if use.path and use.path.rpartition(".")[0] in selected:
-            continue  # inside a selected part: its root casts it
-        outside = [path for path, m in use.module.named_modules() if id(m) not in ids]
-        if outside:
-            raise FrozenError(
-                f"frozen.freeze(..., dtype={dtype}): the part {use.path!r} contains {outside[0]!r}, which is "
-                f"excluded and would keep training in full precision inside a low-precision part. Expected a "
-                f"part frozen whole: drop the exclusion (or train_norms=), or freeze the sub-parts separately."
-            )
-        if is_marked_frozen(use.module):
-            if all(t.dtype == dtype for _, t in _floating_tensors(use.module)):
-                continue  # already frozen in this precision: nothing to do
-            raise FrozenError(
-                f"frozen.freeze(..., dtype={dtype}): {use.path!r} is already frozen in place in another "
-                f"precision. Thaw it first: frozen.thaw(model, {use.path!r})."
-            )
-        roots.append(use.module)
-    return roots
-
-
-def check_thaw_keeps_parts_whole(uses: list, thawing: list[nn.Module]) -> None:
-    """Raise unless each low-precision part is thawed whole or not at all."""
-    from ._state import is_marked_frozen
-
-    ids = {id(m) for m in thawing}
-    for use in uses:
-        if precision_of(use.module) is None:
-            continue
-        inside = [m for m in use.module.modules() if is_marked_frozen(m)]
-        thawed = [id(m) in ids for m in inside]
-        if any(thawed) and not all(thawed):
-            raise FrozenError(
-                f"frozen.thaw: the part {use.path!r} is frozen in {precision_of(use.module).dtype}, and only "
-                f"some of it was selected. A low-precision part thaws whole, back to its original types: "
-                f"frozen.thaw(model, {use.path!r}), then freeze again what should stay frozen."
-            )
+def _device_type(module: nn.Module) -> str:
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device.type
+    return "cpu"

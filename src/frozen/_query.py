@@ -6,7 +6,7 @@ from torch import nn
 
 from ._checks import check_model
 from ._errors import UnknownPathError, closest
-from ._state import switched_off_names
+from ._record import switched_off
 from ._tree import iter_module_uses, iter_param_uses, join, named_parameters
 
 __all__ = ["trainable", "named_trainable", "is_frozen", "trainable_ids"]
@@ -21,7 +21,7 @@ def trainable_ids(model: nn.Module) -> set[int]:
     """
     ids: set[int] = set()
     for use in iter_param_uses(model):
-        if not use.frozen and (use.param.requires_grad or use.name in switched_off_names(use.owner)):
+        if not use.frozen and (use.param.requires_grad or switched_off(use.param, use.owner, use.name)):
             ids.add(id(use.param))
     return ids
 

@@ -15,7 +15,6 @@ from torch import nn
 from ._checks import check_model
 from ._errors import FrozenError
 from ._query import trainable_ids
-from ._state import INPLACE_MARK
 from ._tree import iter_module_uses, iter_param_uses
 
 __all__ = ["Report", "ReportRow", "report"]
@@ -30,7 +29,9 @@ class ReportRow:
         type: the module's class name (a ``Frozen`` wrapper's inner module).
         params: number of parameter elements under this path, each tensor counted once.
         state: ``"trainable"`` (every parameter under it trains through this use),
-            ``"frozen"`` (none does), ``"mixed"``, or ``"-"`` (no parameters, not frozen).
+            ``"frozen"`` (none does), ``"mixed"``, or ``"-"`` (no parameters, not frozen);
+            ``"frozen here, trains via PATH"`` for a frozen use whose parameters still
+            train through another use (a tied weight: its values change).
         inference: ``"forced eval"`` when this use is frozen with ``mode="eval"`` (BatchNorm
             and Dropout keep inference behaviour while the model trains), ``"inherit"``
             for a frozen use with ``mode="inherit"``, ``"inherit, buffers may change"``
@@ -179,15 +180,17 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
         )
     wanted = trainable_ids(model)
     uses = list(iter_module_uses(model))
-    modes = _use_modes(uses)
 
     # Per path: parameter id -> trains through some use under this path.
     under: dict[str, dict[int, bool]] = {use.path: {} for use in uses}
     reached_at: dict[int, list[str]] = {}
+    trained_at: dict[int, list[str]] = {}
     sizes: dict[int, tuple[int, int, str]] = {}
     for puse in iter_param_uses(model):
         key = id(puse.param)
         reached_at.setdefault(key, []).append(puse.path)
+        if not puse.frozen:
+            trained_at.setdefault(key, []).append(puse.path)
         sizes[key] = (
             puse.param.numel(),
             puse.param.numel() * puse.param.element_size(),
@@ -213,6 +216,10 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
             state = "mixed"
         inside = use.path + "." if use.path else ""
         tied = sorted({p for key in held for p in reached_at[key] if not p.startswith(inside)})
+        if state == "frozen" and any(key in wanted for key in held):
+            # A frozen use whose parameters still train through another use: say which.
+            via = sorted({p for key in held if key in wanted for p in trained_at[key] if not p.startswith(inside)})
+            state = f"frozen here, trains via {', '.join(via)}"
         dtypes = sorted({sizes[key][2] for key in held})
         rows.append(
             ReportRow(
@@ -220,7 +227,7 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
                 type=type(use.module).__name__,
                 params=sum(sizes[key][0] for key in held),
                 state=state,
-                inference=_inference(use, modes[use.path]),
+                inference=_inference(use),
                 tied_with=tuple(tied),
                 dtype=",".join(dtypes) if dtypes else "-",
             )
@@ -247,27 +254,10 @@ def _ancestors(param_path: str) -> list[str]:
     return [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _use_modes(uses: list) -> dict[str, str | None]:
-    """The freezing mode (``"eval"``/``"inherit"``) in force at each frozen use, else None."""
-    modes: dict[str, str | None] = {}
-    for use in uses:
-        record = use.module.__dict__.get(INPLACE_MARK)
-        if use.wrapper is not None:
-            modes[use.path] = use.wrapper.mode
-        elif record is not None:
-            # In-place freezing records its mode; default to the library default.
-            modes[use.path] = getattr(record, "mode", "eval")
-        elif use.frozen:
-            modes[use.path] = modes.get(use.path.rpartition(".")[0], "eval")
-        else:
-            modes[use.path] = None
-    return modes
-
-
-def _inference(use: Any, mode: str | None) -> str:
-    if not use.frozen or mode is None:
+def _inference(use: Any) -> str:
+    if not use.frozen or use.mode is None:
         return ""
-    if mode == "eval":
+    if use.mode == "eval":
         return "forced eval"
     has_buffers = any(b is not None for b in use.module.buffers())
     return "inherit, buffers may change" if has_buffers else "inherit"

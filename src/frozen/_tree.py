@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 from torch import nn
 
-from ._state import frozen_slot_names, is_marked_frozen
+from ._errors import FrozenError
+from ._record import record_of
 
 __all__ = ["ModuleUse", "ParamUse", "iter_module_uses", "iter_param_uses", "named_parameters", "join"]
 
@@ -25,6 +26,7 @@ class ModuleUse(NamedTuple):
     module: nn.Module  # the module used there (a wrapper's inner module, not the wrapper)
     frozen: bool  # whether this use is frozen (inside a Frozen wrapper or frozen in place)
     wrapper: nn.Module | None  # the Frozen wrapper standing at this path, if any
+    mode: str | None = None  # the freezing mode in force at a frozen use ("eval"/"inherit")
 
 
 class ParamUse(NamedTuple):
@@ -43,32 +45,50 @@ def join(prefix: str, name: str) -> str:
 
 
 def iter_module_uses(model: nn.Module) -> Iterator[ModuleUse]:
-    """Yield every use of every module, in ``named_modules()`` (pre-)order."""
+    """Yield every use of every module, in ``named_modules()`` (pre-)order.
+
+    Raises:
+        frozen.FrozenError: the module graph has a cycle (a module is its own descendant).
+    """
     from ._wrapper import Frozen  # the wrapper imports this module
 
-    def visit(module: nn.Module, path: str, frozen: bool) -> Iterator[ModuleUse]:
+    on_path: set[int] = set()
+
+    def visit(module: nn.Module, path: str, mode: str | None) -> Iterator[ModuleUse]:
         wrapper = None
-        # Nested wrappers (Frozen(Frozen(m))) collapse onto one path.
+        # Nested wrappers (Frozen(Frozen(m))) collapse onto one path; the outermost mode wins.
         while isinstance(module, Frozen):
-            wrapper, module, frozen = module, module.module, True
+            wrapper, module, mode = module, module.module, mode or module.mode
+        if id(module) in on_path:
+            raise FrozenError(
+                f"the module at {path!r} ({type(module).__name__}) is also one of its own ancestors: the "
+                f"model's module graph has a cycle, which torch's own named_modules() cannot walk either. "
+                f"Expected a tree (shared modules are fine, cycles are not); remove the back-reference."
+            )
         # A wrapper freezes its whole subtree; an in-place mark (frozen.freeze) only the
         # marked module itself -- freeze marks every module of a part individually, so a
         # sub-part can be thawed alone and a module added to a frozen part later trains.
-        yield ModuleUse(path, module, frozen or is_marked_frozen(module), wrapper)
+        record = record_of(module)
+        own = mode or (record.mode if record is not None else None)
+        yield ModuleUse(path, module, own is not None, wrapper, own)
+        on_path.add(id(module))
         for name, child in module._modules.items():
             if child is not None:
-                yield from visit(child, join(path, name), frozen)
+                yield from visit(child, join(path, name), mode)
+        on_path.discard(id(module))
 
-    yield from visit(model, "", False)
+    yield from visit(model, "", None)
 
 
 def iter_param_uses(model: nn.Module) -> Iterator[ParamUse]:
     """Yield every use of every parameter (not deduplicated), in model order."""
     for use in iter_module_uses(model):
+        record = record_of(use.module)
+        slots = record.frozen_slots if record is not None else {}
         for name, param in use.module._parameters.items():
             if param is not None:
-                # A slot frozen on its own (tied="freeze") does not train through this use.
-                frozen = use.frozen or name in frozen_slot_names(use.module)
+                # A slot frozen on its own (a selected parameter, tied="freeze") does not train here.
+                frozen = use.frozen or name in slots
                 yield ParamUse(join(use.path, name), use.module, name, param, frozen)
 
 

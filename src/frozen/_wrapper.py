@@ -7,16 +7,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._call import UsePlan, call_frozen, caller_dtype, cast_floating, slots_intact
 from ._checks import check_dtype, check_mode
-from ._precision import caller_dtype, cast_floating, cast_module, module_float_dtype
-from ._use import Plan, detach_slots, enter_eval, live_plan, restore_modes, restore_slots
+from ._errors import FrozenError
+from ._precision import cast_module, module_float_dtype
 
 __all__ = ["Frozen"]
 
-
 # Attributes that belong to the wrapper itself; everything else is forwarded.
 _OWN = frozenset(
-    {"module", "mode", "dtype", "original_dtype", "training", "_plan", "_direct", "_inner", "_loading_prefix"}
+    {"module", "mode", "dtype", "tied", "original_dtype", "training", "_plan", "_inner", "_loading_prefix"}
 )
 
 
@@ -71,7 +71,9 @@ class Frozen(nn.Module):
 
     module: nn.Module
 
-    def __init__(self, module: nn.Module, *, mode: str = "eval", dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, module: nn.Module, *, mode: str = "eval", dtype: torch.dtype | None = None, tied: str = "warn"
+    ) -> None:
         if not isinstance(module, nn.Module):
             raise TypeError(
                 f"Frozen(module): expected a torch.nn.Module, received "
@@ -81,60 +83,48 @@ class Frozen(nn.Module):
             )
         check_mode(mode)
         check_dtype(dtype)
+        if tied not in ("warn", "train", "error"):
+            raise FrozenError(
+                f"Frozen(module, tied={tied!r}): expected 'warn' (default), 'train' or 'error'. It says what "
+                f"settle does when this use's parameters still train through another use (S4): warn, accept "
+                f"silently (a deliberate stop-gradient branch), or raise frozen.TiedParameterError."
+            )
         super().__init__()
         self.module = module
         self.mode = mode
         self.dtype = dtype
+        self.tied = tied
         self.original_dtype = module_float_dtype(module)
         if dtype is not None:
             cast_module(module, dtype)
-        self.set_plan(None)
+        self._plan: UsePlan | None = None
         self.register_load_state_dict_post_hook(_unprefix_incompatible_keys)
 
-    def set_plan(self, plan: Plan | None) -> None:
-        """Store the detach plan (``None``: not settled, compute it on every call).
+    def set_plan(self, plan: UsePlan | None) -> None:
+        """Store the per-call plan (``None``: not settled, compute it on every call).
 
-        :func:`frozen.settle` calls this. With an empty plan and no ``dtype`` the call
-        takes the direct path: the wrapped module is called as it is.
+        :func:`frozen.settle` calls this. With nothing to detach, switch or cast, a call
+        is a plain call of the wrapped module after one identity check per parameter
+        (which notices tensors that ``torch.func.functional_call`` substituted).
         """
         self._plan = plan
-        self._direct = plan == () and self.dtype is None
 
     # -- calling ---------------------------------------------------------------------
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        # Settled and nothing to detach or cast: the only per-call work is one mode check
-        # (the module may be in training mode if it is also used plainly elsewhere).
-        module = self._inner
-        if self._direct and not (module.training and self.mode == "eval"):
-            return module(*args, **kwargs)
-        if self.dtype is not None:
-            back = caller_dtype(args, kwargs, self.original_dtype)
-            out = self._forward(*cast_floating(args, self.dtype), **cast_floating(kwargs, self.dtype))
-            return cast_floating(out, back)
-        return self._forward(*args, **kwargs)
-
-    def _forward(self, *args: Any, **kwargs: Any) -> Any:
-        module = self._inner
-        if self.mode == "eval" and module.training:
-            saved = enter_eval(module)
-            try:
-                return self._call(module, args, kwargs)
-            finally:
-                restore_modes(saved)
-        return self._call(module, args, kwargs)
-
-    def _call(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
-        if not torch.is_grad_enabled():
-            return module(*args, **kwargs)
-        plan = self._plan if self._plan is not None else live_plan(module)
-        if not plan:
-            return module(*args, **kwargs)
-        swapped = detach_slots(plan)
-        try:
-            return module(*args, **kwargs)
-        finally:
-            restore_slots(swapped)
+        module, plan = self._inner, self._plan
+        if self.dtype is None:
+            if plan is not None and plan.direct and slots_intact(plan.slots):
+                return module(*args, **kwargs)
+            return call_frozen(plan, module, self.mode, args, kwargs)
+        back = caller_dtype(args, kwargs, self.original_dtype)
+        args, kwargs = cast_floating(args, self.dtype), cast_floating(kwargs, self.dtype)
+        device = next((t.device.type for t in module.parameters()), "cpu")
+        if torch.is_autocast_enabled(device):
+            # Autocast would mix its own type with the stored one; the part runs as stored.
+            with torch.autocast(device, enabled=False):
+                return cast_floating(call_frozen(plan, module, self.mode, args, kwargs), back)
+        return cast_floating(call_frozen(plan, module, self.mode, args, kwargs), back)
 
     def train(self, mode: bool = True) -> Frozen:
         """Set the wrapper's mode; the wrapped module follows only if ``mode="inherit"``.
@@ -150,6 +140,18 @@ class Frozen(nn.Module):
         self.training = mode
         if self.mode == "inherit":
             self.module.train(mode)
+        elif self._plan is not None:
+            for module in self._plan.follow:  # gradient checkpointing stays on while training
+                module.training = mode
+        return self
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Frozen:
+        # model.to(dtype) / .half() / .double() keep a low-precision part in its storage type;
+        # the boundary casts to the caller's new type, and thaw-like unwrapping uses it.
+        super()._apply(fn, recurse)
+        if self.dtype is not None:
+            self.original_dtype = fn(torch.empty(0, dtype=self.original_dtype)).dtype
+            cast_module(self.module, self.dtype)
         return self
 
     # -- transparency ----------------------------------------------------------------
@@ -166,17 +168,24 @@ class Frozen(nn.Module):
         if name == "module":
             # A plain attribute too, so that each call finds it without nn.Module.__getattr__.
             object.__setattr__(self, "_inner", value)
-        # `wrapper.weight = ...` means the wrapped module's weight, as reading it does.
-        # Private names and nn.Module's own attributes (hook flags, compile state) stay
-        # on the wrapper: torch sets those on the module it works with.
-        if (
-            name not in _OWN
-            and not name.startswith("_")
-            and not hasattr(Frozen, name)
-            and "module" in self.__dict__.get("_modules", {})
-            and hasattr(self.module, name)
-        ):
-            setattr(self.module, name, value)
+        inner = self.__dict__.get("_modules", {}).get("module")
+        if inner is None or name in _OWN or name.startswith("_") or hasattr(Frozen, name):
+            # Private names and nn.Module's own attributes (hook flags, compile state) stay on
+            # the wrapper: torch sets those on the module it works with.
+            super().__setattr__(name, value)
+        elif isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and name in inner._parameters:
+            # torch.func.functional_call with state_dict keys ("l1.weight") swaps the slot
+            # through the wrapper: give the wrapped module's slot the tensor, as it would.
+            inner._parameters[name] = value
+        elif hasattr(inner, name):
+            setattr(inner, name, value)  # `wrapper.weight = ...` means the wrapped module's, as reading does
+        elif isinstance(value, (nn.Module, nn.Parameter)) or (isinstance(value, torch.Tensor) and name):
+            raise FrozenError(
+                f"Frozen: cannot attach {type(value).__name__} {name!r} to the wrapper: a Frozen wrapper holds "
+                f"exactly one module, and what is attached to it would be invisible in state_dict() and "
+                f"trainable(). Attach it to the wrapped module (wrapper.module.{name} = ..., frozen with it) "
+                f"or to the wrapper's parent (it trains)."
+            )
         else:
             super().__setattr__(name, value)
 
@@ -199,6 +208,7 @@ class Frozen(nn.Module):
     def __repr__(self) -> str:
         options = "" if self.mode == "eval" else f", mode={self.mode!r}"
         options += "" if self.dtype is None else f", dtype={self.dtype}"
+        options += "" if self.tied == "warn" else f", tied={self.tied!r}"
         return f"Frozen({self.module!r}{options})"
 
 
