@@ -96,7 +96,7 @@ def test_state_dict_round_trip_and_bad_input():
     assert optimizer.param_groups[-1]["name"] == "0" and optimizer.param_groups[-1]["lr"] == 0.01
     other = GradualUnfreezing(model, optimizer, [Stage(1, ("0",), lr=0.01)])
     other.load_state_dict(plan.state_dict())
-    assert other.state_dict() == {"count": 1, "applied": [0]} and other.step() == []
+    assert other.state_dict() == {"count": 1, "applied": [0], "rates": {}} and other.step() == []
     with pytest.raises(frozen.FrozenError, match=r"names stages this plan does not have"):
         other.load_state_dict({"count": 1, "applied": [3]})
     with pytest.raises(frozen.FrozenError, match=r"at >= 1"):
@@ -105,3 +105,38 @@ def test_state_dict_round_trip_and_bad_input():
         GradualUnfreezing(model, optimizer, [], reference_group="head")
     with pytest.raises(TypeError, match=r"expected frozen.schedule.Stage"):
         GradualUnfreezing(model, optimizer, [(1, "0")])
+
+
+def test_advance_is_idempotent_and_lr_ratio_takes_the_schedulers_factor_once():
+    model = make_model()
+    frozen.freeze(model, "0")
+    optimizer = torch.optim.SGD(frozen.optim.param_groups(model, lr=1.0), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step)
+    plan = GradualUnfreezing(model, optimizer, [Stage(2, "0", lr_ratio=0.1, name="first")])
+    for epoch_index in range(2):
+        assert optimizer.param_groups[0]["lr"] == 0.5**epoch_index
+        epoch(model, optimizer)
+        scheduler.step()
+    assert [s.name for s in plan.advance(2)] == ["first"] and plan.advance(2) == [] and plan.count == 2
+    from frozen.integrations._schedulers import extend_scheduler
+
+    extend_scheduler(scheduler)
+    for _ in range(3):
+        head, first = optimizer.param_groups[0]["lr"], optimizer.param_groups[1]["lr"]
+        assert first == pytest.approx(0.1 * head, rel=1e-12)  # not 0.1 * head * 0.25: the factor once
+        epoch(model, optimizer)
+        scheduler.step()
+
+
+def test_the_schedule_passes_its_state_policy_to_sync():
+    model = make_model()
+    optimizer = torch.optim.Adam(frozen.optim.param_groups(model, lr=1e-2))
+    model(torch.randn(5, 3)).sum().backward()
+    optimizer.step()
+    moments = optimizer.state[model[0].weight]["exp_avg"].clone()
+    frozen.optim.sync(optimizer, frozen.freeze(model, "0"), state="keep")
+    plan = GradualUnfreezing(model, optimizer, [Stage(1, "0")], state="keep")
+    plan.step()
+    assert torch.equal(optimizer.state[model[0].weight]["exp_avg"], moments)
+    with pytest.raises(frozen.FrozenError, match=r"state='never'"):
+        GradualUnfreezing(model, optimizer, [], state="never")
