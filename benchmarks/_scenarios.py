@@ -27,7 +27,7 @@ def settled_bars(bound: float = 1.03, names: tuple[str, ...] = SETTLED) -> tuple
 
 
 def speedup_bars(names: tuple[str, ...] = SETTLED) -> tuple[Bar, ...]:
-    """Design §3: a frozen-backbone step is >= 2x faster than optimizer-side freezing."""
+    """The performance contract: a frozen-backbone step is >= 2x faster than optimizer-side freezing."""
     bars = [Bar(f"optimizer-side step time / `{name}`", "optimizer-side", name, 2.0, ">=") for name in names]
     bars += [Bar(f"`{name}` optimizer state / ideal's", name, "ideal", 1.0, "<=", "optimizer_bytes") for name in names]
     return tuple(bars)

@@ -154,7 +154,7 @@ SCENARIOS = (
         bars=settled_bars()
         + (
             Bar(
-                "optimizer-side step time / `freeze` (design §3 claim, here partial)",
+                "optimizer-side step time / `freeze` (the >= 2x claim, here on partial freezing)",
                 "optimizer-side",
                 "freeze",
                 2.0,

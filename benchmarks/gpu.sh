@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Run the full benchmark suite on CUDA (about 3-5 minutes on one recent card) and write
-# the same tables and chart as the CPU run to benchmarks/results/<card>/.
+# Run every registered benchmark scenario on CUDA - the same scenarios as the CPU run
+# (frozen backbones, partial BERT, tied GPT-2, conv-BN middle, torch.compile, gradient
+# checkpointing with its recompute counts and saved-activation bytes, and the extension
+# scenarios in _selectors.py / _beyond.py when present) - and write the same tables, verdicts
+# and chart to benchmarks/results/<card>/. Distributed runs are not part of it.
 #
-#   benchmarks/gpu.sh                  # full suite on cuda
-#   benchmarks/gpu.sh --scenario bert  # extra arguments go to `python -m benchmarks`
-#   DEVICE=cpu benchmarks/gpu.sh --quick --out /tmp/bench   # dry run of this script without a GPU
+#   benchmarks/gpu.sh                  # full suite on cuda (budget ~10 min on one card)
+#   QUICK=1 benchmarks/gpu.sh          # --quick: the short check for a lent card (~3 min)
+#   benchmarks/gpu.sh --scenario checkpointing   # extra arguments go to `python -m benchmarks`
+#   DEVICE=cpu benchmarks/gpu.sh --quick --scenario seed --out /tmp/bench   # dry run without a GPU
 #
 # It uses $PYTHON if set, else the first of .venv/bin/python and python3 whose torch
 # sees a GPU (the project's .venv pins a CPU build of torch).
@@ -32,4 +36,10 @@ for module in transformers matplotlib; do
 done
 "$python" -c 'import torch; print("gpu.sh: torch", torch.__version__, "on", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")'
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # the library itself, even without `pip install -e .`
-exec "$python" -m benchmarks --device "$device" "$@"
+"$python" -c 'import sys; sys.path.insert(0, "."); from benchmarks._registry import scenarios
+print("gpu.sh: scenarios:", " ".join(s.key for s in scenarios()))'
+extra=()
+[ -n "${QUICK:-}" ] && extra+=(--quick)
+# The memory worker's peak figure on CUDA is max_memory_allocated (exact); saved-activation bytes are
+# measured for every variant either way.
+exec "$python" -m benchmarks --device "$device" "${extra[@]}" "$@"
