@@ -1,0 +1,252 @@
+"""Beyond the ideal (issue 13): cached frozen prefixes and lean frozen middles.
+
+* ``probe-vit``: a linear probe on a frozen ViT over several shuffled epochs. ``cache (fill)``
+  is the first epoch (every sample missed and stored: the store is emptied before each
+  step), ``cache`` is epochs 2+ (the store was filled by one pass over the dataset at build
+  time, so every sample hits and the backbone never runs).
+* ``cache-bert`` / ``cache-gpt2``: partial freeze of a transformer, the embeddings and the
+  lower layers frozen and cached as a chain, the upper layers trained.
+* ``lean-middle``: a frozen conv-BN-ReLU middle that gradients cross, with
+  :func:`frozen.lean` (input-gradient-only convolutions, BatchNorm folded in).
+
+Every variant trains the same parts with AdamW on the same shuffled batches of one fixed
+dataset; ``ideal`` is ``requires_grad_(False)`` + ``eval()`` on the frozen parts.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import frozen
+from frozen._cache import cache, cache_stats
+from frozen._lean import lean
+
+from . import _models
+from ._harness import Workload
+from ._registry import Bar, Scenario, Setup
+from ._variants import apply_variant, frozen_keys
+
+__all__ = ["SCENARIOS"]
+
+CACHED = ("ideal", "freeze", "cache (fill)", "cache")
+
+
+class _Epochs:
+    """Batches of a fixed dataset, reshuffled each epoch with a seeded generator (same order in every variant)."""
+
+    def __init__(self, data: Sequence[torch.Tensor], batch: int) -> None:
+        self.data, self.batch = data, batch
+        self.generator = torch.Generator().manual_seed(0)
+        self.queue: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.data[0]) // self.batch
+
+    def next(self) -> tuple[torch.Tensor, ...]:
+        if not self.queue:
+            order = torch.randperm(len(self.data[0]), generator=self.generator)
+            self.queue = list(order.split(self.batch))
+        rows = self.queue.pop(0).to(self.data[0].device)
+        return tuple(t[rows] for t in self.data)
+
+
+class _Probe(nn.Module):
+    """A ViT backbone from a config (nothing downloaded) and a linear head on the CLS token."""
+
+    def __init__(self, tiny: bool) -> None:
+        super().__init__()
+        from transformers import ViTConfig, ViTModel
+
+        size = dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+        if not tiny:
+            size = dict(image_size=32, patch_size=4, hidden_size=192, num_hidden_layers=6, num_attention_heads=4)
+        config = ViTConfig(**size, intermediate_size=4 * size["hidden_size"])
+        self.backbone = ViTModel(config, add_pooling_layer=False)
+        self.head = nn.Linear(size["hidden_size"], 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(pixel_values=x).last_hidden_state[:, 0])
+
+
+def _vit(setup: Setup) -> tuple[nn.Module, tuple[torch.Tensor, ...], int]:
+    torch.manual_seed(0)
+    batch = 4 if setup.tiny else 32
+    side = 16 if setup.tiny else 32
+    n = 2 * batch if setup.tiny else 4 * batch
+    return _Probe(setup.tiny), (torch.randn(n, 3, side, side), torch.randint(0, 10, (n,))), batch
+
+
+def _bert(setup: Setup) -> tuple[nn.Module, tuple[torch.Tensor, ...], int]:
+    batch = 2 if setup.tiny else 8
+    model, data = _models.text_classifier(4 * batch, 16, 64, 2) if setup.tiny else _models.text_classifier(4 * batch)
+    return model, data, batch
+
+
+def _gpt2(setup: Setup) -> tuple[nn.Module, tuple[torch.Tensor, ...], int]:
+    batch = 2 if setup.tiny else 8
+    model, (ids,) = _models.gpt2_lm(4 * batch, 16, 32, 2) if setup.tiny else _models.gpt2_lm(4 * batch, layers=4)
+    model.config.use_cache = False  # a KV cache object is not a per-sample output
+    return model, (ids,), batch
+
+
+def _classify(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    *inputs, labels = batch
+    return F.cross_entropy(model(*inputs), labels)
+
+
+def _language_model(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return model(input_ids=batch[0], labels=batch[0]).loss
+
+
+def _cache_figures(model: nn.Module) -> Callable[[], dict[str, float | int | str]]:
+    def figures() -> dict[str, float | int | str]:
+        stats = cache_stats(model)
+        if not stats:
+            return {}
+        first = next(iter(stats.values()))
+        total = {k: sum(s[k] for s in stats.values()) for k in ("hits", "misses", "forwards")}
+        return {**total, "cache MB": round(first["bytes"] / 2**20, 2)}
+
+    return figures
+
+
+def _cached_builder(
+    make: Callable[[Setup], tuple[nn.Module, tuple[torch.Tensor, ...], int]],
+    parts: Callable[[Setup], list[str]],
+    cached: Callable[[Setup], list[str]],
+    loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
+) -> Callable[[str, Setup], Workload]:
+    """Builder: train the rest with AdamW while ``parts`` are frozen; cache variants cache ``cached``."""
+
+    def build(variant: str, setup: Setup) -> Workload:
+        model, data, batch = make(setup)
+        model.to(setup.device)
+        epochs = _Epochs(tuple(t.to(setup.device) for t in data), batch)
+        with warnings.catch_warnings():  # GPT-2: freezing wte freezes the tied lm_head too, as the ideal does
+            warnings.simplefilter("ignore", frozen.TiedParameterWarning)
+            params, _ = apply_variant(model, parts(setup), "ideal" if variant == "ideal" else "freeze")
+        optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+        handle = cache(model, *cached(setup), budget="4GB", store="device") if variant.startswith("cache") else None
+        if variant == "cache":  # epochs 2+: one pass over the dataset filled the store
+            with torch.no_grad():
+                for _ in range(len(epochs)):
+                    loss_fn(model, epochs.next())
+        first = epochs.next()
+        epochs.queue.clear()
+        epochs.generator.manual_seed(0)
+
+        def step() -> None:
+            if variant == "cache (fill)" and handle is not None:
+                handle.store.drop()  # the first epoch: no sample seen before
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model, epochs.next()).backward()
+            optimizer.step()
+
+        def probe() -> torch.Tensor:
+            with torch.no_grad():
+                out = model(*first[:-1]) if loss_fn is _classify else model(input_ids=first[0]).logits
+            return out
+
+        return Workload(step, model, optimizer, frozen_keys(model, parts(setup), variant), probe=probe,
+                        figures=_cache_figures(model))  # fmt: skip
+
+    return build
+
+
+def _bert_parts(setup: Setup) -> list[str]:
+    lower = 1 if setup.tiny else 2
+    return ["backbone.embeddings", *(f"backbone.encoder.layer.{i}" for i in range(lower))]
+
+
+def _gpt2_parts(setup: Setup) -> list[str]:
+    lower = 1 if setup.tiny else 2
+    return ["transformer.wte", "transformer.wpe", *(f"transformer.h.{i}" for i in range(lower))]
+
+
+def _build_lean(variant: str, setup: Setup) -> Workload:
+    model, batch = _models.convbn_middle(2, 8, 8, 2) if setup.tiny else _models.convbn_middle()
+    model.to(setup.device)
+    batch = tuple(t.to(setup.device) for t in batch)
+    params, _ = apply_variant(model, ["middle"], "ideal" if variant == "ideal" else "freeze")
+    if variant == "lean":
+        lean(model, "middle")
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        _classify(model, batch).backward()
+        optimizer.step()
+
+    def probe() -> torch.Tensor:
+        with torch.no_grad():
+            return model(batch[0])
+
+    return Workload(step, model, optimizer, frozen_keys(model, ["middle"], variant), probe=probe)
+
+
+def _fill_bar() -> Bar:
+    return Bar("first (filling) epoch step time / ideal", "cache (fill)", "ideal", 1.05)
+
+
+_ABOUT_CACHE = (
+    "Variants: `cache (fill)` = epoch 1 (store emptied before each step: every sample is hashed, computed, "
+    "stored); `cache` = epochs 2+ (store filled by one pass at build time: every sample hits). Store on the device."
+)
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        key="probe-vit",
+        title="ViT linear probe over shuffled epochs, frozen backbone cached",
+        about="ViT (6 layers, hidden 192, 32x32 images, patch 4) from a config, frozen; a linear head on the CLS "
+        "token trains with AdamW; 128 synthetic images, batch 32, reshuffled each epoch. " + _ABOUT_CACHE,
+        build=_cached_builder(_vit, lambda s: ["backbone"], lambda s: ["backbone"], _classify),
+        variants=CACHED,
+        bars=(Bar("cached epochs 2+ step time / ideal", "cache", "ideal", 0.05), _fill_bar()),
+        inner=2,
+        rounds=(6, 30),
+        rss=False,
+    ),
+    Scenario(
+        key="cache-bert",
+        title="BERT partial freeze, embeddings + lower layers cached",
+        about="4-layer BERT (hidden 256, sequences of 64) + 2-class head; embeddings and layers 0-1 frozen and "
+        "cached as a chain, layers 2-3 and the head train; 32 sequences, batch 8. " + _ABOUT_CACHE,
+        build=_cached_builder(_bert, _bert_parts, _bert_parts, _classify),
+        variants=CACHED,
+        bars=(Bar("cached prefix step time / ideal", "cache", "ideal", 0.8), _fill_bar()),
+        inner=2,
+        rss=False,
+    ),
+    Scenario(
+        key="cache-gpt2",
+        title="GPT-2 partial freeze, lower blocks cached",
+        about="4-block GPT-2 LM (hidden 128, sequences of 64, wte tied with lm_head); wte, wpe and blocks 0-1 "
+        "frozen (tied='freeze': lm_head too), blocks 0-1 cached, blocks 2-3 and ln_f train; 32 sequences, "
+        "batch 8. " + _ABOUT_CACHE,
+        build=_cached_builder(_gpt2, _gpt2_parts, lambda s: _gpt2_parts(s)[2:], _language_model),
+        variants=CACHED,
+        bars=(Bar("cached prefix step time / ideal", "cache", "ideal", 0.8), _fill_bar()),
+        inner=2,
+        rss=False,
+    ),
+    Scenario(
+        key="lean-middle",
+        title="Frozen conv-BN-ReLU middle (6 blocks), lean backward",
+        about="Trainable stem conv, 6 frozen conv-BN-ReLU blocks (32 channels, 32x32, BatchNorm with non-trivial "
+        "running statistics), trainable pooled head; batch 8. `lean` = frozen.freeze + frozen.lean: "
+        "input-gradient-only convolutions, each BatchNorm folded into its convolution.",
+        build=_build_lean,
+        variants=("ideal", "freeze", "lean"),
+        bars=(
+            Bar("saved-activation bytes / ideal", "lean", "ideal", 0.5, "<=", "saved"),
+            Bar("step time / ideal", "lean", "ideal", 0.95),
+        ),
+        inner=3,
+        rss=False,
+    ),
+)
