@@ -1,26 +1,21 @@
 """Path patterns compiled to a small automaton over path segments (``docs/selectors.md``).
 
-A pattern such as ``"encoder.layer.*.attention.**.bias"`` is a list of segment
-matchers. Matching runs a nondeterministic automaton whose states are "how many
-segments of the pattern are matched so far", kept as a bit mask. A path is matched
-by stepping the mask once per path segment, so a tree of paths is matched in one
-pre-order walk: a node's mask is one step from its parent's mask. The cost is one
-step per module or parameter, whatever the number of ``**`` in the pattern
+A pattern such as ``"encoder.**.bias"`` runs as a nondeterministic automaton whose
+states ("how many segments are matched so far") are kept as a bit mask, stepped once
+per path segment. A node's mask is one step from its parent's, so a whole tree is
+matched in one walk, one step per module or parameter, whatever the number of ``**``
 (recursion over ``**`` is exponential in their number).
 
-Positional segments (``-1``, ``-2:``, ``:3``, ``0-5``) need the *span* of the
-container they are looked up in: one more than the largest number among its
-numbered children, which is ``len()`` for a ``ModuleList`` or ``Sequential``.
-
-:class:`PathTree` is the model side: its uses in pre-order, each with its parent, so
-that a pattern is matched against every module and parameter path in one walk, and a
-use's subtree is the contiguous range ``[i, end[i])`` of that walk.
+Positional segments (``-1``, ``-2:``) need the *span* of their container: one more
+than its largest numbered child (``len()`` of a ``ModuleList``). :class:`PathTree`
+holds the model's uses in pre-order, where a subtree is the range ``[i, end[i])``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import cached_property
 
 from torch import nn
@@ -99,10 +94,7 @@ class Pattern:
             return SelectorError(f"{function}: the {role} pattern {self.text!r} {problem}. {fix}")
 
         if piece == "":
-            raise fail(
-                "has an empty segment",
-                "Expected dotted segments such as 'encoder.layer.0'; use '' alone for the model itself.",
-            )
+            raise fail("has an empty segment", "Expected segments such as 'encoder.layer.0'; '' is the model itself.")
         if piece == "**":
             return None
         if any(re.fullmatch(r"-0+", number) for number in re.split(":", piece)):
@@ -157,22 +149,11 @@ class Pattern:
         return within
 
 
+@dataclass(frozen=True)
 class ParamSelector:
-    """A selector over parameters only: a path pattern, or a predicate ``(path, parameter) -> bool``.
+    """A selector over parameters only (build it with :func:`params`); it never selects a module."""
 
-    Build it with :func:`params`. It never selects a module, so freezing through it
-    changes no module's train/eval behaviour.
-    """
-
-    __slots__ = ("what",)
-
-    def __init__(self, what: str | Callable[[str, nn.Parameter], bool]) -> None:
-        if not isinstance(what, str) and not callable(what):
-            raise TypeError(
-                f"frozen.params(...): expected a path pattern (str) or a predicate (path, parameter) -> bool, "
-                f"received {type(what).__name__} {what!r}. Pass e.g. frozen.params(lambda path, p: p.ndim == 1)."
-            )
-        self.what = what
+    what: str | Callable[[str, nn.Parameter], bool]  # a path pattern, or a predicate (path, parameter) -> bool
 
     def __repr__(self) -> str:
         return f"params({getattr(self.what, '__name__', self.what)!r})"
@@ -198,6 +179,11 @@ def params(what: str | Callable[[str, nn.Parameter], bool]) -> ParamSelector:
         >>> frozen.select(net, params(lambda path, p: p.ndim == 1))
         ['0.bias', '1.weight', '1.bias']
     """
+    if not isinstance(what, str) and not callable(what):
+        raise TypeError(
+            f"frozen.params(...): expected a path pattern (str) or a predicate (path, parameter) -> bool, "
+            f"received {type(what).__name__} {what!r}. Pass e.g. frozen.params(lambda path, p: p.ndim == 1)."
+        )
     return ParamSelector(what)
 
 
@@ -283,13 +269,14 @@ class PathTree:
 
     def masks(self, pattern: Pattern) -> list[int]:
         """The automaton state of ``pattern`` after reading each module use's path."""
-        spans = self.spans if pattern.counts_from_end else None
+        spans = self._spans(pattern)
         masks = [pattern.start]
         for i in range(1, len(self.uses)):
-            parent = self.parent[i]
-            span = spans[parent] if spans is not None else _UNBOUNDED
-            masks.append(pattern.step(masks[parent], self.names[i], span))
+            masks.append(pattern.step(masks[self.parent[i]], self.names[i], spans[self.parent[i]]))
         return masks
+
+    def _spans(self, pattern: Pattern) -> list[int]:
+        return self.spans if pattern.counts_from_end else [_UNBOUNDED] * len(self.uses)
 
     def module_hits(self, pattern: Pattern, masks: list[int] | None = None) -> list[bool]:
         """Whether each module use's path matches ``pattern``."""
@@ -297,12 +284,8 @@ class PathTree:
 
     def param_hits(self, pattern: Pattern, masks: list[int] | None = None) -> list[bool]:
         """Whether each parameter use's path matches ``pattern``."""
-        masks = masks if masks is not None else self.masks(pattern)
-        spans = self.spans if pattern.counts_from_end else None
-        return [
-            pattern.accepts(pattern.step(masks[o], use.name, spans[o] if spans is not None else _UNBOUNDED))
-            for o, use in zip(self.owner, self.params)
-        ]
+        masks, spans = masks if masks is not None else self.masks(pattern), self._spans(pattern)
+        return [pattern.accepts(pattern.step(masks[o], use.name, spans[o])) for o, use in zip(self.owner, self.params)]
 
     def cover(self, hits: list[bool]) -> list[bool]:
         """Expand hits to whole subtrees: one sweep, as a subtree is a range of the walk."""

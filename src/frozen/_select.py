@@ -25,17 +25,7 @@ from ._errors import SelectorError, closest
 from ._patterns import ParamSelector, PathTree, Pattern, compile_pattern, params
 from ._tree import ModuleUse, ParamUse
 
-__all__ = [
-    "select",
-    "resolve",
-    "params",
-    "ParamSelector",
-    "compile_pattern",
-    "Selection",
-    "Selector",
-    "NORM_TYPES",
-    "in_subtree",
-]
+__all__ = ["select", "resolve", "params", "ParamSelector", "compile_pattern", "Selection", "Selector", "NORM_TYPES"]
 
 # What ``train_norms=True`` keeps trainable: every normalisation layer torch ships.
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -131,11 +121,6 @@ def resolve(
         [use for use, hit in zip(tree.uses, matched) if hit],
         [tree.params[j] for j in parameters],
     )
-
-
-def in_subtree(path: str, root: str) -> bool:
-    """Whether ``path`` is ``root`` or lies below it."""
-    return root == "" or path == root or path.startswith(root + ".")
 
 
 def _choose(
