@@ -26,7 +26,7 @@ def _middle() -> nn.Sequential:
         norm.running_var.uniform_(0.5, 2)
         nn.init.uniform_(norm.weight, 0.5, 1.5)
         nn.init.uniform_(norm.bias, -0.5, 0.5)
-        blocks.append(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), norm, nn.ReLU()))
+        blocks.append(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=len(blocks) % 2 == 0), norm, nn.ReLU()))
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Sequential(*blocks), nn.Flatten(), nn.Linear(8 * 256, 4))
 
 

@@ -47,7 +47,7 @@ def fold(conv: Any, norm: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(weight, bias)`` of the convolution ``conv`` followed by the eval-mode BatchNorm ``norm``."""
     with torch.no_grad():
         weight = conv.weight.double()
-        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(weight[:, 0].flatten())
+        bias = conv.bias.double() if conv.bias is not None else weight.new_zeros(weight.shape[0])
         assert norm.running_mean is not None and norm.running_var is not None
         scale = torch.rsqrt(norm.running_var.double() + norm.eps)
         shift = -norm.running_mean.double() * scale
