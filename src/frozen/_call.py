@@ -59,22 +59,19 @@ def keeps_training_flag(module: nn.Module) -> bool:
     return getattr(module, "gradient_checkpointing", False) is True
 
 
-def detach_slots(slots: Slots, detach: frozenset[int] | None, *, restored: bool = True) -> Swapped:
+def detach_slots(slots: Slots, detach: frozenset[int] | None) -> Swapped:
     """Put a detached alias in each slot that needs one; return what to put back.
 
     A slot needs one when it holds a tensor other than its own parameter (substituted by
     ``functional_call``), or when its index is in ``detach`` (``None``: every slot, the
-    unsettled case) and the value requires grad. With ``restored=False`` (a guard without
-    a forward hook) only substituted plain tensors are replaced: ``functional_call`` puts
-    its own values back, and a new ``Parameter`` assigned by hand is never dropped.
+    unsettled case) and the value requires grad.
     """
     swapped: Swapped = []
     for index, (owner, name, param) in enumerate(slots):
         current = owner._parameters.get(name)
         if current is None:
             continue
-        substituted = current is not param and (restored or not isinstance(current, nn.Parameter))
-        if substituted or ((detach is None or index in detach) and current.requires_grad):
+        if current is not param or ((detach is None or index in detach) and current.requires_grad):
             swapped.append((owner, name, current))
             owner._parameters[name] = current.detach()
     return swapped
@@ -105,13 +102,9 @@ class Guard:
 
 def guard_pre_hook(guard: Guard, module: nn.Module, args: Any) -> None:
     """Forward pre-hook at the root of a part frozen in place (see the module docstring)."""
-    if not _differentiating():
-        if guard.detach:
-            guard.active.append([])
-        return
-    swapped = detach_slots(guard.slots, guard.detach, restored=bool(guard.detach))
-    if guard.detach:
-        guard.active.append(swapped)  # the forward hook puts tied parameters back
+    # Always restored by the forward hook: functional_call writes the slots' values back
+    # into the caller's dict when it ends, so no alias may outlive the call.
+    guard.active.append(detach_slots(guard.slots, guard.detach) if _differentiating() else [])
 
 
 def guard_post_hook(guard: Guard, module: nn.Module, args: Any, output: Any) -> None:

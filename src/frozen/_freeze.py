@@ -19,9 +19,9 @@ from ._checks import check_dtype, check_mode, check_model, check_tied
 from ._errors import FrozenError, TiedParameterError, TiedParameterWarning
 from ._precision import floating_tensors, lower_precision, restore_precision
 from ._query import trainable_ids
-from ._record import LOCK, freeze_slot, is_marked, mark, record_of, release_slot, unmark
+from ._record import LOCK, freeze_slot, is_marked, mark, record_of, release_slot, switched_off, unmark
 from ._select import Selection, Selector, resolve
-from ._settle import settle
+from ._settle import settle, settle_flags
 from ._tree import ModuleUse, ParamUse, iter_module_uses, iter_param_uses
 
 __all__ = ["FreezePlan", "apply_freeze", "apply_thaw", "freeze", "plan_thaw", "thaw"]
@@ -301,7 +301,7 @@ def thaw(model: nn.Module, *targets: Selector, exclude: Any = ()) -> nn.Module:
         selection = resolve(model, targets, exclude, function="frozen.thaw", no_targets="all")
         modules, slots = plan_thaw(model, selection, named=bool(targets))
         apply_thaw(model, modules, slots)
-        settle(model)
+        settle_flags(model, pin=False)
     return model
 
 
@@ -330,7 +330,20 @@ def plan_thaw(
         record = record_of(use.module)
         if record is not None:
             slots += [(use.module, n) for n, why in record.frozen_slots.items() if why == "selected"]
+    _check_can_thaw(model, modules, slots)
     return modules, slots
+
+
+def _check_can_thaw(model: nn.Module, modules: list[nn.Module], slots: list[tuple[nn.Module, str]]) -> None:
+    """Refuse, before any change, to thaw a parameter created under ``torch.inference_mode()``."""
+    thawing = {id(m) for m in modules} | {id(o) for o, _ in slots}
+    for use in iter_param_uses(model):
+        if id(use.owner) in thawing and use.param.is_inference() and switched_off(use.param, use.owner, use.name):
+            raise FrozenError(
+                f"frozen.thaw: the parameter at {use.path!r} was created under torch.inference_mode() and "
+                f"can never require grad again, so it cannot thaw. Expected a model built outside "
+                f"inference_mode; rebuild it there (or clone its parameters outside it). Nothing was changed."
+            )
 
 
 def _check_low_precision_parts_whole(model: nn.Module, thawing: list[nn.Module]) -> None:

@@ -198,6 +198,8 @@ def _entry_plan(entry: dict, path: str, module: nn.Module, slots: dict) -> Freez
                     f"entry for {path!r}", f"dtype={entry['dtype']!r}", "'bfloat16', 'float16', 'float32' or 'float64'"
                 )
             )
+    if not isinstance(entry.get("tied_slots", []), list):
+        raise FrozenError(_edited(f"entry for {path!r}", f"tied_slots={entry.get('tied_slots')!r}", "a list of paths"))
     tied_slots = [slots[_known(p, slots, "parameter")] for p in entry.get("tied_slots", [])]
     plan = FreezePlan(mode=mode, tied=tied, dtype=dtype, requested_training=training)
     plan.marks = [ModuleUse(path, module, False, None)]

@@ -244,7 +244,7 @@ def install_guard(module: nn.Module, slots: Slots, detach: frozenset[int]) -> No
     The guard is a forward pre-hook that detaches, for the duration of the call, the
     parameters of the part that still require grad (tied, ``tied="train"``) and any
     tensor substituted for one of them (``torch.func.functional_call``); a forward hook
-    puts tied parameters back. No slot, no hook.
+    (always called) puts them back. No slot, no hook.
     """
     record = ensure_record(module) if slots else record_of(module)
     if record is None:
@@ -257,9 +257,8 @@ def install_guard(module: nn.Module, slots: Slots, detach: frozenset[int]) -> No
     if slots:
         guard = record.guard = Guard(slots, detach)
         record.guard_handles.append(module.register_forward_pre_hook(partial(guard_pre_hook, guard)))
-        if detach:
-            post = partial(guard_post_hook, guard)
-            record.guard_handles.append(module.register_forward_hook(post, always_call=True))
+        post = partial(guard_post_hook, guard)
+        record.guard_handles.append(module.register_forward_hook(post, always_call=True))
     drop_if_empty(module)
 
 

@@ -65,17 +65,19 @@ def settle(model: nn.Module) -> nn.Module:
     return settle_flags(model)
 
 
-def settle_flags(model: nn.Module, *, user_frozen: Sequence[nn.Parameter] = ()) -> nn.Module:
+def settle_flags(model: nn.Module, *, user_frozen: Sequence[nn.Parameter] = (), pin: bool = True) -> nn.Module:
     """:func:`settle`, after first setting ``requires_grad=False`` on ``user_frozen``.
 
     ``frozen.load_state`` restores the flags the user had turned off through this, so
-    that every ``requires_grad`` write of the library happens here.
+    that every ``requires_grad`` write of the library happens here. ``pin=False`` (thaw)
+    leaves every train/eval flag as it is: thawing restores modes exactly, and wrappers
+    whose modules are in training mode switch them per call instead.
     """
     with LOCK:
         uses = list(iter_module_uses(model))
         wanted = trainable_ids(model) - {id(p) for p in user_frozen}
         _check_can_train(model, wanted)
-        plans = _plan_wrappers(uses, wanted)
+        plans = _plan_wrappers(uses, wanted, pin)
         for wrapper, path, plan, _ in plans:
             if plan.detach and wrapper.tied == "error":
                 _check_tied_use(wrapper, path, uses, [p for i, (_, _, p) in enumerate(plan.slots) if i in plan.detach])
@@ -115,7 +117,9 @@ def _write_flags(model: nn.Module, wanted: set[int]) -> None:
             set_switched_off(param, True, use.owner, use.name)  # every slot of it carries the entry
 
 
-def _plan_wrappers(uses: list[ModuleUse], wanted: set[int]) -> list[tuple[Frozen, str, UsePlan, list[nn.Module]]]:
+def _plan_wrappers(
+    uses: list[ModuleUse], wanted: set[int], pin: bool
+) -> list[tuple[Frozen, str, UsePlan, list[nn.Module]]]:
     """Each wrapper's per-call plan and the modules to pin in eval; change nothing."""
     kinds: dict[int, set[str]] = {}  # module id -> how it is used: "eval", "inherit", "plain"
     for use in uses:
@@ -132,8 +136,9 @@ def _plan_wrappers(uses: list[ModuleUse], wanted: set[int]) -> list[tuple[Frozen
         switch: tuple[nn.Module, ...] = ()
         if wrapper.mode == "eval":
             # Used only here (and at other frozen-eval uses): eval once, no per-call switching.
-            pinned = [m for m in region if kinds.get(id(m), {"eval"}) == {"eval"}]
-            switch = tuple(m for m in region if kinds.get(id(m), {"eval"}) != {"eval"})
+            only_here = [m for m in region if kinds.get(id(m), {"eval"}) == {"eval"}]
+            pinned = [m for m in only_here if pin or not m.training]
+            switch = tuple(m for m in region if not any(m is p for p in pinned))
         follow = tuple(m for m in pinned if keeps_training_flag(m))
         plans.append((wrapper, use.path, UsePlan(slots, detach, switch, follow), pinned))
     return plans

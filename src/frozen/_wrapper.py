@@ -55,10 +55,24 @@ class Frozen(nn.Module):
         frozen.FrozenError: ``dtype`` is not a floating-point type.
         frozen.InvalidModeError: ``mode`` is not ``"eval"`` or ``"inherit"``.
 
+        tied: what :func:`frozen.settle` does when this use's parameters still train
+            through another use (contract S4: they stay trainable there, this use is a
+            white box): ``"warn"`` (default, :class:`frozen.TiedParameterWarning`),
+            ``"train"`` (deliberate, e.g. a stop-gradient branch: silent) or ``"error"``.
+
+    Attaching a module or parameter to the wrapper itself (``wrapper.adapter = ...``)
+    raises :class:`frozen.FrozenError`: attach it to ``wrapper.module`` or the parent.
+    Assigning a plain tensor to a parameter name (``torch.func.functional_call`` with
+    ``state_dict`` keys does) swaps the wrapped module's slot.
+
     Performance: before :func:`frozen.settle`, each call detaches the parameters under
-    the wrapper that still require grad. After ``settle``, those frozen everywhere have
-    ``requires_grad=False`` and the call is a plain call of ``module``; under
-    ``torch.no_grad()`` / ``torch.inference_mode()`` it always is.
+    the wrapper that still require grad (not under ``torch.no_grad()``), and switches the
+    modules under it that are in training mode to eval for the call (also under
+    ``no_grad``: it cannot know whether they are used plainly elsewhere). After
+    ``settle``, a module used only frozen is in eval once, and the call is a plain call
+    of ``module`` after one identity check per parameter (which notices tensors that
+    ``torch.func.functional_call`` substituted: they are detached, the white box holds
+    under ``torch.func.grad``/``vmap``/``jacrev``).
 
     Example:
         >>> import torch, frozen
