@@ -300,10 +300,10 @@ def test_bad_targets_raise_before_anything_changes():
         freeze_rows(model, Rows("emb.weight", [0.5]))
     with pytest.raises(TypeError, match="frozen.Rows target"):
         freeze_rows(model, "emb.weight")  # type: ignore[arg-type]
-    with pytest.raises(frozen.FrozenError, match="saved for 7 rows"):
+    with pytest.raises(frozen.FrozenError, match="saved for 7 rows.*12 rows"):
         load_rows_state(model, {"emb.weight": {"rows": 7, "frozen": [[0, 1]]}})
     sparse = nn.ModuleDict(dict(emb=nn.Embedding(4, 2, sparse=True)))
-    with pytest.raises(frozen.FrozenError, match="sparse=True"):
+    with pytest.raises(frozen.FrozenError, match=r"sparse gradients.*sparse=False"):
         freeze_rows(sparse, Rows("emb.weight", [0]))
     assert rows_state(model) == saved and rows_state(sparse) == {}
     thaw_rows(model, "emb.weight")

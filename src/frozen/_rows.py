@@ -1,19 +1,10 @@
 """Freezing rows of a parameter (indices along its first dimension), for new-token embeddings.
 
-A row-frozen parameter stays one ``Parameter`` (optimizers keep holding it, ``state_dict``
-keys do not change) and keeps ``requires_grad=True``: it still trains, in its other rows.
-Two mechanisms make the frozen rows exact constants:
-
-* a gradient hook on the parameter zeroes the frozen rows of every incoming gradient, so
-  ``.grad``, ``torch.autograd.grad`` and ``frozen.grad`` hold exact zeros there (the tensor
-  is partly trainable, so it gets a gradient tensor, never ``None``), and gradient clipping
-  or logging never sees them;
-* every optimizer step sees only the trainable rows (:mod:`frozen._rows_step`), so weight
-  decay and momentum cannot move the frozen ones and the trainable rows get exactly the
-  update of a separate tensor holding only them.
-
-The record lives in a registry keyed by the parameter object, so it follows the parameter
-through every path that reaches it: a tied embedding and output head freeze together.
+A row-frozen parameter stays one ``Parameter`` with ``requires_grad=True`` (it trains, in
+its other rows; ``state_dict`` keys do not change). A gradient hook zeroes its frozen rows
+in every incoming gradient (``.grad``, ``torch.autograd.grad``, ``frozen.grad``), and every
+optimizer step sees only its trainable rows (:mod:`frozen._rows_step`). Records are kept by
+parameter identity, so they follow a tied parameter into every use (embedding and head).
 """
 
 from __future__ import annotations
@@ -32,7 +23,16 @@ from ._errors import FrozenError, UnknownPathError, closest
 from ._rows_step import Layout, set_layout
 from ._tree import iter_param_uses, named_parameters
 
-__all__ = ["Rows", "RowsRecord", "freeze_rows", "frozen_rows", "load_rows_state", "rows_state", "thaw_rows"]
+__all__ = [
+    "Rows",
+    "RowsRecord",
+    "check_rows_state",
+    "freeze_rows",
+    "frozen_rows",
+    "load_rows_state",
+    "rows_state",
+    "thaw_rows",
+]
 
 RowSpec = torch.Tensor | Sequence[int] | range | slice | int
 
@@ -40,9 +40,7 @@ RowSpec = torch.Tensor | Sequence[int] | range | slice | int
 class Rows:
     """Target: rows (indices along dimension 0) of the parameter at ``path``.
 
-    Give the frozen rows, or ``trainable=`` the rows that keep training (all others
-    freeze). Rows are a tensor of indices or a boolean mask, a list, ``range``, ``slice``
-    or one int; negative indices count from the end.
+    Rows: an index tensor or boolean mask, list, ``range``, ``slice`` or int; negatives count from the end.
 
     Args:
         path: a parameter path as in ``state_dict`` (any path of a tied parameter).
@@ -61,10 +59,8 @@ class Rows:
         if not isinstance(path, str):
             raise TypeError(f"Rows(path, ...): expected path to be a parameter path string, received {path!r}.")
         if (rows is None) == (trainable is None):
-            raise TypeError(
-                f"Rows({path!r}, ...): expected exactly one of rows= (the rows to freeze) and trainable= (the rows "
-                f"that keep training), received {'both' if rows is not None else 'neither'}."
-            )
+            got = "both" if rows is not None else "neither"
+            raise TypeError(f"Rows({path!r}, ...): expected exactly one of rows= and trainable=, received {got}.")
         self.path, self.rows, self.trainable = path, rows, trainable
 
     def __repr__(self) -> str:
@@ -92,11 +88,8 @@ def _mask(spec: RowSpec, n: int, where: str) -> torch.Tensor:
     if index.numel() and (index.is_floating_point() or index.is_complex() or index.dim() > 1):
         raise TypeError(f"{where}: expected integer row indices (one dimension), received {index.dtype} {index}.")
     index = index.flatten().to(torch.int64).cpu()
-    bad = index[(index < -n) | (index >= n)]
-    if bad.numel():
-        raise FrozenError(
-            f"{where}: row {int(bad[0])} is out of range for a parameter with {n} rows; use indices in [-{n}, {n})."
-        )
+    if (bad := index[(index < -n) | (index >= n)]).numel():
+        raise FrozenError(f"{where}: row {int(bad[0])} is out of range for {n} rows; use indices in [-{n}, {n}).")
     mask = torch.zeros(n, dtype=torch.bool)
     mask[index % n] = True
     return mask
@@ -134,12 +127,8 @@ def _resolve(model: nn.Module, path: object, function: str) -> tuple[str, nn.Par
     if param.dim() == 0:
         raise FrozenError(f"{function}: {path!r} is a scalar parameter and has no rows; freeze it whole.")
     if isinstance(owner, nn.Embedding) and owner.sparse:
-        raise FrozenError(
-            f"{function}: {path!r} belongs to nn.Embedding(sparse=True), whose sparse gradients row freezing "
-            f"does not handle; build the embedding with sparse=False."
-        )
-    first = next(p for p, q in named_parameters(model) if q is param)
-    return first, param
+        raise FrozenError(f"{function}: {path!r} has sparse gradients (nn.Embedding(sparse=True)); use sparse=False.")
+    return next(p for p, q in named_parameters(model) if q is param), param
 
 
 def _apply(param: nn.Parameter, path: str, mask: torch.Tensor) -> RowsRecord | None:
@@ -167,15 +156,10 @@ def _apply(param: nn.Parameter, path: str, mask: torch.Tensor) -> RowsRecord | N
 def freeze_rows(model: nn.Module, target: Rows) -> RowsRecord:
     """Freeze ``target``'s rows of a parameter, in addition to rows frozen before.
 
-    Optimizer state that the parameter already has keeps the trainable rows' entries and
-    drops the frozen rows' at the next step, so frozen rows hold no state.
-
-    Args:
-        model: the model holding the parameter.
-        target: a :class:`Rows` naming the parameter and the rows.
+    Existing optimizer state keeps the trainable rows' entries and drops the frozen rows' at the next step.
 
     Returns:
-        The parameter's :class:`RowsRecord`.
+        The parameter's :class:`RowsRecord` (``target`` names the parameter and rows of ``model``).
 
     Raises:
         TypeError: ``target`` is not a ``Rows``.
@@ -194,11 +178,8 @@ def freeze_rows(model: nn.Module, target: Rows) -> RowsRecord:
         raise TypeError(f"frozen.freeze_rows(model, target): expected a frozen.Rows target, received {target!r}.")
     path, param = _resolve(model, target.path, f"frozen.freeze_rows(model, {target!r})")
     mask = target.frozen_mask(param.shape[0])
-    if not bool(mask.any()):
-        raise FrozenError(
-            f"frozen.freeze_rows(model, {target!r}): the target freezes none of the {param.shape[0]} rows. "
-            f"Name at least one row to freeze (or keep at least one out of trainable=)."
-        )
+    if not bool(mask.any()):  # an empty selection built by code must be loud, not a silent no-op
+        raise FrozenError(f"frozen.freeze_rows(model, {target!r}): freezes none of the {len(mask)} rows; name one.")
     old = _RECORDS.get(param)
     record = _apply(param, path, mask | old.mask if old is not None else mask)
     assert record is not None
@@ -226,10 +207,8 @@ def thaw_rows(model: nn.Module, target: str | Rows) -> nn.Module:
     path, param = _resolve(model, path_arg, f"frozen.thaw_rows(model, {target!r})")
     old = _RECORDS.get(param)
     if old is not None:
-        keep = (
-            old.mask & ~target.frozen_mask(param.shape[0]) if isinstance(target, Rows) else torch.zeros_like(old.mask)
-        )
-        _apply(param, path, keep)
+        thawed = target.frozen_mask(len(old.mask)) if isinstance(target, Rows) else torch.ones_like(old.mask)
+        _apply(param, path, old.mask & ~thawed)
     return model
 
 
@@ -263,14 +242,15 @@ def rows_state(model: nn.Module) -> dict[str, dict[str, Any]]:
     return {path: {"rows": r.layout.n, "frozen": _ranges(r.mask)} for path, r in frozen_rows(model).items()}
 
 
-def load_rows_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
-    """Make the frozen rows of ``model`` exactly those in ``saved`` (from :func:`rows_state`).
+def check_rows_state(model: nn.Module, saved: object) -> list[tuple[nn.Parameter, str, torch.Tensor]]:
+    """Validate ``saved`` (from :func:`rows_state`) against ``model``; change nothing.
 
-    Validates every entry before changing anything.
+    Returns ``[(parameter, first path, frozen mask)]``, the plan :func:`load_rows_state` applies.
 
     Raises:
+        TypeError: ``saved`` is not a dict.
         frozen.UnknownPathError: a saved path is not a parameter of ``model``.
-        frozen.FrozenError: ``saved`` is malformed or its row count differs from the parameter's.
+        frozen.FrozenError: an entry is malformed or saved for another number of rows.
     """
     check_model(model, "frozen.load_rows_state")
     if not isinstance(saved, dict):
@@ -280,24 +260,43 @@ def load_rows_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
         where = f"frozen.load_rows_state(model, saved[{path!r}])"
         first, param = _resolve(model, path, where)
         try:
-            n, runs = int(entry["rows"]), [range(int(a), int(b)) for a, b in entry["frozen"]]
+            n, runs = int(entry["rows"]), [(int(a), int(b)) for a, b in entry["frozen"]]
         except (KeyError, TypeError, ValueError) as error:
             raise FrozenError(
                 f"{where}: expected {{'rows': int, 'frozen': [[start, stop], ...]}}, got {entry!r}."
             ) from error
-        if n != param.shape[0]:
+        if n != param.shape[0] or any(not 0 <= a < b <= n for a, b in runs):
             raise FrozenError(
-                f"{where}: saved for {n} rows, the parameter has {param.shape[0]}; load a matching model."
+                f"{where}: saved for {n} rows as runs {runs[:3]}..., the parameter has {param.shape[0]} rows; "
+                f"load the rows state saved with this model."
             )
-        plan.append((param, first, _mask([i for r in runs for i in r], n, where)))
+        plan.append((param, first, torch.zeros(n, dtype=torch.bool)))
+        for a, b in runs:
+            plan[-1][2][a:b] = True
+    return plan
+
+
+def load_rows_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
+    """Make the frozen rows of ``model`` exactly those in ``saved`` (from :func:`rows_state`).
+
+    Validates every entry (:func:`check_rows_state`) before changing anything; parameters
+    with frozen rows that ``saved`` does not name are thawed.
+
+    Raises: as :func:`check_rows_state`.
+
+    Example:
+        >>> import torch
+        >>> emb = torch.nn.Embedding(6, 2)
+        >>> _ = load_rows_state(emb, {"weight": {"rows": 6, "frozen": [[1, 4]]}})
+        >>> frozen_rows(emb)["weight"].trainable.tolist()
+        [0, 4, 5]
+        >>> _ = load_rows_state(emb, {})
+    """
+    plan = check_rows_state(model, saved)
+    named = dict(named_parameters(model))
     for path, record in frozen_rows(model).items():
-        if not any(p is _param_at(model, path) for p, _, _ in plan):
-            _apply(_param_at(model, path), path, torch.zeros_like(record.mask))
+        if not any(param is named[path] for param, _, _ in plan):
+            _apply(named[path], path, torch.zeros_like(record.mask))
     for param, first, mask in plan:
         _apply(param, first, mask)
     return model
-
-
-def _param_at(model: nn.Module, path: str) -> nn.Parameter:
-    """The parameter at a first path of ``model``."""
-    return dict(named_parameters(model))[path]
