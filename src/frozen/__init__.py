@@ -5,8 +5,11 @@ respect to its own parameters. See the README for a quickstart and ``docs/`` for
 concepts and recipes.
 """
 
+from . import distributed as distributed
 from . import optim as optim
 from . import schedule as schedule
+from ._compiled import RecompileWarning as RecompileWarning
+from ._compiled import reserve_recompiles as reserve_recompiles
 from ._errors import FrozenError as FrozenError
 from ._errors import InvalidModeError as InvalidModeError
 from ._errors import NonScalarLossError as NonScalarLossError
@@ -25,6 +28,7 @@ from ._query import named_trainable as named_trainable
 from ._query import trainable as trainable
 from ._report import Report as Report
 from ._report import report as report
+from ._select import params as params
 from ._select import select as select
 from ._settle import settle as settle
 from ._wrapper import Frozen as Frozen
@@ -36,6 +40,7 @@ __all__ = [
     "FrozenError",
     "InvalidModeError",
     "NonScalarLossError",
+    "RecompileWarning",
     "Report",
     "SelectorError",
     "TiedParameterError",
@@ -46,9 +51,12 @@ __all__ = [
     "grad",
     "is_frozen",
     "load_state",
+    "distributed",
     "named_trainable",
     "optim",
+    "params",
     "report",
+    "reserve_recompiles",
     "schedule",
     "select",
     "settle",
