@@ -181,6 +181,17 @@ def test_rows_trained_before_the_freeze_keep_their_state_and_frozen_rows_drop_th
     assert not torch.equal(model.emb.weight[[0, 2, 11]], before[[0, 2, 11]])  # thawed rows train again
 
 
+def test_every_row_frozen_keeps_the_parameter_out_of_the_step():
+    model = build()
+    freeze_rows(model, Rows("emb.weight", slice(None)))
+    before = model.emb.weight.detach().clone()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    train(lambda ids: loss_of(model.emb.weight, model.head, ids), optimizer, steps=2)
+    assert torch.equal(model.emb.weight, before) and model.emb.weight not in optimizer.state
+    assert torch.count_nonzero(model.emb.weight.grad) == 0 and model.head.weight in optimizer.state
+    thaw_rows(model, "emb.weight")
+
+
 def test_partial_thaw_and_added_rows_relayout_the_optimizer_state():
     model = build()
     freeze_rows(model, Rows("emb.weight", range(6)))

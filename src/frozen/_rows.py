@@ -139,15 +139,16 @@ def _apply(param: nn.Parameter, path: str, mask: torch.Tensor) -> RowsRecord | N
     if not bool(mask.any()):
         set_layout(param, None)
         return None
-    frozen = mask.nonzero().flatten().to(device=param.device)
+    frozen = mask.nonzero().flatten()
     all_frozen = bool(mask.all())
 
     def zero_frozen_rows(grad: torch.Tensor) -> torch.Tensor:
-        # Out of place: the incoming gradient may be shared with other autograd buffers.
-        return torch.zeros_like(grad) if all_frozen else grad.index_fill(0, frozen, 0)
+        # Out of place: the incoming gradient may be shared with other autograd buffers. The
+        # index follows the gradient's device, as model.to(device) keeps the Parameter object.
+        return torch.zeros_like(grad) if all_frozen else grad.index_fill(0, frozen.to(grad.device), 0)
 
     layout = Layout.of(mask)
-    record = RowsRecord(path, mask, frozen.cpu(), layout, param.register_hook(zero_frozen_rows))
+    record = RowsRecord(path, mask, frozen, layout, param.register_hook(zero_frozen_rows))
     set_layout(param, layout)
     _RECORDS[param] = record
     return record
