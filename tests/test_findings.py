@@ -628,3 +628,35 @@ def test_child_attached_to_a_wrapper_is_owned_or_refused():
         grads = frozen.grad(model(torch.randn(2, 4)).sum(), model)
     assert any("adapter" in k for k in grads)
     assert (id(adapter.weight) in listed) == (grads[next(k for k in grads if "adapter.weight" in k)] is not None)
+
+
+# -- found by the property tests of this issue (tests/test_properties.py) -------------------------------------------
+
+
+def test_freeze_with_dtype_of_a_part_whose_root_has_no_forward_never_gives_a_raw_dtype_error():
+    # A ModuleList is never called itself: boundary casts hung on it would never run.
+    torch.manual_seed(0)
+
+    class Chain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    model = nn.Sequential(nn.Linear(4, 4), Chain())
+    before = snapshot(model)
+    try:
+        frozen.freeze(model, "1.layers", dtype=torch.bfloat16)
+    except frozen.FrozenError as error:  # refusing clearly, naming the part, is allowed
+        assert "1.layers" in str(error)
+        assert_same(before, snapshot(model))
+        return
+    x = torch.randn(3, 4, requires_grad=True)
+    out = model(x)
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    assert x.grad is not None and model[1].layers[0].weight.grad is None
