@@ -446,3 +446,18 @@ def test_load_state_of_an_edited_state_is_refused_and_changes_nothing(spec: tupl
         assert isinstance(error, frozen.FrozenError) or "saved" in str(error)
     assert_same(before, snapshot(run.model))
     run.check_trainable()
+
+
+@SETTINGS
+@given(spec=trees())
+def test_random_trees_are_small_and_runnable(spec: tuple) -> None:
+    """The strategy's promise: at most 20 modules, depth at most 4, width at most 6, a (batch, d) forward."""
+    model = build(spec)
+    modules = list(model.modules())
+    assert len(modules) <= 20 and 2 <= spec[0] <= 6
+    assert max(path.count(".") + 1 for path, _ in module_paths(model) if path) <= 2 * 4  # a container adds a level
+    x = torch.randn(BATCH, spec[0])
+    for mode in (True, False):
+        assert forward(model.train(mode), x).shape == (BATCH, spec[0])
+    twin = build(spec)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin.state_dict().values()))
