@@ -8,8 +8,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ._checks import check_model, check_optimizer
+from ._distributed import rewrap
 from ._errors import FrozenError
 from ._freeze import thaw
 from .optim._sync import STATE_POLICIES, sync
@@ -73,8 +75,13 @@ class GradualUnfreezing:
     optimizer step, if the plan counts steps), next to ``lr_scheduler.step()``. Freeze
     the parts before training starts (``frozen.freeze``); the schedule only thaws.
 
+    Under ``DistributedDataParallel`` pass the wrapper as ``model``: after each step that
+    thawed something the schedule rebuilds it (:func:`frozen.distributed.rewrap`, a
+    collective: every rank runs the same plan, so every rank calls it at the same step)
+    and :attr:`wrapper` is the one to call from then on.
+
     Args:
-        model: the model.
+        model: the model, or its ``DistributedDataParallel`` wrapper.
         optimizer: its optimizer; build it from :func:`frozen.optim.param_groups` so
             that parts thawed without their own ``lr`` return to their groups.
         stages: :class:`Stage` objects (any order; applied by ``at``).
@@ -106,6 +113,9 @@ class GradualUnfreezing:
         reference_group: int | str = 0,
         state: str = "drop",
     ) -> None:
+        self.wrapper: DistributedDataParallel | None = None
+        if isinstance(model, DistributedDataParallel):
+            self.wrapper, model = model, model.module
         check_model(model, "frozen.schedule.GradualUnfreezing")
         if state not in STATE_POLICIES:
             raise FrozenError(
@@ -203,6 +213,8 @@ class GradualUnfreezing:
         due = [k for k, stage in enumerate(self.stages) if stage.at <= self.count and k not in self.applied]
         for k in due:
             self._thaw(k)
+        if due and self.wrapper is not None:
+            self.wrapper = rewrap(self.wrapper)  # DDP's reducer must include what just thawed
         for k in self.applied:
             if self.stages[k].growth is not None and k not in due:
                 self._grow(k)

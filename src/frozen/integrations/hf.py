@@ -20,6 +20,12 @@ and adds gradual unfreezing:
   is extended to them, from their own base rate (``lr_ratio`` times the first group's
   base rate), so the ratio holds at every step and the schedule factor applies once;
 * each thaw logs one line (logger ``"frozen"``, level INFO) with the new trainable count;
+* under DDP the ``Trainer`` wrapped the model before ``on_train_begin`` and keeps the
+  wrapper in a local variable of its loop, so it cannot be rebuilt from a callback
+  (:func:`frozen.distributed.rewrap`): instead, before each optimizer step
+  (``on_pre_optimizer_step``) the callback averages across ranks the gradients of the
+  parameters thawed after wrapping — the ones DDP's reducer does not hold — exactly
+  what DDP would have done for them;
 * checkpoints resume exactly: see :mod:`frozen.integrations._hf_resume`.
 
 Importing this module imports ``transformers``; ``import frozen`` does not.
@@ -32,6 +38,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
@@ -109,6 +117,7 @@ class FreezeCallback(TrainerCallback):
         self._model: nn.Module | None = None
         self._decay: set[str] = set()
         self._weight_decay = 0.0
+        self._reduced: set[int] | None = None  # under DDP: the parameters its reducer holds
 
     def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if model is not None:
@@ -130,6 +139,8 @@ class FreezeCallback(TrainerCallback):
         self.plan.freeze(model)  # a model passed via model_init is only created now
         if optimizer is None:
             return
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self._reduced = trainable_ids(model) if distributed else None  # DDP wrapped over these, before this event
         raw = unwrap_optimizer(optimizer)
         stash = take(raw)  # a resumed run: the real layout travelled inside the checkpoint
         counts = [len(group["params"]) for group in raw.param_groups]  # the fresh Trainer's layout
@@ -168,6 +179,17 @@ class FreezeCallback(TrainerCallback):
         load_state_dict(optimizer, model, stash["saved"])
         for scheduler in schedulers:  # it loaded base rates for every group; give it a function for each
             extend_scheduler(scheduler)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._reduced is None or self._model is None:
+            return
+        ids, world = trainable_ids(self._model), dist.get_world_size()
+        for _, param in named_parameters(self._model):
+            if id(param) in ids and id(param) not in self._reduced:
+                if param.grad is None:  # every rank must join every all_reduce, in the same order
+                    param.grad = torch.zeros_like(param)
+                dist.all_reduce(param.grad)
+                param.grad /= world
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any) -> None:
         if self.plan.unit == "epoch":

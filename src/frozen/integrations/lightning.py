@@ -33,7 +33,9 @@ from typing import Any
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback
+from torch.nn.parallel import DistributedDataParallel
 
+from .._distributed import rewrap
 from .._errors import SelectorError
 from .._tree import iter_module_uses
 from ..schedule import Stage
@@ -139,13 +141,15 @@ class FreezeCallback(Callback):
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self._deferred:
             self.plan.freeze(pl_module)  # raises now if the target is still missing
+            self._rewrap(trainer)  # the strategy wrapped the model before this freeze
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         self.plan.start(pl_module, trainer.optimizers, schedulers)
         if self._restored is not None and self.plan.schedule is not None:
             # Replay the stages a checkpointed run had reached, so the model and the
             # optimizer's groups are as they were when it was saved; Lightning then
             # loads the optimizer and scheduler state (rates included) into those groups.
-            self.plan.advance(self._restored.get("count", 0), schedulers)
+            if self.plan.advance(self._restored.get("count", 0), schedulers):
+                self._rewrap(trainer)
             self.plan.schedule.load_state_dict(self._restored)
         self._restored = None  # a later fit() without ckpt_path starts from the beginning
         self._quiet_eval_mode_warning(pl_module)  # after the replay: thawed parts are not frozen
@@ -181,11 +185,25 @@ class FreezeCallback(Callback):
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if self.plan.unit == "epoch":
-            self.plan.advance(trainer.current_epoch, [config.scheduler for config in trainer.lr_scheduler_configs])
+            self._advance(trainer, trainer.current_epoch)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.plan.unit == "step":
-            self.plan.advance(trainer.global_step, [config.scheduler for config in trainer.lr_scheduler_configs])
+            self._advance(trainer, trainer.global_step)
+
+    def _advance(self, trainer: Any, to: int) -> None:
+        if self.plan.advance(to, [config.scheduler for config in trainer.lr_scheduler_configs]):
+            self._rewrap(trainer)
+
+    @staticmethod
+    def _rewrap(trainer: Any) -> None:
+        """Under DDP, rebuild the strategy's wrapper so its reducer holds what is trainable now.
+
+        A collective: every rank runs the same plan, so every rank gets here at the same step.
+        """
+        model = getattr(trainer.strategy, "model", None)
+        if isinstance(model, DistributedDataParallel):
+            trainer.strategy.model = rewrap(model)
 
     def state_dict(self) -> dict[str, Any]:
         return self.plan.schedule.state_dict() if self.plan.schedule is not None else {}

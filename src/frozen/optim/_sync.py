@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .._checks import check_model, check_optimizer
+from .._distributed import local_nbytes
 from .._errors import FrozenError
 from .._query import trainable_ids
 from .._tree import named_parameters
@@ -233,7 +234,8 @@ def state_nbytes(optimizer: torch.optim.Optimizer) -> int:
     """Return the bytes of every tensor in ``optimizer.state`` (moments, buffers, steps).
 
     State kept aside for frozen parameters (``sync(..., state="keep")``) is counted too:
-    it is memory the optimizer holds.
+    it is memory the optimizer holds. A sharded tensor (FSDP2's ``DTensor``) counts
+    what this rank holds (``frozen._distributed.local_nbytes``).
 
     Example:
         >>> import torch, frozen
@@ -247,7 +249,7 @@ def state_nbytes(optimizer: torch.optim.Optimizer) -> int:
 
     def nbytes(value: object) -> int:
         if isinstance(value, torch.Tensor):
-            return value.nbytes
+            return local_nbytes(value)
         if isinstance(value, Mapping):
             return sum(nbytes(v) for v in value.values())
         if isinstance(value, (list, tuple)):
