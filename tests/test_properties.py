@@ -252,6 +252,7 @@ class Run:
             wrap_at(fresh, path, mode)
         fresh.train(self.mode)
         saved = frozen.state(frozen.settle(self.model))  # load_state settles: compare settled with settled
+        frozen.settle(self.twin)  # the twin sees the same settle (it may put wrapped modules in eval)
         frozen.load_state(fresh, saved)
         fresh.load_state_dict(self.model.state_dict())
         assert frozen.state(fresh) == saved
