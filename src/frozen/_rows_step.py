@@ -44,7 +44,13 @@ class Layout:
 
     @staticmethod
     def of(frozen_mask: torch.Tensor) -> Layout:
-        """Return the layout whose trainable rows are those where ``frozen_mask`` is False."""
+        """Return the layout whose trainable rows are those where ``frozen_mask`` is False.
+
+        Example:
+            >>> layout = Layout.of(torch.tensor([True, True, False, False]))
+            >>> layout.trainable.tolist(), layout.span
+            ([2, 3], (2, 4))
+        """
         trainable = (~frozen_mask).nonzero().flatten().to(torch.int64)
         k = trainable.numel()
         start = int(trainable[0]) if k else 0
