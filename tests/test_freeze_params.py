@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from snapshots import assert_same, snapshot
 from torch import nn
 from torch.func import functional_call
 from transformers import BertConfig, BertForSequenceClassification
 
 import frozen
-from snapshots import assert_same, snapshot
 
 
 def net() -> nn.Module:

@@ -73,7 +73,7 @@ def detach_slots(slots: Slots, detach: frozenset[int] | None) -> Swapped:
             continue
         if current is not param or ((detach is None or index in detach) and current.requires_grad):
             swapped.append((owner, name, current))
-            owner._parameters[name] = current.detach()
+            owner._parameters[name] = current.detach()  # type: ignore[assignment]  # an alias, for one call
     return swapped
 
 

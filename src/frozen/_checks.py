@@ -44,7 +44,7 @@ def check_mode(mode: object, argument: str = "mode") -> str:
             f"BatchNorm uses and keeps its running statistics, Dropout is off) or "
             f"mode='inherit' (the frozen part follows its parent's train()/eval())."
         )
-    return mode  # type: ignore[return-value]
+    return str(mode)
 
 
 def check_tied(tied: object, function: str) -> str:
@@ -54,7 +54,7 @@ def check_tied(tied: object, function: str) -> str:
             f"{function}(..., tied={tied!r}): expected one of {TIED_POLICIES!r}. Use 'freeze' (default: a "
             f"shared parameter freezes everywhere, with a warning), 'train' (other uses keep training it) or 'error'."
         )
-    return tied  # type: ignore[return-value]
+    return str(tied)
 
 
 def check_dtype(dtype: object, argument: str = "dtype") -> torch.dtype | None:

@@ -240,8 +240,17 @@ def _low_precision_roots(selection: Selection, dtype: torch.dtype, shared: list)
                 f"frozen.freeze(..., dtype={dtype}): {use.path!r} is already frozen in place in another "
                 f"precision. Thaw it first: frozen.thaw(model, {use.path!r})."
             )
-        roots.setdefault(id(use.module), use.module)  # a module reached twice is cast once
+        for root in _called_roots(use.module):
+            roots.setdefault(id(root), root)  # a module reached twice is cast once
     return list(roots.values())
+
+
+def _called_roots(module: nn.Module) -> list[nn.Module]:
+    """Where the boundary casts go: ``module``, or, for a container that is never called
+    itself (``ModuleList``, ``ModuleDict``: no forward of their own), its children."""
+    if type(module).forward is not nn.Module.forward:
+        return [module]
+    return [root for child in module.children() for root in _called_roots(child)]
 
 
 def apply_freeze(plan: FreezePlan) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from torch import nn
 
 from ._checks import check_model
@@ -20,10 +22,36 @@ def trainable_ids(model: nn.Module) -> set[int]:
     still counts as "the user wants it trained".
     """
     ids: set[int] = set()
+    claimed = frozen_by_other_libraries(model)
     for use in iter_param_uses(model):
-        if not use.frozen and (use.param.requires_grad or switched_off(use.param, use.owner, use.name)):
-            ids.add(id(use.param))
+        param = use.param
+        if use.frozen:
+            continue
+        if param.requires_grad or (switched_off(param, use.owner, use.name) and id(param) not in claimed):
+            ids.add(id(param))
     return ids
+
+
+def frozen_by_other_libraries(model: nn.Module) -> set[int]:
+    """``id()`` of parameters another library keeps frozen on purpose, which thaw must leave off.
+
+    The library cannot see a ``requires_grad=False`` written over its own ``False``, so it
+    recognises the libraries that do so. PEFT (LoRA and the other tuners) freezes every
+    parameter of the model it tunes except its adapters (named with the tuner's prefix, e.g.
+    ``lora_``) and ``modules_to_save``: after ``freeze`` -> ``get_peft_model`` -> ``thaw``,
+    those stay frozen. PEFT is never imported here.
+    """
+    peft_tuners = sys.modules.get("peft.tuners.tuners_utils")
+    if peft_tuners is None:
+        return set()
+    claimed: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, peft_tuners.BaseTuner):
+            prefix = getattr(module, "prefix", "lora_")
+            for name, param in module.named_parameters():
+                if prefix not in name and "modules_to_save" not in name and not param.requires_grad:
+                    claimed.add(id(param))
+    return claimed
 
 
 def named_trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -90,9 +118,9 @@ def is_frozen(model: nn.Module, path: str = "") -> bool:
             params = {id(p) for p in use.module.parameters()}
             return bool(params) and not (params & ids)
         param_paths += [join(use.path, name) for name, p in use.module._parameters.items() if p is not None]
-    for use in iter_param_uses(model):
-        if use.path == path:
-            return id(use.param) not in ids
+    for puse in iter_param_uses(model):
+        if puse.path == path:
+            return id(puse.param) not in ids
     raise UnknownPathError(
         f"frozen.is_frozen(model, path={path!r}): no module or parameter has that path. "
         f"Expected a state_dict-style path; closest existing paths: "

@@ -86,7 +86,7 @@ def set_switched_off(param: torch.Tensor, off: bool, owner: nn.Module | None = N
     else:
         _SWITCHED_OFF.pop(param, None)
         record = None if owner is None else owner.__dict__.get(KEY)
-        if record is not None:
+        if owner is not None and record is not None:
             record.off_slots.discard(name)
             drop_if_empty(owner)
 

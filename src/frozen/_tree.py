@@ -58,7 +58,7 @@ def iter_module_uses(model: nn.Module) -> Iterator[ModuleUse]:
         wrapper = None
         # Nested wrappers (Frozen(Frozen(m))) collapse onto one path; the outermost mode wins.
         while isinstance(module, Frozen):
-            wrapper, module, mode = module, module.module, mode or module.mode
+            wrapper, module, mode = module, module.module, mode or str(module.mode)
         if id(module) in on_path:
             raise FrozenError(
                 f"the module at {path!r} ({type(module).__name__}) is also one of its own ancestors: the "

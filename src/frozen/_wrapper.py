@@ -212,7 +212,7 @@ class Frozen(nn.Module):
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):  # type: ignore[override]
+    ):
         # Keys arrive without the "module." segment; add it so the wrapped module (loaded
         # next, as our child) finds them. `state_dict` here is load_state_dict's private copy.
         for key in [k for k in state_dict if k.startswith(prefix)]:
