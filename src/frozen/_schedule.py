@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from ._checks import check_model, check_optimizer
 from ._distributed import rewrap
 from ._errors import FrozenError
 from ._freeze import thaw
+from ._select import select
 from .optim._sync import STATE_POLICIES, sync
 
 __all__ = ["Stage", "GradualUnfreezing"]
@@ -123,6 +124,11 @@ class GradualUnfreezing:
                 f"parameter's optimizer state, see frozen.optim.sync)."
             )
         check_optimizer(optimizer, "frozen.schedule.GradualUnfreezing")
+        if isinstance(stages, Stage) or not isinstance(stages, Iterable):
+            raise TypeError(
+                f"GradualUnfreezing(stages=...): expected a list of frozen.schedule.Stage objects, received "
+                f"{type(stages).__name__}. Wrap a single stage in a list: stages=[Stage(at=2, targets=('head',))]."
+            )
         stages = list(stages)
         for stage in stages:
             if not isinstance(stage, Stage):
@@ -135,6 +141,8 @@ class GradualUnfreezing:
                     f"(the number of step() calls before the thaw) and at most one of lr / lr_ratio. "
                     f"Fix that stage; to train a part from the start, leave it unfrozen."
                 )
+        for stage in stages:  # a typo in a stage's targets fails now, not hours into training
+            select(model.module if isinstance(model, DistributedDataParallel) else model, *stage.targets)
         self.model, self.optimizer, self.reference_group = model, optimizer, reference_group
         self.state = state
         self._reference()  # fail now, not at the first thaw

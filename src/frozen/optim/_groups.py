@@ -141,6 +141,16 @@ def param_groups(
         >>> optimizer = torch.optim.SGD(groups, lr=0.1)
     """
     check_model(model, "frozen.optim.param_groups")
+    if parts is not None and (isinstance(parts, str) or not isinstance(parts, Sequence)):
+        raise TypeError(
+            f"frozen.optim.param_groups(parts=...): expected a list of parts, each a pattern or a list of "
+            f"patterns, earliest layers first, received {parts!r}. Write parts=['embeddings', 'encoder.layer.0-5']."
+        )
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise TypeError(
+            f"frozen.optim.param_groups(overrides=...): expected a dict {{pattern: options}}, received "
+            f"{overrides!r}. Write overrides={{'head': {{'lr': 1e-3}}}}."
+        )
     overrides = dict(overrides or {})
     for pattern, options in overrides.items():
         if not isinstance(options, Mapping) or "params" in options or PARKED in options:
