@@ -46,6 +46,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         default="auto",
         help="peak memory per variant in a fresh process (auto: full mode only)",
     )
+    parser.add_argument(
+        "--clock",
+        choices=("auto", "cpu", "wall"),
+        default="auto",
+        help="cpu: process CPU time (robust on a shared machine); wall: perf_counter; auto: cpu on CPU, wall on CUDA",
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the seed scenario's profile section")
     return parser.parse_args(argv)
 
@@ -69,11 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         memory_steps=3 if memory else 0,
         threads=args.threads,
         device=device,
+        clock=("wall" if device.type == "cuda" else "cpu") if args.clock == "auto" else args.clock,
     )
     slug = _report.machine_slug(device)
     out = args.out or (ROOT / "out" / "benchmarks" / slug if args.quick else ROOT / "benchmarks" / "results" / slug)
     out.mkdir(parents=True, exist_ok=True)
-    machine = _report.machine(device) + f"; load average at start {os.getloadavg()[0]:.2f}"
+    machine = (
+        _report.machine(device)
+        + f"; load average at start {os.getloadavg()[0]:.2f}; clock: {settings.clock}"
+        + (" (process CPU time)" if settings.clock == "cpu" else " (perf_counter)")
+    )
     command = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"{machine}\nwriting to {out}", flush=True)
     started = time.perf_counter()

@@ -109,7 +109,14 @@ def sync(device: torch.device) -> None:
 
 
 def time_interleaved(
-    workloads: dict[str, Workload], *, rounds: int, inner: int, warmup: int, device: torch.device, seed: int = 0
+    workloads: dict[str, Workload],
+    *,
+    rounds: int,
+    inner: int,
+    warmup: int,
+    device: torch.device,
+    seed: int = 0,
+    clock: str = "wall",
 ) -> dict[str, Timing]:
     """Time every workload in shuffled rounds; each sample is the median of ``inner`` steps.
 
@@ -126,10 +133,14 @@ def time_interleaved(
         warmup: untimed steps per variant first (allocator, lazy init, compilation).
         device: where the work runs (CUDA work is synchronised before reading the clock).
         seed: seed of the per-round shuffles (the order is reproducible).
+        clock: ``"wall"`` (``time.perf_counter``) or ``"cpu"`` (``time.process_time``: the CPU time
+            of every thread of this process, which does not count the time the process waits for a
+            core - on a shared CPU machine wall time measures the other users' load).
 
     Returns:
         variant name to :class:`Timing`.
     """
+    read = time.process_time if clock == "cpu" else time.perf_counter
     names = list(workloads)
     for name in names:
         for _ in range(warmup):
@@ -145,10 +156,10 @@ def time_interleaved(
             times = []
             for _ in range(inner):
                 sync(device)
-                start = time.perf_counter()
+                start = read()
                 step()
                 sync(device)
-                times.append(time.perf_counter() - start)
+                times.append(read() - start)
             samples[name].append(statistics.median(times))
     return {name: Timing(s) for name, s in samples.items()}
 

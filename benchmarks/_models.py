@@ -132,39 +132,42 @@ class Perceptual(nn.Module):
         return self.features(self.generator(z))
 
 
-def perceptual_model(batch: int = 8) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def perceptual_model(batch: int = 8, size: int = 32, widths: tuple[int, int, int] = (32, 64, 128)):
     """A small image generator and a VGG-style feature net; the target features are fixed.
 
     Gradients must cross the feature net to reach the generator: a frozen *middle*.
+    ``size`` and ``widths`` shrink it for the smoke test.
     """
     torch.manual_seed(0)
+    half = size // 2
     generator = nn.Sequential(
-        nn.Linear(64, 16 * 16 * 16),
-        nn.Unflatten(1, (16, 16, 16)),
+        nn.Linear(64, 16 * half * half),
+        nn.Unflatten(1, (16, half, half)),
         nn.Upsample(scale_factor=2),
         nn.Conv2d(16, 16, 3, padding=1),
         nn.ReLU(),
         nn.Conv2d(16, 3, 3, padding=1),
         nn.Tanh(),
     )
+    a, b, c = widths
     features = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1),
+        nn.Conv2d(3, a, 3, padding=1),
         nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1),
+        nn.Conv2d(a, a, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3, padding=1),
+        nn.Conv2d(a, b, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(b, b, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(b, c, 3, padding=1),
         nn.ReLU(),
     )
     model = Perceptual(generator, features)
     z = torch.randn(batch, 64)
     with torch.no_grad():
-        target = features(torch.rand(batch, 3, 32, 32) * 2 - 1)
+        target = features(torch.rand(batch, 3, size, size) * 2 - 1)
     return model, (z, target)
 
 

@@ -39,6 +39,7 @@ class Settings:
     device: torch.device
     parallel_memory: int = 2
     size: str = ""
+    clock: str = "wall"  # "cpu": process CPU time (see _harness.time_interleaved)
 
     def setup(self) -> Setup:
         return Setup(self.device, self.size or ("full" if self.full else "quick"))
@@ -116,7 +117,9 @@ def run_scenario(scenario: Scenario, settings: Settings, only: list[str] | None 
         workload.take_snapshot()
     inner = max(1, round(scenario.inner * settings.inner_scale))
     rounds = max(2, round((scenario.rounds[1] if settings.full else scenario.rounds[0]) * settings.rounds_scale))
-    timings = time_interleaved(workloads, rounds=rounds, inner=inner, warmup=settings.warmup, device=settings.device)
+    timings = time_interleaved(
+        workloads, rounds=rounds, inner=inner, warmup=settings.warmup, device=settings.device, clock=settings.clock
+    )
     peaks: dict[str, dict | None] = {}
     if settings.memory_steps and scenario.rss:
         peaks = measure_all(

@@ -42,7 +42,7 @@ def _resnet(setup: Setup):
 
 
 def _perceptual(setup: Setup):
-    return _models.perceptual_model(2 if setup.tiny else 8)
+    return _models.perceptual_model(1, 8, (4, 4, 4)) if setup.tiny else _models.perceptual_model()
 
 
 def _build_seed(variant: str, setup: Setup) -> Workload:
@@ -86,7 +86,7 @@ def _build_siamese(variant: str, setup: Setup) -> Workload:
     elif variant == "no_grad target":
         model = _models.Siamese(encoder, target_fn=no_grad_target)
     elif variant in ("Frozen", "Frozen+settle"):
-        model = _models.Siamese(encoder, target=frozen.Frozen(encoder))
+        model = _models.Siamese(encoder, target=frozen.Frozen(encoder, tied="train"))
         if variant == "Frozen+settle":
             frozen.settle(model)
     else:

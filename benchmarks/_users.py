@@ -67,7 +67,7 @@ def _gpt2_variant(model, variant: str) -> list[torch.nn.Parameter]:
     if variant == "freeze":
         frozen.freeze(model, *_TIED_PARTS, tied="train")
     else:  # Frozen+settle
-        apply_variant(model, _TIED_PARTS, "Frozen+settle")
+        apply_variant(model, _TIED_PARTS, "Frozen+settle", tied="train")
     return frozen.trainable(model)
 
 

@@ -44,16 +44,19 @@ def _swap(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_path), name, new)
 
 
-def _wrap(model: nn.Module, parts: Sequence[str], dtype: torch.dtype | None) -> None:
+def _wrap(model: nn.Module, parts: Sequence[str], dtype: torch.dtype | None, tied: str | None) -> None:
+    options = {k: v for k, v in (("dtype", dtype), ("tied", tied)) if v is not None}
     for part in parts:
-        module = model.get_submodule(part)
-        _swap(model, part, frozen.Frozen(module) if dtype is None else frozen.Frozen(module, dtype=dtype))
+        _swap(model, part, frozen.Frozen(model.get_submodule(part), **options))
 
 
 def apply_variant(
-    model: nn.Module, parts: Sequence[str], variant: str
+    model: nn.Module, parts: Sequence[str], variant: str, tied: str | None = None
 ) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Apply ``variant`` to ``model``'s ``parts``, then ``model.train()`` as a training loop does.
+
+    ``tied`` is passed to ``Frozen`` / ``freeze`` when given (``"train"``: a part shares a
+    weight that deliberately keeps training through another use).
 
     Returns:
         (the parameters the optimizer gets, the parameters whose gradient is dropped each step).
@@ -72,12 +75,13 @@ def apply_variant(
             model.get_submodule(part).requires_grad_(False)
         chosen = [p for p in everything if p.requires_grad], []
     elif variant in ("Frozen", "Frozen+settle", "Frozen+settle bf16"):
-        _wrap(model, parts, torch.bfloat16 if variant.endswith("bf16") else None)
+        _wrap(model, parts, torch.bfloat16 if variant.endswith("bf16") else None, tied)
         if variant != "Frozen":
             frozen.settle(model)
         chosen = frozen.trainable(model), []
     elif variant in ("freeze", "freeze bf16"):
-        frozen.freeze(model, *parts, **({"dtype": torch.bfloat16} if variant.endswith("bf16") else {}))
+        options = {"dtype": torch.bfloat16} if variant.endswith("bf16") else {}
+        frozen.freeze(model, *parts, **options, **({"tied": tied} if tied else {}))
         chosen = frozen.trainable(model), []
     else:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS + LOW_PRECISION}")
