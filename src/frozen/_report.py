@@ -14,7 +14,8 @@ from torch import nn
 
 from ._checks import check_model
 from ._errors import FrozenError
-from ._query import trainable_ids
+from ._query import frozen_by_other_libraries, trainable_ids
+from ._record import switched_off
 from ._tree import iter_module_uses, iter_param_uses
 
 __all__ = ["Report", "ReportRow", "report"]
@@ -47,6 +48,7 @@ class ReportRow:
     inference: str
     tied_with: tuple[str, ...]
     dtype: str
+    frozen_by: str = ""  # "frozen" (this library), "peft" (another library), "hand" (requires_grad by hand), ""
 
     @property
     def eval_forced(self) -> bool:
@@ -201,6 +203,8 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
             held = under[prefix]
             held[key] = held.get(key, False) or trains_here
 
+    claimed = frozen_by_other_libraries(model)
+    params_by_id = {id(p.param): p for p in iter_param_uses(model)}
     rows = []
     for use in uses:
         if depth is not None and _depth(use.path) > depth:
@@ -230,6 +234,7 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
                 inference=_inference(use),
                 tied_with=tuple(tied),
                 dtype=",".join(dtypes) if dtypes else "-",
+                frozen_by=_frozen_by(use, state, held, params_by_id, claimed),
             )
         )
     trainable_keys = [key for key in sizes if key in wanted]
@@ -242,6 +247,19 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
         frozen_bytes=sum(sizes[k][1] for k in frozen_keys),
         depth=depth,
     )
+
+
+def _frozen_by(use: Any, state: str, held: dict[int, bool], params: dict[int, Any], claimed: set[int]) -> str:
+    """Who keeps a frozen row frozen: this library, another one (PEFT), or a hand-set flag."""
+    if not state.startswith("frozen"):
+        return ""
+    if use.frozen:
+        return "frozen"
+    if held and all(key in claimed for key in held):
+        return "peft"
+    if any(switched_off(params[k].param, params[k].owner, params[k].name) for k in held if k in params):
+        return "frozen"
+    return "hand" if held else ""
 
 
 def _depth(path: str) -> int:
