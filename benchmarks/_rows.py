@@ -92,8 +92,9 @@ def _build(variant: str, setup: Setup) -> Workload:
         optimizer.step()
 
     def figures() -> dict[str, float | int | str]:
-        # optimizer.step() alone (untimed by the suite, after its steps): the part row freezing changes,
-        # without the forward/backward that dominate the step on a busy CPU.
+        # optimizer.step() alone, the part row freezing changes, without the forward/backward that
+        # dominate the step. Measured once per variant, not interleaved like the suite's timings, so
+        # no bar is judged on it (a figure bar would be judged as if exact).
         times = []
         for _ in range(5):
             start = time.perf_counter()
@@ -134,8 +135,6 @@ SCENARIOS = (
             Bar("rows step time / separate-tensor reference", "rows", "separate", 1.10, "<="),
             Bar("scattered rows step time / separate-tensor reference", "rows-scattered", "separate", 1.10, "<="),
             Bar("rows optimizer state / separate", "rows", "separate", 1.0, "<=", "optimizer state bytes"),
-            Bar("rows optimizer.step / whole embedding", "rows", "whole", 0.5, "<=", "optimizer.step ms"),
-            Bar("rows optimizer.step / separate-tensor reference", "rows", "separate", 1.10, "<=", "optimizer.step ms"),
         ),
         inner=1,
         rounds=(6, 20),  # 6: the fewest rounds the verdict rule judges
