@@ -1,8 +1,9 @@
-"""Benchmarks of ``frozen`` against every other way to freeze (issue 5).
+"""Benchmarks of ``frozen`` against every other way to freeze.
 
-Run ``python -m benchmarks --quick`` (under two minutes on 2 CPU cores) or
+Run ``python -m benchmarks --quick`` (about 3 minutes on 2 idle CPU cores) or
 ``python -m benchmarks`` (full mode, writes ``benchmarks/results/<machine>/``).
-See ``benchmarks/README.md`` for what is measured and how.
+Every scenario has an A/A control and reports each bar as met, missed or inconclusive.
+See ``benchmarks/README.md`` for what is measured and how, and ``_registry.py`` to add a scenario.
 """
 
 __all__: list[str] = []

@@ -1,6 +1,7 @@
 """``python -m benchmarks [--quick] [--device cuda] [--scenario KEY ...] [--out DIR]``.
 
-Runs every scenario, prints a one-line-per-variant summary, and writes one markdown
+Runs every registered scenario (with its A/A control), prints a one-line-per-variant
+summary and each bar's verdict (met, missed, inconclusive), and writes one markdown
 table per scenario, ``summary.md`` and ``chart.png`` to the output folder:
 ``benchmarks/results/<machine>/`` in full mode, ``out/benchmarks/<machine>/`` (git-
 ignored, so a quick run never overwrites committed results) with ``--quick``.
