@@ -107,6 +107,39 @@ def _variant_names(scenario: Scenario, only: list[str] | None) -> list[str]:
     return names
 
 
+def _row(
+    name: str,
+    workload: Workload,
+    timings: dict[str, Timing],
+    reference: str | None,
+    outputs: dict[str, torch.Tensor],
+    peak: dict | None,
+) -> Row:
+    """Everything but the timing for one variant: one saved-bytes step, figures, correctness."""
+    saved = saved_activation_bytes(workload)
+    figures = dict(workload.figures()) if workload.figures is not None else {}
+    correct, note = workload.frozen_unchanged()
+    difference = None
+    if name in outputs and reference in outputs:
+        want = outputs[reference]
+        difference = ((outputs[name] - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+    return Row(
+        variant=name,
+        timing=timings[name],
+        vs_ideal=paired_ratio(timings[name], timings[reference]) if reference in timings else None,
+        vs_unfrozen=paired_ratio(timings[name], timings["unfrozen"]) if "unfrozen" in timings else None,
+        optimizer_bytes=optimizer_state_bytes(workload.optimizer),
+        gradient_bytes=gradient_bytes(workload.model),
+        saved_bytes=saved,
+        peak_bytes=None if peak is None else peak["peak_bytes"],
+        correct=correct,
+        correct_note=note,
+        output_difference=difference,
+        frozen_bytes=tensor_bytes(workload.frozen_state().values()),
+        figures=figures,
+    )
+
+
 def run_scenario(scenario: Scenario, settings: Settings, only: list[str] | None = None) -> ScenarioResult:
     """Measure every applicable variant of ``scenario`` (and its A/A control) in this process,
     and peak RSS in fresh processes if ``settings.memory_steps`` and ``scenario.rss``."""
@@ -131,33 +164,7 @@ def run_scenario(scenario: Scenario, settings: Settings, only: list[str] | None 
             settings.parallel_memory,
         )
     reference = scenario.reference
-    rows = []
-    for name, workload in workloads.items():
-        saved = saved_activation_bytes(workload)
-        figures = dict(workload.figures()) if workload.figures is not None else {}
-        correct, note = workload.frozen_unchanged()
-        peak = peaks.get(name)
-        difference = None
-        if name in outputs and reference in outputs:
-            want = outputs[reference]
-            difference = ((outputs[name] - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-        rows.append(
-            Row(
-                variant=name,
-                timing=timings[name],
-                vs_ideal=paired_ratio(timings[name], timings[reference]) if reference in timings else None,
-                vs_unfrozen=paired_ratio(timings[name], timings["unfrozen"]) if "unfrozen" in timings else None,
-                optimizer_bytes=optimizer_state_bytes(workload.optimizer),
-                gradient_bytes=gradient_bytes(workload.model),
-                saved_bytes=saved,
-                peak_bytes=None if peak is None else peak["peak_bytes"],
-                correct=correct,
-                correct_note=note,
-                output_difference=difference,
-                frozen_bytes=tensor_bytes(workload.frozen_state().values()),
-                figures=figures,
-            )
-        )
+    rows = [_row(name, w, timings, reference, outputs, peaks.get(name)) for name, w in workloads.items()]
     times = {row.variant: row.timing.samples for row in rows}
     deterministic = {
         row.variant: {**row.figures, "saved": row.saved_bytes, "optimizer_bytes": row.optimizer_bytes} for row in rows
