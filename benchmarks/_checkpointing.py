@@ -24,7 +24,10 @@ _SELECTOR = "bert.encoder.layer.1-2"
 _PARTS = ["bert.encoder.layer.1", "bert.encoder.layer.2"]
 
 
-def _model(setup: Setup):
+REENTRANT = " (reentrant)"  # variant suffix: torch.utils.checkpoint's reentrant implementation
+
+
+def _model(setup: Setup, reentrant: bool):
     from transformers import BertConfig, BertForSequenceClassification
 
     hidden, length, batch = (32, 8, 2) if setup.tiny else (128, 64, 8)
@@ -42,9 +45,9 @@ def _model(setup: Setup):
     torch.manual_seed(0)
     model = BertForSequenceClassification(config)
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it (the old name warns)
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
     else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     ids = torch.randint(0, config.vocab_size, (batch, length))
     return model, ids, torch.randint(0, 2, (batch,))
 
@@ -64,7 +67,9 @@ def _freeze(model, variant: str) -> list[torch.nn.Parameter]:
 
 
 def _build(variant: str, setup: Setup) -> Workload:
-    model, ids, labels = _model(setup)
+    reentrant = variant.endswith(REENTRANT)
+    variant = variant.removesuffix(REENTRANT)
+    model, ids, labels = _model(setup, reentrant)
     model.to(setup.device)
     ids, labels = ids.to(setup.device), labels.to(setup.device)
     optimizer = torch.optim.AdamW(_freeze(model, variant), lr=1e-3, weight_decay=0.01)
@@ -110,14 +115,25 @@ SCENARIOS = (
         "to reach layer 0 and the embeddings. `ideal`: `requires_grad_(False)` on layers 1-2, left in "
         "training mode (dropout is 0), so Hugging Face keeps checkpointing them; `ideal+eval`: also "
         "`.eval()`, the hand-written form that switches their checkpointing off. Figure: forward calls "
-        "of each frozen layer's attention block per step (2 = recomputed in backward).",
+        "of each frozen layer's attention block per step (2 = recomputed in backward). The ` (reentrant)` "
+        "rows use `use_reentrant=True` instead; their saved-activation figure also counts what the "
+        "recomputation saves during backward (held one layer at a time, summed here), so compare them "
+        "with each other only.",
         _build,
-        ("unfrozen", "ideal", "ideal+eval", "freeze"),
+        ("unfrozen", "ideal", "ideal+eval", "freeze", "unfrozen" + REENTRANT, "freeze" + REENTRANT),
         bars=(
             Bar(
                 "`freeze` frozen-layer forwards / unfrozen's (checkpointing kept)",
                 "freeze",
                 "unfrozen",
+                1.0,
+                ">=",
+                FORWARDS,
+            ),
+            Bar(
+                "`freeze (reentrant)` frozen-layer forwards / unfrozen (reentrant)'s",
+                "freeze" + REENTRANT,
+                "unfrozen" + REENTRANT,
                 1.0,
                 ">=",
                 FORWARDS,
