@@ -8,6 +8,11 @@ concepts and recipes.
 from . import distributed as distributed
 from . import optim as optim
 from . import schedule as schedule
+from ._cache import CacheError as CacheError
+from ._cache import CacheHandle as CacheHandle
+from ._cache import cache as cache
+from ._cache import cache_stats as cache_stats
+from ._cache import uncache as uncache
 from ._compiled import RecompileWarning as RecompileWarning
 from ._compiled import reserve_recompiles as reserve_recompiles
 from ._errors import FrozenError as FrozenError
@@ -17,12 +22,15 @@ from ._errors import SelectorError as SelectorError
 from ._errors import TiedParameterError as TiedParameterError
 from ._errors import TiedParameterWarning as TiedParameterWarning
 from ._errors import UnknownPathError as UnknownPathError
+from ._features import features as features
 from ._freeze import freeze as freeze
 from ._freeze import thaw as thaw
 from ._freeze_state import load_state as load_state
 from ._freeze_state import state as state
 from ._freezing import freezing as freezing
 from ._grad import grad as grad
+from ._lean import lean as lean
+from ._lean import unlean as unlean
 from ._query import is_frozen as is_frozen
 from ._query import named_trainable as named_trainable
 from ._query import trainable as trainable
@@ -36,6 +44,14 @@ from ._wrapper import Frozen as Frozen
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheError",
+    "CacheHandle",
+    "cache",
+    "cache_stats",
+    "features",
+    "lean",
+    "uncache",
+    "unlean",
     "Frozen",
     "FrozenError",
     "InvalidModeError",
