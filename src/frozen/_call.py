@@ -56,7 +56,9 @@ def keeps_training_flag(module: nn.Module) -> bool:
     checkpointing off where backward still passes through. Its children run in eval, so
     Dropout and BatchNorm keep inference behaviour (docs/concepts.md).
     """
-    return getattr(module, "gradient_checkpointing", False) is True
+    # Read the instance and class dicts only: transformers deprecates a property on models.
+    flag = module.__dict__.get("gradient_checkpointing", type(module).__dict__.get("gradient_checkpointing"))
+    return flag is True
 
 
 def detach_slots(slots: Slots, detach: frozenset[int] | None) -> Swapped:
