@@ -15,7 +15,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import frozen
 from frozen import _rows, _rows_step
-from frozen._rows import Rows, freeze_rows, frozen_rows, load_rows_state, rows_state, thaw_rows
+from frozen._rows import Rows, freeze_rows, frozen_rows, thaw_rows
+from frozen._rows_state import load_rows_state, rows_state
 
 # Beyond the 9-optimizer guarantee test: the other elementwise torch optimizers, and Adafactor,
 # whose factored statistics span rows -- they must see only the trainable rows to match the reference.

@@ -24,7 +24,6 @@ from ._errors import TiedParameterWarning as TiedParameterWarning
 from ._errors import UnknownPathError as UnknownPathError
 from ._features import features as features
 from ._freeze import freeze as freeze
-from ._freeze import thaw as thaw
 from ._freeze_state import load_state as load_state
 from ._freeze_state import state as state
 from ._freezing import freezing as freezing
@@ -36,14 +35,17 @@ from ._query import named_trainable as named_trainable
 from ._query import trainable as trainable
 from ._report import Report as Report
 from ._report import report as report
+from ._rows import Rows as Rows
 from ._select import params as params
 from ._select import select as select
 from ._settle import settle as settle
+from ._thaw import thaw as thaw
 from ._wrapper import Frozen as Frozen
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Rows",
     "CacheError",
     "CacheHandle",
     "cache",

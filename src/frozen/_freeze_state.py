@@ -16,17 +16,19 @@ from torch import nn
 
 from ._checks import MODES, TIED_POLICIES, check_dtype, check_model
 from ._errors import FrozenError, UnknownPathError, closest
-from ._freeze import FreezePlan, apply_freeze, apply_thaw
+from ._freeze import FreezePlan, apply_freeze
 from ._record import LOCK, is_marked, record_of
 from ._record import switched_off as library_switched_off
+from ._rows_state import check_rows_state, load_rows_state, rows_state
 from ._settle import settle_flags
+from ._thaw import apply_thaw
 from ._tree import ModuleUse, iter_module_uses, iter_param_uses, join
 
 __all__ = ["STATE_VERSION", "load_state", "state"]
 
 STATE_VERSION = 2
-_KEYS = {"version", "frozen", "frozen_slots", "frozen_params", "switched_off", "user_frozen"}
-_KEYS_V1 = _KEYS - {"frozen_params"}
+_KEYS = {"version", "frozen", "frozen_slots", "frozen_params", "rows", "switched_off", "user_frozen"}
+_KEYS_V1 = _KEYS - {"frozen_params", "rows"}
 
 
 def state(model: nn.Module) -> dict[str, Any]:
@@ -38,7 +40,8 @@ def state(model: nn.Module) -> dict[str, Any]:
     (parameter paths frozen at other uses because of it), and for the root of a part
     frozen with ``dtype=`` that type's name (``"dtype": "bfloat16"``); ``"frozen_slots"``: every
     parameter slot frozen on its own (tied, or a selected parameter); ``"frozen_params"``: those
-    frozen as selected parameters; ``"switched_off"``: the parameter paths whose
+    frozen as selected parameters; ``"rows"``: the frozen rows of partly frozen parameters
+    (``{path: {"rows": n, "frozen": [[start, stop], ...]}}``); ``"switched_off"``: the parameter paths whose
     ``requires_grad`` the library turned off; ``"user_frozen"``: those with
     ``requires_grad=False`` set by the user. Paths are ``state_dict`` style; a module
     or parameter used at several paths is named by its first.
@@ -95,6 +98,7 @@ def state(model: nn.Module) -> dict[str, Any]:
         "frozen": frozen,
         "frozen_slots": frozen_slots,
         "frozen_params": frozen_params,
+        "rows": rows_state(model),
         "switched_off": switched_off,
         "user_frozen": user_frozen,
     }
@@ -126,9 +130,12 @@ def load_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
     check_model(model, "frozen.load_state")
     with LOCK:
         plans, user_frozen = _validate(model, saved)
+        rows = saved.get("rows", {})  # version 1 had no rows
+        check_rows_state(model, rows)
         apply_thaw(model, [u.module for u in iter_module_uses(model) if is_marked(u.module)], _all_slots(model))
         for plan in plans:
             apply_freeze(plan)
+        load_rows_state(model, rows)
         settle_flags(model, user_frozen=user_frozen)
     return model
 

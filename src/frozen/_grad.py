@@ -21,6 +21,8 @@ def grad(
     Like ``torch.autograd.grad``, it does not touch ``.grad``. Frozen parameters and
     parameters the loss does not depend on map to ``None`` — never to a zero tensor —
     as the gradient of a constant is "nothing", not zero (the seed discussion's point).
+    A parameter with frozen rows (``frozen.Rows``) trains, so it maps to its full gradient,
+    whose frozen rows are zero.
     Keys are ``state_dict`` paths in ``named_parameters()`` order, one per parameter
     (a tied parameter appears once, under its first path).
 

@@ -16,7 +16,8 @@ from ._checks import check_model
 from ._errors import FrozenError
 from ._query import frozen_by_other_libraries, trainable_ids
 from ._record import switched_off
-from ._tree import iter_module_uses, iter_param_uses
+from ._rows import frozen_rows
+from ._tree import iter_module_uses, iter_param_uses, named_parameters
 
 __all__ = ["Report", "ReportRow", "report"]
 
@@ -48,7 +49,8 @@ class ReportRow:
     inference: str
     tied_with: tuple[str, ...]
     dtype: str
-    frozen_by: str = ""  # "frozen" (this library), "peft" (another library), "hand" (requires_grad by hand), ""
+    frozen_by: str = ""  # who keeps it frozen: "frozen", "peft" (another library), "hand" (requires_grad)
+    frozen_rows: int = 0  # rows frozen with frozen.Rows in parameters under this path (they count as trainable)
 
     @property
     def eval_forced(self) -> bool:
@@ -204,6 +206,8 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
             held[key] = held.get(key, False) or trains_here
 
     claimed = frozen_by_other_libraries(model)
+    named = dict(named_parameters(model))
+    rows_by_id = {id(named[path]): int(r.mask.sum()) for path, r in frozen_rows(model).items()}
     params_by_id = {id(p.param): p for p in iter_param_uses(model)}
     rows = []
     for use in uses:
@@ -235,6 +239,7 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
                 tied_with=tuple(tied),
                 dtype=",".join(dtypes) if dtypes else "-",
                 frozen_by=_frozen_by(use, state, held, params_by_id, claimed),
+                frozen_rows=sum(rows_by_id.get(key, 0) for key in held),
             )
         )
     trainable_keys = [key for key in sizes if key in wanted]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -26,11 +25,12 @@ from ._tree import iter_param_uses, named_parameters
 __all__ = [
     "Rows",
     "RowsRecord",
-    "check_rows_state",
+    "check_rows",
     "freeze_rows",
     "frozen_rows",
-    "load_rows_state",
-    "rows_state",
+    "apply_mask",
+    "resolve_param",
+    "split_rows",
     "thaw_rows",
 ]
 
@@ -114,7 +114,7 @@ class RowsRecord:
 _RECORDS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # RowsRecord by parameter identity (tensors compare by value)
 
 
-def _resolve(model: nn.Module, path: object, function: str) -> tuple[str, nn.Parameter]:
+def resolve_param(model: nn.Module, path: object, function: str) -> tuple[str, nn.Parameter]:
     """Return ``(first path, parameter)`` for any path of a parameter of ``model``; validate it."""
     if not isinstance(path, str):
         raise TypeError(f"{function}: expected a parameter path string or frozen.Rows, received {path!r}.")
@@ -131,7 +131,7 @@ def _resolve(model: nn.Module, path: object, function: str) -> tuple[str, nn.Par
     return next(p for p, q in named_parameters(model) if q is param), param
 
 
-def _apply(param: nn.Parameter, path: str, mask: torch.Tensor) -> RowsRecord | None:
+def apply_mask(param: nn.Parameter, path: str, mask: torch.Tensor) -> RowsRecord | None:
     """Make ``mask`` the frozen rows of ``param`` (no row: remove row freezing)."""
     old = _RECORDS.pop(param, None)
     if old is not None:
@@ -152,6 +152,14 @@ def _apply(param: nn.Parameter, path: str, mask: torch.Tensor) -> RowsRecord | N
     set_layout(param, layout)
     _RECORDS[param] = record
     return record
+
+
+def check_rows(model: nn.Module, target: Rows, function: str) -> tuple[Rows, torch.Tensor]:
+    """Validate a ``Rows`` target against ``model`` (path, rows); return it with its mask. Change nothing."""
+    if not isinstance(target, Rows):
+        raise TypeError(f"{function}: expected a frozen.Rows target, received {target!r}.")
+    _, param = resolve_param(model, target.path, f"{function}(model, {target!r})")
+    return target, target.frozen_mask(param.shape[0])
 
 
 def freeze_rows(model: nn.Module, target: Rows) -> RowsRecord:
@@ -177,12 +185,12 @@ def freeze_rows(model: nn.Module, target: Rows) -> RowsRecord:
     check_model(model, "frozen.freeze_rows")
     if not isinstance(target, Rows):
         raise TypeError(f"frozen.freeze_rows(model, target): expected a frozen.Rows target, received {target!r}.")
-    path, param = _resolve(model, target.path, f"frozen.freeze_rows(model, {target!r})")
+    path, param = resolve_param(model, target.path, f"frozen.freeze_rows(model, {target!r})")
     mask = target.frozen_mask(param.shape[0])
     if not bool(mask.any()):  # an empty selection built by code must be loud, not a silent no-op
         raise FrozenError(f"frozen.freeze_rows(model, {target!r}): freezes none of the {len(mask)} rows; name one.")
     old = _RECORDS.get(param)
-    record = _apply(param, path, mask | old.mask if old is not None else mask)
+    record = apply_mask(param, path, mask | old.mask if old is not None else mask)
     assert record is not None
     return record
 
@@ -205,11 +213,11 @@ def thaw_rows(model: nn.Module, target: str | Rows) -> nn.Module:
     """
     check_model(model, "frozen.thaw_rows")
     path_arg = target.path if isinstance(target, Rows) else target
-    path, param = _resolve(model, path_arg, f"frozen.thaw_rows(model, {target!r})")
+    path, param = resolve_param(model, path_arg, f"frozen.thaw_rows(model, {target!r})")
     old = _RECORDS.get(param)
     if old is not None:
         thawed = target.frozen_mask(len(old.mask)) if isinstance(target, Rows) else torch.ones_like(old.mask)
-        _apply(param, path, old.mask & ~thawed)
+        apply_mask(param, path, old.mask & ~thawed)
     return model
 
 
@@ -220,84 +228,6 @@ def frozen_rows(model: nn.Module) -> dict[str, RowsRecord]:
     return {path: record for path, record in found if record is not None}
 
 
-def _ranges(mask: torch.Tensor) -> list[list[int]]:
-    """``[[start, stop], ...]`` of the runs of True in ``mask`` (compact JSON for row sets)."""
-    edges = torch.diff(
-        mask.to(torch.int8), prepend=torch.zeros(1, dtype=torch.int8), append=torch.zeros(1, dtype=torch.int8)
-    )
-    starts, stops = (edges == 1).nonzero().flatten().tolist(), (edges == -1).nonzero().flatten().tolist()
-    return [[a, b] for a, b in zip(starts, stops, strict=True)]
-
-
-def rows_state(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Return the frozen rows of ``model`` as JSON-serialisable data.
-
-    Example:
-        >>> import torch
-        >>> emb = torch.nn.Embedding(6, 2)
-        >>> _ = freeze_rows(emb, Rows("weight", [0, 1, 2, 5]))
-        >>> rows_state(emb)
-        {'weight': {'rows': 6, 'frozen': [[0, 3], [5, 6]]}}
-        >>> _ = thaw_rows(emb, "weight")
-    """
-    return {path: {"rows": r.layout.n, "frozen": _ranges(r.mask)} for path, r in frozen_rows(model).items()}
-
-
-def check_rows_state(model: nn.Module, saved: object) -> list[tuple[nn.Parameter, str, torch.Tensor]]:
-    """Validate ``saved`` (from :func:`rows_state`) against ``model``; change nothing.
-
-    Returns ``[(parameter, first path, frozen mask)]``, the plan :func:`load_rows_state` applies.
-
-    Raises:
-        TypeError: ``saved`` is not a dict.
-        frozen.UnknownPathError: a saved path is not a parameter of ``model``.
-        frozen.FrozenError: an entry is malformed or saved for another number of rows.
-    """
-    check_model(model, "frozen.load_rows_state")
-    if not isinstance(saved, dict):
-        raise TypeError(f"frozen.load_rows_state(model, saved): expected the dict rows_state returned, got {saved!r}.")
-    plan = []
-    for path, entry in saved.items():
-        where = f"frozen.load_rows_state(model, saved[{path!r}])"
-        first, param = _resolve(model, path, where)
-        try:
-            n, runs = int(entry["rows"]), [(int(a), int(b)) for a, b in entry["frozen"]]
-        except (KeyError, TypeError, ValueError) as error:
-            raise FrozenError(
-                f"{where}: expected {{'rows': int, 'frozen': [[start, stop], ...]}}, got {entry!r}."
-            ) from error
-        if n != param.shape[0] or any(not 0 <= a < b <= n for a, b in runs):
-            raise FrozenError(
-                f"{where}: saved for {n} rows as runs {runs[:3]}..., the parameter has {param.shape[0]} rows; "
-                f"load the rows state saved with this model."
-            )
-        plan.append((param, first, torch.zeros(n, dtype=torch.bool)))
-        for a, b in runs:
-            plan[-1][2][a:b] = True
-    return plan
-
-
-def load_rows_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
-    """Make the frozen rows of ``model`` exactly those in ``saved`` (from :func:`rows_state`).
-
-    Validates every entry (:func:`check_rows_state`) before changing anything; parameters
-    with frozen rows that ``saved`` does not name are thawed.
-
-    Raises: as :func:`check_rows_state`.
-
-    Example:
-        >>> import torch
-        >>> emb = torch.nn.Embedding(6, 2)
-        >>> _ = load_rows_state(emb, {"weight": {"rows": 6, "frozen": [[1, 4]]}})
-        >>> frozen_rows(emb)["weight"].trainable.tolist()
-        [0, 4, 5]
-        >>> _ = load_rows_state(emb, {})
-    """
-    plan = check_rows_state(model, saved)
-    named = dict(named_parameters(model))
-    for path, record in frozen_rows(model).items():
-        if not any(param is named[path] for param, _, _ in plan):
-            _apply(named[path], path, torch.zeros_like(record.mask))
-    for param, first, mask in plan:
-        _apply(param, first, mask)
-    return model
+def split_rows(targets: tuple) -> tuple[list[Rows], tuple]:
+    """``Rows`` targets apart from selectors, as ``freeze``/``thaw`` take them."""
+    return [t for t in targets if isinstance(t, Rows)], tuple(t for t in targets if not isinstance(t, Rows))

@@ -13,8 +13,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ._checks import check_model, check_optimizer
 from ._distributed import rewrap
 from ._errors import FrozenError
-from ._freeze import thaw
 from ._select import select
+from ._thaw import thaw
 from .optim._sync import STATE_POLICIES, sync
 
 __all__ = ["Stage", "GradualUnfreezing"]
