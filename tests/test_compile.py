@@ -132,3 +132,31 @@ def test_reserve_recompiles_warns_instead_when_asked_and_ignores_eager_models():
     assert is_compiled(model) and is_compiled(nn.Sequential(model))
     with pytest.raises(TypeError, match="non-negative int"):
         reserve_recompiles(model, -1)
+
+
+def test_a_twelve_stage_gradual_unfreezing_plan_reserves_its_recompiles():
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = frozen.freeze(make_model(blocks=12), *[str(i) for i in range(13)])
+    optimizer = torch.optim.SGD(frozen.optim.param_groups(model, lr=0.1), lr=0.1)
+    backend = CountingBackend()
+    stages = [frozen.schedule.Stage(k, (str(13 - k),)) for k in range(1, 13)]
+    with torch._dynamo.config.patch(recompile_limit=8):
+        runner = torch.compile(model, backend=backend)
+        plan = frozen.schedule.GradualUnfreezing(model, optimizer, stages, compiled=runner)
+        assert torch._dynamo.config.recompile_limit == 13
+        for epoch in range(13):
+            runner(batch(epoch)).sum().backward()
+            plan.step()
+        frames = dict(torch._dynamo.utils.counters["frames"])
+    assert backend.graphs == 13 and frames["total"] == frames["ok"] == 13  # every stage compiled, none eager
+
+
+def test_a_model_compiled_in_place_is_found_by_the_schedule():
+    model = frozen.freeze(make_model(blocks=12), *[str(i) for i in range(13)])
+    optimizer = torch.optim.SGD(frozen.optim.param_groups(model, lr=0.1), lr=0.1)
+    model.compile(backend="eager")
+    stages = [frozen.schedule.Stage(k, (str(13 - k),)) for k in range(1, 13)]
+    with torch._dynamo.config.patch(recompile_limit=8):
+        frozen.schedule.GradualUnfreezing(model, optimizer, stages)
+        assert torch._dynamo.config.recompile_limit == 13

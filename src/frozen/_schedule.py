@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ._checks import check_model, check_optimizer
+from ._compiled import reserve_recompiles
 from ._distributed import rewrap
 from ._errors import FrozenError
 from ._select import select
@@ -90,6 +91,12 @@ class GradualUnfreezing:
             to (default 0, the first group, as Lightning).
         state: what :func:`frozen.optim.sync` does with a frozen parameter's optimizer
             state, ``"drop"`` (default) or ``"keep"`` (see ``docs/optimizers.md``).
+        compiled: the ``torch.compile``-d model you train with, when it is not ``model``
+            itself. Each stage is a new freeze configuration and compiles once; the
+            schedule makes dynamo keep a graph for every stage
+            (:func:`frozen.reserve_recompiles`), so a long plan never falls back to eager
+            mode silently. A ``model`` compiled in place (``model.compile()``) or holding
+            compiled parts is found without it.
 
     Raises:
         TypeError: wrong argument types.
@@ -113,6 +120,7 @@ class GradualUnfreezing:
         *,
         reference_group: int | str = 0,
         state: str = "drop",
+        compiled: nn.Module | None = None,
     ) -> None:
         self.wrapper: DistributedDataParallel | None = None
         if isinstance(model, DistributedDataParallel):
@@ -143,6 +151,7 @@ class GradualUnfreezing:
                 )
         for stage in stages:  # a typo in a stage's targets fails now, not hours into training
             select(model.module if isinstance(model, DistributedDataParallel) else model, *stage.targets)
+        reserve_recompiles(compiled if compiled is not None else model, len({stage.at for stage in stages}))
         self.model, self.optimizer, self.reference_group = model, optimizer, reference_group
         self.state = state
         self._reference()  # fail now, not at the first thaw
