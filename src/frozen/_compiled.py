@@ -87,7 +87,7 @@ def reserve_recompiles(model: nn.Module, changes: int, *, raise_limit: bool = Tr
         RecompileWarning(
             f"the compiled model will run {needed} freeze configurations, but torch._dynamo.config."
             f"recompile_limit is {limit}: after {limit} dynamo falls back to eager mode for good (correct, "
-            f"slower). Call frozen._compiled.reserve_recompiles(model, {changes}) to raise the limit, or "
+            f"slower). Call frozen.reserve_recompiles(model, {changes}) to raise the limit, or "
             f"compile again after the last thaw."
         ),
         stacklevel=2,
