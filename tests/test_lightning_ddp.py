@@ -1,0 +1,87 @@
+"""frozen's Lightning callback thawing on a plan under real two-process DDP (issue 10: ``ddp_spawn``).
+
+The reproduction: ``FreezeCallback(unfreeze=[Stage(...)])`` under ``ddp_spawn`` left the thawed
+backbone different across ranks (1e-2 after 3 epochs), because DDP's reducer was built for the
+old trainable set and the thawed layer trained on each rank's local gradient. Each rank
+gathers its backbone at the end of training; every rank must hold the same bits, and the
+backbone must have trained after the thaw.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning
+import pytest
+import torch
+from torch import nn
+
+import frozen
+from frozen.integrations.lightning import FreezeCallback
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*number of training batches.*is smaller than the logging interval:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*GPU available but not used:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*tensorboardX.*:UserWarning"),
+    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:.*ddp_spawn.*:UserWarning"),
+]
+
+
+class Net(lightning.LightningModule):
+    def __init__(self, report: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU())
+        self.head = nn.Linear(8, 2)
+        self.report = report
+        self.start = torch.cat([p.detach().flatten().clone() for p in self.backbone.parameters()])
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(frozen.optim.param_groups(self, lr=0.05), lr=0.05)
+
+    def on_train_end(self) -> None:
+        flat = torch.cat([p.detach().flatten() for p in self.backbone.parameters()])
+        gathered = self.all_gather(flat)  # (world, n)
+        if self.global_rank == 0:
+            result = {
+                "ranks_equal": bool(torch.equal(gathered[0], gathered[1])),
+                "max_difference": float((gathered[0] - gathered[1]).abs().max()),
+                "backbone_trained": not torch.equal(flat, self.start),
+            }
+            Path(self.report).write_text(json.dumps(result))
+
+
+def loader():
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g))
+    return torch.utils.data.DataLoader(data, batch_size=8)
+
+
+def test_thaw_on_a_plan_under_ddp_spawn_keeps_every_rank_bit_identical(tmp_path):
+    report = tmp_path / "report.json"
+    callback = FreezeCallback("backbone", unfreeze=[frozen.schedule.Stage(1, ("backbone",), lr_ratio=0.1)])
+    trainer = lightning.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    trainer.fit(Net(str(report)), loader())
+    result = json.loads(report.read_text())
+    assert result["backbone_trained"], result
+    assert result["ranks_equal"], result
