@@ -102,3 +102,16 @@ def test_bad_depth_is_rejected(depth, error):
 def test_bad_model_is_rejected():
     with pytest.raises(TypeError, match="frozen.report"):
         frozen.report("resnet")
+
+
+def test_report_says_what_a_cached_part_holds():
+    torch.manual_seed(0)
+    net = frozen.freeze(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1)), "0")
+    frozen.cache(net, "0")
+    x = torch.randn(3, 4)
+    net(x), net(x)  # three samples missed, then hit
+    r = frozen.report(net)
+    held = r.caches["0"]
+    assert held["hits"] == 3 and held["misses"] == 3 and held["entries"] == 3 and held["bytes"] >= 3 * 8 * 4
+    assert str(r).splitlines()[-1] == f"cache '0': 3 hits, 3 misses, {held['bytes']} B in 3 entries on cpu"
+    assert r.to_dict()["caches"] == r.caches

@@ -52,6 +52,11 @@ def totals_lines(report: Report) -> list[str]:
         f"  total: {r.total_params:,}",
         f"freezing saves {human_bytes(r.gradient_bytes_saved)} of gradients and "
         f"{human_bytes(r.adam_state_bytes_saved)} of Adam-style optimizer state",
+        *(
+            f"cache {path or '(model)'!r}: {c['hits']:,} hits, {c['misses']:,} misses, "
+            f"{human_bytes(c['bytes'])} in {c['entries']:,} entries on {c['store']}"
+            for path, c in r.caches.items()
+        ),
     ]
 
 

@@ -7,11 +7,12 @@ Jupyter renders it as HTML (see ``_render.py``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
 
+from ._cache import cache_stats
 from ._checks import check_model
 from ._errors import FrozenError
 from ._query import frozen_by_other_libraries, trainable_ids
@@ -73,6 +74,8 @@ class Report:
         trainable_params, frozen_params: element counts over distinct parameters.
         trainable_bytes, frozen_bytes: the same, in bytes.
         depth: the depth the rows were collapsed to (``None``: every row).
+        caches: what each part cached with :func:`frozen.cache` holds: ``{path: {"hits",
+            "misses", "bytes", "store", ...}}`` (see :func:`frozen.cache_stats`).
     """
 
     rows: tuple[ReportRow, ...]
@@ -81,6 +84,7 @@ class Report:
     trainable_bytes: int
     frozen_bytes: int
     depth: int | None = None
+    caches: dict[str, dict[str, Any]] = field(default_factory=dict)  # frozen.cache: {path: counters}
 
     @property
     def total_params(self) -> int:
@@ -129,6 +133,7 @@ class Report:
                 "adam_state_bytes_saved": self.adam_state_bytes_saved,
             },
             "depth": self.depth,
+            "caches": self.caches,
         }
 
     def __str__(self) -> str:
@@ -251,6 +256,7 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
         trainable_bytes=sum(sizes[k][1] for k in trainable_keys),
         frozen_bytes=sum(sizes[k][1] for k in frozen_keys),
         depth=depth,
+        caches=cache_stats(model),
     )
 
 
