@@ -10,40 +10,18 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+from tiny_models import RandomTokens, tiny_bert
+from transformers import Trainer, TrainingArguments
 
 import frozen
 from frozen.integrations.hf import FreezeCallback
-
-
-class RandomTokens(torch.utils.data.Dataset):
-    def __init__(self, n: int = 32) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(0, 50, (n, 8), generator=g)
-        self.labels = torch.randint(0, 2, (n,), generator=g)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[i], "labels": self.labels[i]}
 
 
 def main(rank: int, store: str, out: str) -> None:
     warnings.simplefilter("ignore")
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
     dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=2,
-    )
-    model = BertForSequenceClassification(config)
+    model = tiny_bert()
     start = {k: v.clone() for k, v in model.state_dict().items()}
     plan = [frozen.schedule.Stage(1, ("bert.encoder.layer.1",))]
     callbacks = [FreezeCallback("bert.embeddings", "bert.encoder", unfreeze=plan)]
@@ -59,7 +37,7 @@ def main(rank: int, store: str, out: str) -> None:
         save_strategy="no",
         ddp_backend="gloo",
     )
-    trainer = Trainer(model=model, args=args, train_dataset=RandomTokens(), callbacks=callbacks)
+    trainer = Trainer(model=model, args=args, train_dataset=RandomTokens(32), callbacks=callbacks)
     trainer.train()
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     gathered = [torch.empty_like(flat) for _ in range(2)]
