@@ -187,66 +187,9 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
             f"frozen.report(model, depth={depth}): expected depth >= 0 (0 shows the model only, "
             f"1 its children too) or None for every row, received {depth}."
         )
-    wanted = trainable_ids(model)
-    uses = list(iter_module_uses(model))
-
-    # Per path: parameter id -> trains through some use under this path.
-    under: dict[str, dict[int, bool]] = {use.path: {} for use in uses}
-    reached_at: dict[int, list[str]] = {}
-    trained_at: dict[int, list[str]] = {}
-    sizes: dict[int, tuple[int, int, str]] = {}
-    for puse in iter_param_uses(model):
-        key = id(puse.param)
-        reached_at.setdefault(key, []).append(puse.path)
-        if not puse.frozen:
-            trained_at.setdefault(key, []).append(puse.path)
-        sizes[key] = (
-            puse.param.numel(),
-            puse.param.numel() * puse.param.element_size(),
-            str(puse.param.dtype).removeprefix("torch."),
-        )
-        trains_here = not puse.frozen and key in wanted
-        for prefix in _ancestors(puse.path):
-            held = under[prefix]
-            held[key] = held.get(key, False) or trains_here
-
-    claimed = frozen_by_other_libraries(model)
-    named = dict(named_parameters(model))
-    rows_by_id = {id(named[path]): int(r.mask.sum()) for path, r in frozen_rows(model).items()}
-    params_by_id = {id(p.param): p for p in iter_param_uses(model)}
-    rows = []
-    for use in uses:
-        if depth is not None and _depth(use.path) > depth:
-            continue
-        held = under[use.path]
-        if not held:
-            state = "frozen" if use.frozen else "-"
-        elif all(held.values()):
-            state = "trainable"
-        elif not any(held.values()):
-            state = "frozen"
-        else:
-            state = "mixed"
-        inside = use.path + "." if use.path else ""
-        tied = sorted({p for key in held for p in reached_at[key] if not p.startswith(inside)})
-        if state == "frozen" and any(key in wanted for key in held):
-            # A frozen use whose parameters still train through another use: say which.
-            via = sorted({p for key in held if key in wanted for p in trained_at[key] if not p.startswith(inside)})
-            state = f"frozen here, trains via {', '.join(via)}"
-        dtypes = sorted({sizes[key][2] for key in held})
-        rows.append(
-            ReportRow(
-                path=use.path,
-                type=type(use.module).__name__,
-                params=sum(sizes[key][0] for key in held),
-                state=state,
-                inference=_inference(use),
-                tied_with=tuple(tied),
-                dtype=",".join(dtypes) if dtypes else "-",
-                frozen_by=_frozen_by(use, state, held, params_by_id, claimed),
-                frozen_rows=sum(rows_by_id.get(key, 0) for key in held),
-            )
-        )
+    census = _Census(model)
+    rows = [_row(use, census) for use in census.uses if depth is None or _depth(use.path) <= depth]
+    sizes, wanted = census.sizes, census.wanted
     trainable_keys = [key for key in sizes if key in wanted]
     frozen_keys = [key for key in sizes if key not in wanted]
     return Report(
@@ -260,15 +203,78 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
     )
 
 
-def _frozen_by(use: Any, state: str, held: dict[int, bool], params: dict[int, Any], claimed: set[int]) -> str:
+class _Census:
+    """One walk over the model: what each parameter is, where it is reached and where it trains."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.wanted = trainable_ids(model)
+        self.uses = list(iter_module_uses(model))
+        # Per module path: parameter id -> trains through some use under this path.
+        self.under: dict[str, dict[int, bool]] = {use.path: {} for use in self.uses}
+        self.reached_at: dict[int, list[str]] = {}
+        self.trained_at: dict[int, list[str]] = {}
+        self.sizes: dict[int, tuple[int, int, str]] = {}  # elements, bytes, dtype name
+        self.params: dict[int, Any] = {}  # id -> its first ParamUse
+        for puse in iter_param_uses(model):
+            key, param = id(puse.param), puse.param
+            self.params.setdefault(key, puse)
+            self.reached_at.setdefault(key, []).append(puse.path)
+            if not puse.frozen:
+                self.trained_at.setdefault(key, []).append(puse.path)
+            self.sizes[key] = (
+                param.numel(),
+                param.numel() * param.element_size(),
+                str(param.dtype).removeprefix("torch."),
+            )
+            trains_here = not puse.frozen and key in self.wanted
+            for prefix in _ancestors(puse.path):
+                held = self.under[prefix]
+                held[key] = held.get(key, False) or trains_here
+        self.claimed = frozen_by_other_libraries(model)
+        named = dict(named_parameters(model))
+        self.frozen_rows = {id(named[path]): int(r.mask.sum()) for path, r in frozen_rows(model).items()}
+
+
+def _row(use: Any, census: _Census) -> ReportRow:
+    held = census.under[use.path]
+    if not held:
+        state = "frozen" if use.frozen else "-"
+    elif all(held.values()):
+        state = "trainable"
+    elif not any(held.values()):
+        state = "frozen"
+    else:
+        state = "mixed"
+    inside = use.path + "." if use.path else ""
+    tied = sorted({p for key in held for p in census.reached_at[key] if not p.startswith(inside)})
+    if state == "frozen" and any(key in census.wanted for key in held):
+        # A frozen use whose parameters still train through another use: say which.
+        via = {p for key in held if key in census.wanted for p in census.trained_at[key] if not p.startswith(inside)}
+        state = f"frozen here, trains via {', '.join(sorted(via))}"
+    dtypes = sorted({census.sizes[key][2] for key in held})
+    return ReportRow(
+        path=use.path,
+        type=type(use.module).__name__,
+        params=sum(census.sizes[key][0] for key in held),
+        state=state,
+        inference=_inference(use),
+        tied_with=tuple(tied),
+        dtype=",".join(dtypes) if dtypes else "-",
+        frozen_by=_frozen_by(use, state, held, census),
+        frozen_rows=sum(census.frozen_rows.get(key, 0) for key in held),
+    )
+
+
+def _frozen_by(use: Any, state: str, held: dict[int, bool], census: _Census) -> str:
     """Who keeps a frozen row frozen: this library, another one (PEFT), or a hand-set flag."""
     if not state.startswith("frozen"):
         return ""
     if use.frozen:
         return "frozen"
-    if held and all(key in claimed for key in held):
+    if held and all(key in census.claimed for key in held):
         return "peft"
-    if any(switched_off(params[k].param, params[k].owner, params[k].name) for k in held if k in params):
+    params = census.params
+    if any(switched_off(params[k].param, params[k].owner, params[k].name) for k in held):
         return "frozen"
     return "hand" if held else ""
 
