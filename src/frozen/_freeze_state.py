@@ -59,14 +59,23 @@ def state(model: nn.Module) -> dict[str, Any]:
     first_path: dict[int, str] = {}
     for use in iter_module_uses(model):
         first_path.setdefault(id(use.module), use.path)
-    by_path = {path: use.module for use in iter_module_uses(model) if (path := use.path) == first_path[id(use.module)]}
-    frozen: list[dict[str, Any]] = []
-    for path, module in by_path.items():
-        record = record_of(module)
-        if record is None or record.mode is None:
+    return {
+        "version": STATE_VERSION,
+        "frozen": _marked_entries(model, first_path),
+        **_slot_lists(model, first_path),
+        "rows": rows_state(model),
+    }
+
+
+def _marked_entries(model: nn.Module, first_path: dict[int, str]) -> list[dict[str, Any]]:
+    """One entry per module frozen in place, under its first path."""
+    entries: list[dict[str, Any]] = []
+    for use in iter_module_uses(model):
+        record = record_of(use.module)
+        if use.path != first_path[id(use.module)] or record is None or record.mode is None:
             continue
         entry: dict[str, Any] = {
-            "path": path,
+            "path": use.path,
             "mode": record.mode,
             "tied": record.tied,
             "training": record.requested_training,
@@ -74,11 +83,13 @@ def state(model: nn.Module) -> dict[str, Any]:
         }
         if record.storage is not None:
             entry["dtype"] = str(record.storage.dtype).removeprefix("torch.")  # freeze(..., dtype=) root
-        frozen.append(entry)
-    frozen_slots: list[str] = []
-    frozen_params: list[str] = []
-    switched_off: list[str] = []
-    user_frozen: list[str] = []
+        entries.append(entry)
+    return entries
+
+
+def _slot_lists(model: nn.Module, first_path: dict[int, str]) -> dict[str, list[str]]:
+    """Parameter paths by kind: frozen slots, selected parameters, flags off (by the library, by hand)."""
+    lists: dict[str, list[str]] = {k: [] for k in ("frozen_slots", "frozen_params", "switched_off", "user_frozen")}
     seen: set[tuple[int, str]] = set()
     for puse in iter_param_uses(model):
         if first_path[id(puse.owner)] != puse.path.rpartition(".")[0] or (id(puse.owner), puse.name) in seen:
@@ -86,22 +97,14 @@ def state(model: nn.Module) -> dict[str, Any]:
         seen.add((id(puse.owner), puse.name))
         record = record_of(puse.owner)
         if record is not None and puse.name in record.frozen_slots:
-            frozen_slots.append(puse.path)
+            lists["frozen_slots"].append(puse.path)
             if record.frozen_slots[puse.name] == "selected":
-                frozen_params.append(puse.path)
+                lists["frozen_params"].append(puse.path)
         if library_switched_off(puse.param, puse.owner, puse.name):
-            switched_off.append(puse.path)
+            lists["switched_off"].append(puse.path)
         elif not puse.param.requires_grad:
-            user_frozen.append(puse.path)
-    return {
-        "version": STATE_VERSION,
-        "frozen": frozen,
-        "frozen_slots": frozen_slots,
-        "frozen_params": frozen_params,
-        "rows": rows_state(model),
-        "switched_off": switched_off,
-        "user_frozen": user_frozen,
-    }
+            lists["user_frozen"].append(puse.path)
+    return lists
 
 
 def load_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
