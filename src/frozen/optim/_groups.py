@@ -141,6 +141,42 @@ def param_groups(
         >>> optimizer = torch.optim.SGD(groups, lr=0.1)
     """
     check_model(model, "frozen.optim.param_groups")
+    overrides = _checked_overrides(parts, overrides)
+    if parts is None and (isinstance(group_defaults.get("lr"), slice) or lr_decay is not None):
+        raise FrozenError(
+            f"frozen.optim.param_groups(lr={group_defaults.get('lr')!r}, lr_decay={lr_decay!r}): discriminative "
+            f"learning rates need the ordered parts they apply to, received parts=None. Pass "
+            f"parts=['embeddings', 'encoder.layer.0-5', ...] (earliest layers first)."
+        )
+    owners: dict[int, nn.Module] = {}
+    named: list[tuple[str, nn.Parameter]] = []
+    for use in iter_param_uses(model):
+        if id(use.param) not in owners:
+            owners[id(use.param)] = use.owner
+            named.append((use.path, use.param))
+    paths = [path for path, _ in named]
+    # Validate everything before building anything.
+    level_of, labels = _levels(model, parts, paths)
+    lrs = _level_lrs(group_defaults.get("lr"), lr_decay, len(labels))
+    selected = dict(zip(overrides, _resolve(model, list(overrides), "overrides", paths)))
+    ids = trainable_ids(model)
+    groups: dict[tuple, dict[str, Any]] = {}
+    for path, param in named:
+        level = level_of.get(path, len(labels) - 1)
+        applied = [pattern for pattern in overrides if path in selected[pattern]]
+        no_decay = no_decay_bias_and_norm and (param.ndim <= 1 or is_norm_layer(owners[id(param)]))
+        key = (level, tuple(applied), no_decay)
+        if key not in groups:
+            lr = lrs[level] if "lr" in group_defaults or lr_decay is not None else None
+            groups[key] = _new_group(labels[level], lr, applied, overrides, no_decay, group_defaults)
+        group = groups[key]
+        group["params"].append(param) if id(param) in ids else group[PARKED].append(path)
+    ordered = sorted(groups.items(), key=lambda item: item[0][0])  # stable: model order within a level
+    return [group for _, group in ordered if group["params"] or group[PARKED]]
+
+
+def _checked_overrides(parts: Any, overrides: Any) -> dict[str, Mapping[str, Any]]:
+    """Validate the types of ``parts`` and ``overrides``; return the overrides as a dict."""
     if parts is not None and (isinstance(parts, str) or not isinstance(parts, Sequence)):
         raise TypeError(
             f"frozen.optim.param_groups(parts=...): expected a list of parts, each a pattern or a list of "
@@ -151,21 +187,18 @@ def param_groups(
             f"frozen.optim.param_groups(overrides=...): expected a dict {{pattern: options}}, received "
             f"{overrides!r}. Write overrides={{'head': {{'lr': 1e-3}}}}."
         )
-    overrides = dict(overrides or {})
-    for pattern, options in overrides.items():
+    checked = dict(overrides or {})
+    for pattern, options in checked.items():
         if not isinstance(options, Mapping) or "params" in options or PARKED in options:
             raise TypeError(
-                f"frozen.optim.param_groups(overrides={{{pattern!r}: ...}}): expected a dict of group options such as {{'lr': 1e-3}}, received {options!r}. Leave out 'params'."
+                f"frozen.optim.param_groups(overrides={{{pattern!r}: ...}}): expected a dict of group options "
+                f"such as {{'lr': 1e-3}}, received {options!r}. Leave out 'params'."
             )
-    owners: dict[int, nn.Module] = {}
-    named: list[tuple[str, nn.Parameter]] = []
-    for use in iter_param_uses(model):
-        if id(use.param) not in owners:
-            owners[id(use.param)] = use.owner
-            named.append((use.path, use.param))
-    paths = [path for path, _ in named]
+    return checked
 
-    # Validate everything before building anything.
+
+def _levels(model: nn.Module, parts: Any, paths: list[str]) -> tuple[dict[str, int], list[str]]:
+    """Each parameter path's level (the first part selecting it) and the levels' labels, "rest" last."""
     part_list = [[part] if isinstance(part, str) else list(part) for part in (parts or [])]
     level_of: dict[str, int] = {}
     for k, patterns in enumerate(part_list):
@@ -177,37 +210,22 @@ def param_groups(
         labels = ["default"]
     elif len(level_of) < len(paths):
         labels.append("rest")
-    rest = len(labels) - 1
-    if parts is None and (isinstance(group_defaults.get("lr"), slice) or lr_decay is not None):
-        raise FrozenError(
-            f"frozen.optim.param_groups(lr={group_defaults.get('lr')!r}, lr_decay={lr_decay!r}): discriminative "
-            f"learning rates need the ordered parts they apply to, received parts=None. Pass "
-            f"parts=['embeddings', 'encoder.layer.0-5', ...] (earliest layers first)."
-        )
-    lrs = _level_lrs(group_defaults.get("lr"), lr_decay, len(labels))
-    selected = dict(zip(overrides, _resolve(model, list(overrides), "overrides", paths)))
+    return level_of, labels
 
-    ids = trainable_ids(model)
-    groups: dict[tuple, dict[str, Any]] = {}
-    for path, param in named:
-        level = level_of.get(path, rest)
-        applied = [pattern for pattern in overrides if path in selected[pattern]]
-        no_decay = no_decay_bias_and_norm and (param.ndim <= 1 or is_norm_layer(owners[id(param)]))
-        key = (level, tuple(applied), no_decay)
-        if key not in groups:
-            options = dict(group_defaults)
-            if "lr" in options or lr_decay is not None:
-                options["lr"] = lrs[level]
-            if no_decay:
-                options["weight_decay"] = 0.0
-            name = [labels[level]]
-            for pattern in applied:
-                options.update(overrides[pattern])
-                name.append(str(overrides[pattern].get("name", pattern)))
-            options.pop("name", None)
-            name += ["no_decay"] if no_decay else []
-            groups[key] = {"name": "/".join(name), "params": [], PARKED: [], **options}
-        group = groups[key]
-        group["params"].append(param) if id(param) in ids else group[PARKED].append(path)
-    ordered = sorted(groups.items(), key=lambda item: item[0][0])  # stable: model order within a level
-    return [group for _, group in ordered if group["params"] or group[PARKED]]
+
+def _new_group(
+    label: str, lr: Any, applied: list[str], overrides: dict, no_decay: bool, defaults: dict[str, Any]
+) -> dict[str, Any]:
+    """An empty named group: the defaults, the level's rate, the overrides that apply, no decay."""
+    options = dict(defaults)
+    if lr is not None:
+        options["lr"] = lr
+    if no_decay:
+        options["weight_decay"] = 0.0
+    name = [label]
+    for pattern in applied:
+        options.update(overrides[pattern])
+        name.append(str(overrides[pattern].get("name", pattern)))
+    options.pop("name", None)
+    name += ["no_decay"] if no_decay else []
+    return {"name": "/".join(name), "params": [], PARKED: [], **options}
