@@ -52,9 +52,15 @@ def iter_module_uses(model: nn.Module) -> Iterator[ModuleUse]:
     """
     from ._wrapper import Frozen  # the wrapper imports this module
 
-    on_path: set[int] = set()
-
-    def visit(module: nn.Module, path: str, mode: str | None) -> Iterator[ModuleUse]:
+    # An explicit stack, not recursion: linear in the number of modules at any depth (nested
+    # generators cost modules x depth), and no RecursionError on deep models.
+    on_path: set[int] = set()  # the modules between the root and the current one
+    stack: list[tuple[nn.Module, str, str | None, bool]] = [(model, "", None, False)]
+    while stack:
+        module, path, mode, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(module))
+            continue
         wrapper = None
         # Nested wrappers (Frozen(Frozen(m))) collapse onto one path; the outermost mode wins.
         while isinstance(module, Frozen):
@@ -72,12 +78,9 @@ def iter_module_uses(model: nn.Module) -> Iterator[ModuleUse]:
         own = mode or (record.mode if record is not None else None)
         yield ModuleUse(path, module, own is not None, wrapper, own)
         on_path.add(id(module))
-        for name, child in module._modules.items():
-            if child is not None:
-                yield from visit(child, join(path, name), mode)
-        on_path.discard(id(module))
-
-    yield from visit(model, "", None)
+        stack.append((module, path, mode, True))
+        children = [(child, join(path, name)) for name, child in module._modules.items() if child is not None]
+        stack.extend((child, child_path, mode, False) for child, child_path in reversed(children))
 
 
 def iter_param_uses(model: nn.Module) -> Iterator[ParamUse]:
