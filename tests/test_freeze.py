@@ -41,11 +41,7 @@ def test_freeze_keeps_frozen_part_constant_and_trains_the_rest():
         assert torch.equal(before[key], after[key]) == key.startswith("0."), key  # BN stats included
     assert all(p.grad is None for p in net[0].parameters())
     assert frozen.is_frozen(net, "0") and frozen.is_frozen(net, "0.1") and not frozen.is_frozen(net, "1")
-    # Settled: plain calls, except the one white-box guard at the root of the frozen part (a
-    # pre-hook that notices tensors torch.func.functional_call substitutes, and the hook that
-    # puts them back); nothing anywhere else.
-    assert [len(m._forward_pre_hooks) for m in net.modules()] == [int(m is net[0]) for m in net.modules()]
-    assert [len(m._forward_hooks) for m in net.modules()] == [int(m is net[0]) for m in net.modules()]
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in net.modules())  # settled: plain calls
 
 
 def test_freeze_before_lazy_parameters_materialise():
@@ -178,7 +174,7 @@ def test_tied_freeze_warns_once_and_freezes_everywhere():
     assert (
         frozen.trainable(net) == [net[0].weight]
         and net[0].weight.requires_grad
-        and "_frozen_slots" not in net[2].__dict__
+        and "_frozen" not in net[2].__dict__  # no record left where the tied slot was frozen
     )
 
 
@@ -186,7 +182,8 @@ def test_tied_train_is_a_white_box_at_the_frozen_use():
     net = tied_net()
     before = snapshot(net)
     frozen.freeze(net, "0", tied="train")
-    assert len(net[0]._forward_pre_hooks) == 1 and len(net[2]._forward_pre_hooks) == 0
+    # The white box at the frozen use: a stand-in for net[0].forward detaches the tied weight per call.
+    assert "forward" in net[0].__dict__ and "forward" not in net[2].__dict__
     assert frozen.trainable(net) == [net[0].weight]
     x = torch.randn(2, 3)
     net(x).square().sum().backward()

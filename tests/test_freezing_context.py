@@ -25,8 +25,7 @@ def test_modules_built_inside_are_frozen_outside_untouched():
         model(torch.randn(4, 2)).sum().backward()
         opt.step()
     assert torch.equal(weight, backbone[0].weight) and backbone[0].weight.grad is None
-    # Settled: plain calls, but for the white-box guard at the root of what the block built.
-    assert [len(m._forward_pre_hooks) for m in backbone.modules()] == [1, 0, 0, 0]
+    assert all(not m._forward_pre_hooks for m in backbone.modules())  # settled: plain calls
 
 
 def test_thaw_undoes_freezing_exactly():

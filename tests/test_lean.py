@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import frozen
-from frozen._lean import lean, unlean
+from frozen._lean import LeanConv, LeanNorm, lean, unlean
 
 # Folding changes the order of float operations: float32 outputs and input gradients agree
 # to ~1e-7 relative (measured max 1.4e-7 / 5.4e-7 on the 6-block middle below); asserted with margin.
@@ -131,9 +131,25 @@ def test_lean_refuses_parts_that_are_not_frozen_and_unlean_restores() -> None:
     assert not any("forward" in m.__dict__ for m in model.modules())
     frozen.freeze(model, "1")
     lean(model, "1")
-    assert sum("forward" in m.__dict__ for m in model.modules()) == 12  # 6 convolutions, 6 folded norms
+    lean_parts = [m for m in model.modules() if isinstance(m.__dict__.get("forward"), LeanConv | LeanNorm)]
+    assert len(lean_parts) == 12  # 6 convolutions, 6 folded norms
     clone = copy.deepcopy(model)
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(clone(x), model(x), **TOL)
     unlean(model)
-    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert not any(isinstance(m.__dict__.get("forward"), LeanConv | LeanNorm) for m in model.modules())
+
+
+def test_a_convolution_that_is_itself_a_frozen_root_is_made_lean_and_its_guard_comes_back() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    frozen.freeze(model, "0")
+    guard = model[0].__dict__["forward"]  # frozen's white-box guard at the root of the frozen part
+    lean(model, "0")
+    assert isinstance(model[0].__dict__["forward"], LeanConv)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    model(x).sum().backward()
+    assert x.grad is not None and model[0].weight.grad is None and model[2].weight.grad is not None
+    unlean(model)
+    assert model[0].__dict__["forward"] is guard
+    frozen.thaw(model)
+    assert "forward" not in model[0].__dict__

@@ -4,7 +4,7 @@ Both kinds of frozen use run through this module, so they agree exactly:
 
 * a :class:`~frozen.Frozen` wrapper calls :func:`call_frozen` from its ``forward``;
 * the root of a part frozen in place by :func:`frozen.freeze` carries a *guard*, a
-  forward pre-hook (:func:`guard_pre_hook`), installed by ``_record.install_guard``.
+  stand-in for its ``forward`` (:class:`GuardedForward`), installed by ``_record.install_guard``.
 
 The white box (contract S1, S12): during a frozen call, every parameter of the part
 that still requires grad (a tied parameter that trains through another use), and every
@@ -22,22 +22,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 __all__ = [
-    "Guard",
+    "GuardedForward",
     "Slots",
     "UsePlan",
     "call_frozen",
     "caller_dtype",
     "cast_floating",
     "detach_slots",
-    "guard_post_hook",
-    "guard_pre_hook",
     "keeps_training_flag",
     "restore_slots",
     "slots_intact",
@@ -90,29 +88,35 @@ def _differentiating() -> bool:
     return torch.is_grad_enabled() or torch._C._functorch.maybe_current_level() is not None
 
 
-@dataclass(eq=False)
-class Guard:
-    """The slots a frozen root guards, and the detached slots of the calls in progress."""
+class GuardedForward:
+    """Stands in for ``module.forward`` at the root of a part frozen in place (the guard).
 
-    slots: Slots
-    detach: frozenset[int]
-    active: list[Swapped] = field(default_factory=list)
+    An instance attribute, like the ``train`` stand-in: ``nn.Module.__call__`` keeps its fast
+    path (no hooks to dispatch), and a settled part whose slots hold their own parameters
+    costs one identity check per parameter. ``inner`` is the module's own instance
+    ``forward`` when it had one (Accelerate's hooks set one), else the class's.
+    """
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "active": []}  # calls in progress do not travel
+    def __init__(self, module: nn.Module, slots: Slots, detach: frozenset[int], inner: Any) -> None:
+        self.module, self.slots, self.detach, self.inner = module, slots, detach, inner
+        self.active = True  # False once thawed while something else wrapped this stand-in
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.active or (not self.detach and slots_intact(self.slots)) or not _differentiating():
+            return self.forward(*args, **kwargs)
+        swapped = detach_slots(self.slots, self.detach)
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            # Always put back: functional_call writes the slots' values back into the caller's
+            # dict when it ends, so no alias may outlive the call.
+            restore_slots(swapped)
 
-def guard_pre_hook(guard: Guard, module: nn.Module, args: Any) -> None:
-    """Forward pre-hook at the root of a part frozen in place (see the module docstring)."""
-    # Always restored by the forward hook: functional_call writes the slots' values back
-    # into the caller's dict when it ends, so no alias may outlive the call.
-    guard.active.append(detach_slots(guard.slots, guard.detach) if _differentiating() else [])
-
-
-def guard_post_hook(guard: Guard, module: nn.Module, args: Any, output: Any) -> None:
-    """Forward hook (always called) that restores what :func:`guard_pre_hook` detached."""
-    if guard.active:
-        restore_slots(guard.active.pop())
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The forward this stands in for."""
+        if self.inner is not None:
+            return self.inner(*args, **kwargs)
+        return type(self.module).forward(self.module, *args, **kwargs)
 
 
 @dataclass(eq=False)

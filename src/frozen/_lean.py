@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ._cache_part import Passthrough
+from ._call import GuardedForward
 from ._checks import check_model
 from ._errors import FrozenError, UnknownPathError, closest
 from ._fold import InputGradConv, fold, foldable, state_of
@@ -37,6 +38,7 @@ class LeanConv:
         self.state: tuple | None = None
         self.folded: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last: tuple[weakref.ref, int] | None = None  # the output the norm may pass through unchanged
+        self.own: Any = None  # frozen's guard it replaced, if any: unlean puts it back
 
     def __reduce__(self) -> tuple:
         return (Passthrough, (self.conv,))
@@ -142,8 +144,12 @@ def lean(model: nn.Module, *paths: str) -> nn.Module:
             )
     plans = [item for path in paths or ("",) for item in _plan(model, path)]
     for conv, norm in plans:
-        if not isinstance(conv.__dict__.get("forward"), LeanConv) and "forward" not in conv.__dict__:
+        existing = conv.__dict__.get("forward")
+        # frozen's own white-box guard may stand there (the convolution is the root of a frozen
+        # part): lean replaces it while lean and puts it back on unlean. Anything else is foreign.
+        if existing is None or isinstance(existing, GuardedForward):
             conv.__dict__["forward"] = lean_conv = LeanConv(conv, norm)
+            lean_conv.own = existing
             if norm is not None and "forward" not in norm.__dict__:
                 norm.__dict__["forward"] = LeanNorm(norm, lean_conv)
             elif norm is not None:
@@ -166,7 +172,11 @@ def unlean(model: nn.Module, *paths: str) -> nn.Module:
             continue
         found: Any = use.module.__dict__.get("forward")
         if isinstance(found, LeanConv | LeanNorm):
-            del use.module.__dict__["forward"]
+            own = found.own if isinstance(found, LeanConv) else None
+            if own is None:
+                del use.module.__dict__["forward"]
+            else:
+                use.module.__dict__["forward"] = own
             if isinstance(found, LeanConv):
                 found.last = None  # a norm left lean alone then runs its plain forward
     return model

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ._call import Guard, Slots, guard_post_hook, guard_pre_hook, keeps_training_flag
+from ._call import GuardedForward, Slots, keeps_training_flag
 
 __all__ = [
     "KEY",
@@ -114,8 +113,8 @@ class Record:
     tied_slots: tuple[tuple[nn.Module, str], ...] = ()  # slots frozen elsewhere because of it
     frozen_slots: dict[str, str] = field(default_factory=dict)  # own slots frozen here -> "tied" or "selected"
     storage: Storage | None = None
-    guard: Guard | None = None  # the white-box guard at the root of a frozen part
-    guard_handles: list[RemovableHandle] = field(default_factory=list)
+    guard: GuardedForward | None = None  # the white-box guard at the root of a frozen part
+    own_forward: Any = ABSENT  # the module's own instance attribute "forward", if any
     off_slots: set[str] = field(default_factory=set)  # own slots whose flag the library turned off
 
     @property
@@ -212,10 +211,7 @@ def unmark(module: nn.Module) -> tuple[tuple[nn.Module, str], ...]:
     record = record_of(module)
     assert record is not None and record.mode is not None
     if record.mode == "eval":
-        if record.own_train is ABSENT:
-            module.__dict__.pop("train", None)
-        else:
-            module.__dict__["train"] = record.own_train
+        _restore_attribute(module, "train", record.own_train)
         module.training = record.requested_training
     released, record.tied_slots = record.tied_slots, ()
     record.mode, record.own_train = None, ABSENT
@@ -239,32 +235,39 @@ def release_slot(owner: nn.Module, name: str) -> None:
 
 
 def install_guard(module: nn.Module, slots: Slots, detach: frozenset[int]) -> None:
-    """Put (or replace, or remove) the white-box guard at the root of a frozen part.
+    """Put, update or remove the white-box guard at the root of a frozen part.
 
-    The guard is a forward pre-hook that detaches, for the duration of the call, the
-    parameters of the part that still require grad (tied, ``tied="train"``) and any
-    tensor substituted for one of them (``torch.func.functional_call``); a forward hook
-    (always called) puts them back. No slot, no hook.
+    The guard stands in for the module's ``forward`` (:class:`~frozen._call.GuardedForward`):
+    for the duration of a call it detaches the parameters of the part that still require
+    grad (tied, ``tied="train"``) and any tensor substituted for one of them
+    (``torch.func.functional_call``). No slot, no guard. A module keeps one guard object:
+    another stand-in put in front of it since (``frozen.cache``, Accelerate) keeps calling
+    the same object, which is updated in place, or left as a pass-through when removed.
     """
     record = ensure_record(module) if slots else record_of(module)
     if record is None:
         return
-    if record.guard is not None and _same_slots(record.guard.slots, slots) and record.guard.detach == detach:
-        return  # unchanged: keep the hooks where they are in the module's hook order
-    for handle in record.guard_handles:
-        handle.remove()
-    record.guard, record.guard_handles = None, []
-    if slots:
-        guard = record.guard = Guard(slots, detach)
-        record.guard_handles.append(module.register_forward_pre_hook(partial(guard_pre_hook, guard)))
-        post = partial(guard_post_hook, guard)
-        record.guard_handles.append(module.register_forward_hook(post, always_call=True))
-    drop_if_empty(module)
+    guard = record.guard
+    if guard is None and slots:
+        record.own_forward = module.__dict__.get("forward", ABSENT)
+        record.guard = GuardedForward(module, slots, detach, record.own_forward)
+        module.__dict__["forward"] = record.guard
+    elif guard is not None and slots:
+        guard.slots, guard.detach, guard.active = slots, detach, True
+    elif guard is not None:
+        if module.__dict__.get("forward") is guard:
+            _restore_attribute(module, "forward", record.own_forward)
+        else:
+            guard.active = False  # something stands in front of it now: it passes calls through
+        record.guard, record.own_forward = None, ABSENT
+        drop_if_empty(module)
 
 
-def _same_slots(a: Slots, b: Slots) -> bool:
-    # By identity: tensors compare elementwise with ==.
-    return len(a) == len(b) and all(x[0] is y[0] and x[1] == y[1] and x[2] is y[2] for x, y in zip(a, b))
+def _restore_attribute(module: nn.Module, name: str, own: Any) -> None:
+    if own is ABSENT:
+        module.__dict__.pop(name, None)
+    else:
+        module.__dict__[name] = own
 
 
 def set_storage(module: nn.Module, storage: Storage | None) -> Storage | None:
