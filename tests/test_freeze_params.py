@@ -88,3 +88,27 @@ def test_bitfit_on_bert_trains_exactly_the_biases_and_the_head():
         assert moved == (key in trained), key
     frozen.thaw(model)
     assert [n for n, _ in frozen.named_trainable(model)] == everything
+
+
+def test_flux_trainable_weight_only_translated():
+    # Flux: `@layer Dense trainable=(weight,)` -- Optimisers.setup sees only the weights, and the
+    # bias never moves. frozen: freeze every bias by parameter selector.
+    model = net()
+    biases = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("bias")}
+    frozen.freeze(model, frozen.params("**.bias"))
+    assert [n for n, _ in frozen.named_trainable(model)] == ["0.weight", "2.weight"]
+    step(model)
+    assert all(torch.equal(p, biases[n]) for n, p in model.named_parameters() if n.endswith("bias"))
+    assert all(p.grad is None for n, p in model.named_parameters() if n.endswith("bias"))
+
+
+def test_lux_partial_freeze_of_one_layer_translated():
+    # Lux: `Lux.Experimental.freeze(dense, (:weight,))` -- the weight is a constant of that layer,
+    # the bias and the other layers train, and gradients still reach the input.
+    model = net()
+    frozen.freeze(model, "2.weight")
+    x = torch.randn(5, 3, requires_grad=True)
+    grads = frozen.grad(model(x).square().sum(), model)
+    assert grads["2.weight"] is None and grads["2.bias"] is not None and grads["0.weight"] is not None
+    model(x).square().sum().backward()
+    assert x.grad is not None and model[2].weight.grad is None
