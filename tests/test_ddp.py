@@ -215,6 +215,7 @@ def worker(rank: int, out_dir: str) -> None:
                 results[name] = {"error": traceback.format_exc()}
             dist.barrier()
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks done before either tears gloo down (else the peer may abort)
     finally:
         dist.destroy_process_group()
 

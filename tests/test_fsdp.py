@@ -115,6 +115,7 @@ def worker(rank: int, out_dir: str) -> None:
         except Exception:
             out = {"error": traceback.format_exc()}
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks done before either tears gloo down (else the peer may abort)
     finally:
         dist.destroy_process_group()
 

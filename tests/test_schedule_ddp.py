@@ -75,6 +75,7 @@ def worker(rank: int, out_dir: str) -> None:
     try:
         results = {name: scenario(rank) for name, scenario in SCENARIOS.items()}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks done before either tears gloo down (else the peer may abort)
     except Exception:
         with open(os.path.join(out_dir, f"rank{rank}.error"), "w") as f:
             f.write(traceback.format_exc())

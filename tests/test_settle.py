@@ -75,6 +75,7 @@ def ddp_worker(rank, world_size, out_dir):
             },
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
+        dist.barrier()  # both ranks done before either tears gloo down (else the peer may abort)
     finally:
         dist.destroy_process_group()
 
@@ -99,6 +100,7 @@ def ddp_unsettled_worker(rank, world_size, out_dir):
         except RuntimeError as error:
             message = str(error)
         torch.save(message, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks done before either tears gloo down (else the peer may abort)
     finally:
         dist.destroy_process_group()
 
