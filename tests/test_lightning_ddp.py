@@ -16,6 +16,7 @@ import lightning
 import pytest
 import torch
 from torch import nn
+from torch.multiprocessing.spawn import ProcessExitedException
 
 import frozen
 from frozen.integrations.lightning import FreezeCallback
@@ -81,7 +82,14 @@ def test_thaw_on_a_plan_under_ddp_spawn_keeps_every_rank_bit_identical(tmp_path)
         enable_model_summary=False,
         callbacks=[callback],
     )
-    trainer.fit(Net(str(report)), loader())
+    try:
+        trainer.fit(Net(str(report)), loader())
+    except ProcessExitedException as error:
+        # Now and then gloo aborts a rank while Lightning tears the spawned group down (after
+        # training, after the ranks were compared and the report written). A crash before the
+        # report exists is still a failure.
+        if "SIGABRT" not in str(error) or not report.exists():
+            raise
     result = json.loads(report.read_text())
     assert result["backbone_trained"], result
     assert result["ranks_equal"], result
