@@ -132,25 +132,7 @@ class GradualUnfreezing:
                 f"parameter's optimizer state, see frozen.optim.sync)."
             )
         check_optimizer(optimizer, "frozen.schedule.GradualUnfreezing")
-        if isinstance(stages, Stage) or not isinstance(stages, Iterable):
-            raise TypeError(
-                f"GradualUnfreezing(stages=...): expected a list of frozen.schedule.Stage objects, received "
-                f"{type(stages).__name__}. Wrap a single stage in a list: stages=[Stage(at=2, targets=('head',))]."
-            )
-        stages = list(stages)
-        for stage in stages:
-            if not isinstance(stage, Stage):
-                raise TypeError(
-                    f"GradualUnfreezing(stages=...): expected frozen.schedule.Stage objects, received {stage!r}. Write Stage(at=2, targets=('encoder.layer.11',))."
-                )
-            if not isinstance(stage.at, int) or stage.at < 1 or (stage.lr is not None and stage.lr_ratio is not None):
-                raise FrozenError(
-                    f"GradualUnfreezing(stages=...): stage {stage!r} is invalid: expected an int at >= 1 "
-                    f"(the number of step() calls before the thaw) and at most one of lr / lr_ratio. "
-                    f"Fix that stage; to train a part from the start, leave it unfrozen."
-                )
-        for stage in stages:  # a typo in a stage's targets fails now, not hours into training
-            select(model.module if isinstance(model, DistributedDataParallel) else model, *stage.targets)
+        stages = _checked_stages(stages, model)
         reserve_recompiles(compiled if compiled is not None else model, len({stage.at for stage in stages}))
         self.model, self.optimizer, self.reference_group = model, optimizer, reference_group
         self.state = state
@@ -305,3 +287,27 @@ class GradualUnfreezing:
             )
         self.count, self.applied = int(state["count"]), list(state["applied"])
         self.rates = {int(k): float(v) for k, v in state.get("rates", {}).items()}
+
+
+def _checked_stages(stages: object, model: nn.Module) -> list[Stage]:
+    """Validate ``stages`` (types, ``at``, rates, targets) before any change; return them as a list."""
+    if isinstance(stages, Stage) or not isinstance(stages, Iterable):
+        raise TypeError(
+            f"GradualUnfreezing(stages=...): expected a list of frozen.schedule.Stage objects, received "
+            f"{type(stages).__name__}. Wrap a single stage in a list: stages=[Stage(at=2, targets=('head',))]."
+        )
+    checked = list(stages)
+    for stage in checked:
+        if not isinstance(stage, Stage):
+            raise TypeError(
+                f"GradualUnfreezing(stages=...): expected frozen.schedule.Stage objects, received {stage!r}. "
+                f"Write Stage(at=2, targets=('encoder.layer.11',))."
+            )
+        if not isinstance(stage.at, int) or stage.at < 1 or (stage.lr is not None and stage.lr_ratio is not None):
+            raise FrozenError(
+                f"GradualUnfreezing(stages=...): stage {stage!r} is invalid: expected an int at >= 1 "
+                f"(the number of step() calls before the thaw) and at most one of lr / lr_ratio. "
+                f"Fix that stage; to train a part from the start, leave it unfrozen."
+            )
+        select(model, *stage.targets)  # a typo in a stage's targets fails now, not hours into training
+    return checked
