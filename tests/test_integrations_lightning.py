@@ -5,20 +5,13 @@ from __future__ import annotations
 import lightning
 import pytest
 import torch
+from lightning_runs import QUIET, loader, trainer
 from torch import nn
 
 import frozen
 from frozen.integrations.lightning import FreezeCallback
 
-# Lightning's own advice for tiny CPU runs, not about frozen: keep them out of the error filter.
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*number of training batches.*is smaller than the logging interval:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*GPU available but not used:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*tensorboardX.*:UserWarning"),
-    # lightning 2.6 calls a torch.utils._pytree API that torch 2.13 deprecates.
-    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated:FutureWarning"),
-]
+pytestmark = QUIET
 
 
 class Net(lightning.LightningModule):
@@ -41,24 +34,8 @@ class Net(lightning.LightningModule):
         return torch.optim.Adam(params, lr=0.05)
 
 
-def loader():
-    g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.randn(32, 4, generator=g), torch.randint(0, 2, (32,), generator=g))
-    return torch.utils.data.DataLoader(data, batch_size=8)
-
-
 def fit(model, callback, epochs=2):
-    trainer = lightning.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    )
-    trainer.fit(model, loader())
-    return trainer
+    return fit_with(model, [callback], epochs)
 
 
 def optimizer_ids(trainer) -> set[int]:
@@ -115,27 +92,16 @@ def test_resume_from_a_checkpoint_after_a_thaw_continues_exactly(tmp_path):
     def stage():
         return frozen.schedule.Stage(1, ("backbone.3",), lr_ratio=0.1, name="backbone.3")
 
-    def trainer(epochs, callback):
-        return lightning.Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[callback],
-        )
-
     straight = Net()
-    trainer(3, FreezeCallback("backbone", unfreeze=[stage()])).fit(straight, loader())
+    trainer([FreezeCallback("backbone", unfreeze=[stage()])], 3).fit(straight, loader())
 
     first = Net()
-    run = trainer(2, FreezeCallback("backbone", unfreeze=[stage()]))
+    run = trainer([FreezeCallback("backbone", unfreeze=[stage()])], 2)
     run.fit(first, loader())
     run.save_checkpoint(tmp_path / "after-thaw.ckpt")
 
     resumed = Net()  # a fresh model and callback, as in a new process
-    again = trainer(3, FreezeCallback("backbone", unfreeze=[stage()]))
+    again = trainer([FreezeCallback("backbone", unfreeze=[stage()])], 3)
     again.fit(resumed, loader(), ckpt_path=tmp_path / "after-thaw.ckpt")
     assert frozen.is_frozen(resumed, "backbone.0") and not frozen.is_frozen(resumed, "backbone.3")
     assert optimizer_ids(again) == {id(p) for p in frozen.trainable(resumed)}
@@ -187,18 +153,9 @@ class HeadOnly(Net):
 
 
 def fit_with(model, callbacks, epochs, **kwargs):
-    trainer = lightning.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        **kwargs,
-    )
-    trainer.fit(model, loader())
-    return trainer
+    run = trainer(callbacks, epochs, **kwargs)
+    run.fit(model, loader())
+    return run
 
 
 def test_backbone_finetuning_preset_gives_lightnings_rates_epoch_for_epoch():
@@ -270,21 +227,13 @@ class LateBackbone(Net):
 
 def test_modules_made_in_configure_model_can_be_targeted():
     model = LateBackbone()
-    trainer = lightning.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[FreezeCallback("backbone")],
-    )
+    run = trainer([FreezeCallback("backbone")], 1)
     model.configure_model()
     before = snapshot(model.backbone)
     del model.backbone
-    trainer.fit(model, loader())
+    run.fit(model, loader())
     assert same(before, model.backbone)
-    assert optimizer_ids(trainer) == {id(p) for p in model.head.parameters()}
+    assert optimizer_ids(run) == {id(p) for p in model.head.parameters()}
 
 
 def test_a_missing_target_still_fails_clearly_without_configure_model():

@@ -13,22 +13,15 @@ import json
 from pathlib import Path
 
 import lightning
-import pytest
 import torch
+from lightning_runs import QUIET, loader, trainer
 from torch import nn
 from torch.multiprocessing.spawn import ProcessExitedException
 
 import frozen
 from frozen.integrations.lightning import FreezeCallback
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*number of training batches.*is smaller than the logging interval:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*GPU available but not used:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*tensorboardX.*:UserWarning"),
-    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated:FutureWarning"),
-    pytest.mark.filterwarnings("ignore:.*ddp_spawn.*:UserWarning"),
-]
+pytestmark = QUIET
 
 
 class Net(lightning.LightningModule):
@@ -62,28 +55,11 @@ class Net(lightning.LightningModule):
             Path(self.report).write_text(json.dumps(result))
 
 
-def loader():
-    g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g))
-    return torch.utils.data.DataLoader(data, batch_size=8)
-
-
 def test_thaw_on_a_plan_under_ddp_spawn_keeps_every_rank_bit_identical(tmp_path):
     report = tmp_path / "report.json"
     callback = FreezeCallback("backbone", unfreeze=[frozen.schedule.Stage(1, ("backbone",), lr_ratio=0.1)])
-    trainer = lightning.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    )
     try:
-        trainer.fit(Net(str(report)), loader())
+        trainer([callback], 3, devices=2, strategy="ddp_spawn").fit(Net(str(report)), loader(64))
     except ProcessExitedException as error:
         # Now and then gloo aborts a rank while Lightning tears the spawned group down (after
         # training, after the ranks were compared and the report written). A crash before the
