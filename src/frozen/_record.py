@@ -4,15 +4,18 @@ Everything the library knows about a module's freeze state lives in one
 :class:`Record` under ``module.__dict__["_frozen"]``: whether the module is frozen in
 place and how (mode, tied policy, the train/eval mode its parent last asked for), the
 parameter slots of this module frozen at this slot only, the slots frozen elsewhere
-because of it, its storage dtype, and the guard hooks at the root of a frozen part.
+because of it, its storage dtype, and the white-box guard (a stand-in for
+``forward``) at the root of a frozen part.
 Other modules read it through :func:`record_of` and never write it.
 
 One fact is not per module: *which flags the library itself turned off*. That is
 owned by the parameter object (contract S14), in a registry keyed by identity, so it
 survives a parameter moving to another module (``torch.nn.utils.parametrize``
-registering or removing a parametrization while frozen). Records carry the entries
-of their own parameters through ``copy.deepcopy`` and ``torch.save`` (a parameter
-cannot: ``Parameter.__deepcopy__`` drops Python attributes).
+registering or removing a parametrization while frozen). Every slot that holds such a
+parameter also names it in its owner's record (``off_slots``): that is what travels
+through ``copy.deepcopy`` and ``torch.save`` (a parameter cannot carry it:
+``Parameter.__deepcopy__`` drops Python attributes), and a new object found in such a
+slot inherits the entry.
 
 All writes happen under :data:`LOCK`, so two threads freezing disjoint parts of one
 model cannot lose each other's entries.
@@ -128,17 +131,6 @@ class Record:
             and self.guard is None
             and not self.off_slots
         )
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        # The library's own switched-off flags travel with the parameters they describe.
-        state["switched_off"] = [p for p in self.module._parameters.values() if p is not None and switched_off(p)]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for param in state.pop("switched_off", ()):
-            set_switched_off(param, True)
-        self.__dict__.update(state)
 
 
 def record_of(module: nn.Module) -> Record | None:

@@ -30,8 +30,8 @@ def thaw(model: nn.Module, *targets: Selector, exclude: Any = ()) -> nn.Module:
     Each selected module frozen in place gets back exactly what freezing changed: its
     parameters train again (``requires_grad`` flags the *user* turned off stay off),
     its ``train``/``eval`` follows its parent again (it takes the mode last asked of
-    it), its hooks are removed, and parameters frozen at other uses because of it
-    (``tied="freeze"``) train there again. A selected parameter frozen at its slot
+    it), its guard and boundary hooks are removed, and parameters frozen at other uses
+    because of it (``tied="freeze"``) train there again. A selected parameter frozen at its slot
     thaws there. Then the model is settled.
 
     * No targets: everything frozen in place is thawed (frozen rows included).
