@@ -79,6 +79,8 @@ def test_lean_middle_saves_half_and_trains_like_the_ideal() -> None:
     [
         lambda: nn.Conv1d(4, 6, 3, stride=2, padding=1),
         lambda: nn.Conv2d(4, 6, 3, dilation=2, groups=2, bias=False),
+        # stride 3 over 9 columns: the last window ends before the input does (output padding 2)
+        lambda: nn.Conv2d(4, 6, 3, stride=(2, 3), padding=1),
         lambda: nn.Conv3d(4, 6, 2, stride=(1, 2, 1)),
     ],
 )
