@@ -132,13 +132,14 @@ def _cached_builder(
             params, _ = apply_variant(model, parts(setup), "ideal" if variant == "ideal" else "freeze")
         optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
         handle = cache(model, *cached(setup), budget="4GB", store="device") if variant.startswith("cache") else None
-        if variant == "cache":  # epochs 2+: one pass over the dataset filled the store
+        first = epochs.next()  # the probe's batch: the same samples in every variant
+        epochs.queue.clear()
+        epochs.generator.manual_seed(0)
+        if variant == "cache":  # epochs 2+: one pass over the dataset (epoch 1's order) filled the store
             with torch.no_grad():
                 for _ in range(len(epochs)):
                     loss_fn(model, epochs.next())
-        first = epochs.next()
-        epochs.queue.clear()
-        epochs.generator.manual_seed(0)
+            epochs.generator.manual_seed(0)
 
         def step() -> None:
             if variant == "cache (fill)" and handle is not None:
