@@ -124,6 +124,22 @@ def test_fold_follows_every_change_of_conv_or_norm() -> None:
     assert model[1][0][0].weight.grad is not None and model[1][0][1].weight.grad is not None
 
 
+def test_a_new_storage_at_the_old_address_refolds() -> None:
+    # What the allocator does after .half().float(): param.data replaced (``_version`` unchanged) by a
+    # storage at the freed address. Built here without the allocator's luck: two storages over one buffer.
+    model = frozen.freeze(_middle(), "1")
+    lean(model, "1")
+    conv = model[1][0][0]
+    buffer = conv.weight.detach().numpy().copy()
+    conv.weight.data = torch.from_numpy(buffer)
+    x = torch.randn(2, 8, 16, 16)
+    model[1](x)  # folded from these values
+    buffer *= 1.5
+    conv.weight.data = torch.from_numpy(buffer)  # another storage object, same address, same _version
+    reference = frozen.unlean(copy.deepcopy(model))
+    torch.testing.assert_close(model[1](x), reference[1](x), **TOL)
+
+
 def test_lean_refuses_parts_that_are_not_frozen_and_unlean_restores() -> None:
     model = _middle()
     with pytest.raises(frozen.FrozenError, match="'1' is not frozen"):

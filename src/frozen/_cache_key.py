@@ -10,25 +10,25 @@ unlike an explicit sample-id API it cannot be wrong when augmentation changes a 
 
 Tensors returned by a cache carry *derived* keys (a hash of the producing call's key),
 kept in a small identity memo; the next cached part that receives such a tensor
-unchanged (same object, same ``_version``) reuses them instead of hashing its bytes,
+unchanged (same object and storage, same ``_version``) reuses them instead of hashing its bytes,
 which makes a chain of cached layers cost one hash per step.
 """
 
 from __future__ import annotations
 
 import hashlib
-import weakref
 from typing import Any
 
 import torch
 
 from ._errors import FrozenError
+from ._tensor_state import same_tensor, tensor_entry
 
 __all__ = ["CacheError", "CallKeys", "call_keys", "derive", "remember"]
 
 _DIGEST = 16
 _STATIC = (type(None), bool, int, float, str, torch.dtype, torch.device)
-_MEMO: dict[int, tuple[weakref.ref, int, list[bytes]]] = {}
+_MEMO: dict[int, tuple[tuple[Any, ...], list[bytes]]] = {}
 _MEMO_SIZE = 256
 
 
@@ -48,8 +48,8 @@ class CallKeys:
 def _row_digests(tensor: torch.Tensor, rows: int) -> list[bytes]:
     """BLAKE2b digest of each row of ``tensor`` (dim 0), over dtype, row shape and bytes."""
     found = _MEMO.get(id(tensor))
-    if found is not None and found[0]() is tensor and found[1] == tensor._version:
-        return found[2]
+    if found is not None and same_tensor(found[0], tensor):
+        return found[1]
     flat = tensor.detach().cpu().contiguous().reshape(rows, -1)
     if flat.dtype is torch.bool:
         flat = flat.to(torch.uint8)
@@ -134,4 +134,4 @@ def remember(tensor: torch.Tensor, keys: list[bytes]) -> None:
         # Drop the oldest half: memo entries only save hashing, they are never needed.
         for stale in list(_MEMO)[: _MEMO_SIZE // 2]:
             del _MEMO[stale]
-    _MEMO[id(tensor)] = (weakref.ref(tensor), tensor._version, keys)
+    _MEMO[id(tensor)] = (tensor_entry(tensor), keys)

@@ -5,13 +5,14 @@
 sample by its inputs (``_cache_key.py``), replays stored rows and runs the part on the
 samples it has not seen, as one smaller batch.
 
-Nothing in the core calls this module. Instead, each call compares a cheap fingerprint
-of the part -- for every parameter and buffer its identity, ``_version``, data pointer,
-dtype, device and ``requires_grad``, and every submodule's ``training`` flag -- with the
-one its entries were computed under. ``thaw`` (flags), ``load_state_dict`` and in-place
-updates (``_version``), ``.to(dtype/device)`` (pointer, dtype, device) and
-``frozen.load_state`` all change it, and the part's entries are dropped before any is
-returned. Writes through ``.data`` bypass ``_version``: call ``handle.clear()`` after those.
+Nothing in the core calls this module. Instead, each call compares a snapshot of the
+part -- every parameter and buffer (object, storage object, ``_version``, dtype, device,
+``requires_grad``; see ``_tensor_state.py``) and every submodule's ``training`` flag --
+with the one its entries were computed under. ``thaw`` (flags), ``load_state_dict`` and
+in-place updates (``_version``), ``.to()``/``.half()``/``.cuda()`` (new storage objects)
+and ``frozen.load_state`` all change it, and the part's entries are dropped before any
+is returned. Writes through ``.data`` into the same storage are invisible to torch
+itself: call ``handle.clear()`` after those.
 """
 
 from __future__ import annotations
@@ -26,16 +27,19 @@ from torch import nn
 from ._cache_key import CacheError, call_keys, derive, remember
 from ._cache_out import assemble, flatten, rebuild
 from ._query import trainable_ids
+from ._tensor_state import TensorState
 
 __all__ = ["COUNTERS", "Part", "Passthrough"]
 
 COUNTERS = ("calls", "hits", "misses", "forwards", "invalidations", "bypassed")
 
 
-def _fingerprint(module: nn.Module) -> tuple:
-    tensors = [*module.parameters(), *module.buffers()]
-    state = [(id(t), t._version, t.data_ptr(), t.dtype, t.device, t.requires_grad) for t in tensors]
-    return (*state, tuple(m.training for m in module.modules()))
+def _tensors(module: nn.Module) -> list[torch.Tensor]:
+    return [*module.parameters(), *module.buffers()]
+
+
+def _flags(module: nn.Module) -> tuple[bool, ...]:
+    return tuple(m.training for m in module.modules())
 
 
 class Passthrough:
@@ -56,7 +60,7 @@ class Part:
         self.prefix = index.to_bytes(4, "little")
         self.model = weakref.ref(model)
         self.own_forward = module.__dict__.get("forward")  # restored by uncache
-        self.fingerprint: tuple | None = None
+        self.fingerprint: TensorState | None = None
         self.bypass = False
         self.token = os.urandom(16)
         self.counts = dict.fromkeys(COUNTERS, 0)
@@ -70,9 +74,9 @@ class Part:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.counts["calls"] += 1
-        fingerprint = _fingerprint(self.module)
-        if fingerprint != self.fingerprint:
-            self._revalidate(fingerprint)
+        tensors, flags = _tensors(self.module), _flags(self.module)
+        if self.fingerprint is None or not self.fingerprint.matches(tensors, flags):
+            self._revalidate(TensorState(tensors, flags))
         if self.bypass:
             self.counts["bypassed"] += 1
             self.counts["forwards"] += 1
@@ -109,7 +113,7 @@ class Part:
             self.handle.store.put(self.prefix + key, tuple(leaf[j] for leaf in leaves), spec)
         return output, spec, leaves
 
-    def _revalidate(self, fingerprint: tuple) -> None:
+    def _revalidate(self, fingerprint: TensorState) -> None:
         """Drop this part's entries; decide whether it may be cached now (thawed: pass through)."""
         self.handle.store.drop(keep=lambda key: not key.startswith(self.prefix))
         self.counts["invalidations"] += self.fingerprint is not None

@@ -4,7 +4,8 @@ In inference behaviour ``bn(conv(x)) == conv'(x)`` with ``w' = w * s``, ``b' = (
 and ``s = gamma / sqrt(var + eps)`` per output channel: one convolution instead of a
 convolution and a normalisation, and nothing saved for the normalisation's backward.
 The folded weights are computed in float64, cast to the weight's type, and recomputed
-whenever a fingerprint of either module changes (``load_state_dict``, ``.to()``, thaw).
+whenever either module's tensors or flags change (``load_state_dict``, ``.to()``, thaw; see
+``_tensor_state.py``).
 
 :class:`InputGradConv` is a convolution whose backward computes the input gradient
 only, so it saves the weight and the input's *shape*, not the input itself (torch's
@@ -22,14 +23,10 @@ from torch import nn
 __all__ = ["InputGradConv", "fold", "foldable", "state_of"]
 
 
-def state_of(*modules: nn.Module) -> tuple:
-    """A fingerprint of the modules' parameters, buffers and flags: changes whenever any of them changes."""
-    parts: list[Any] = []
-    for module in modules:
-        tensors = [*module.parameters(), *module.buffers()]
-        parts += [(id(t), t._version, t.data_ptr(), t.dtype, t.device, t.requires_grad) for t in tensors]
-        parts.append((module.training, getattr(module, "eps", None)))
-    return tuple(parts)
+def state_of(*modules: nn.Module) -> tuple[list[torch.Tensor], tuple]:
+    """The modules' parameters and buffers, and the flags folding reads: what a :class:`TensorState` records."""
+    tensors = [t for module in modules for t in (*module.parameters(), *module.buffers())]
+    return tensors, tuple((module.training, getattr(module, "eps", None)) for module in modules)
 
 
 def foldable(norm: nn.Module) -> bool:

@@ -6,7 +6,7 @@ BatchNorm into the convolution just before it in an ``nn.Sequential`` (one opera
 instead of two, nothing saved for the normalisation). Like :func:`frozen.cache` it sets
 an instance ``forward`` on those modules -- no new module, same tree, same
 ``state_dict``. Every call checks the modules are still frozen (else it runs the plain
-forward) and refolds when a fingerprint of the convolution or the norm changed. See
+forward) and refolds when a tensor or flag of the convolution or the norm changed. See
 ``docs/cache.md`` for the measurements behind making this opt-in.
 """
 
@@ -23,6 +23,7 @@ from ._call import GuardedForward
 from ._checks import check_model
 from ._errors import FrozenError, UnknownPathError, closest
 from ._fold import InputGradConv, fold, foldable, state_of
+from ._tensor_state import TensorState
 from ._tree import iter_module_uses
 
 __all__ = ["lean", "unlean"]
@@ -35,7 +36,7 @@ class LeanConv:
 
     def __init__(self, conv: Any, norm: nn.Module | None) -> None:
         self.conv, self.norm = conv, norm
-        self.state: tuple | None = None
+        self.state: TensorState | None = None
         self.folded: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last: tuple[weakref.ref, int] | None = None  # the output the norm may pass through unchanged
         self.own: Any = None  # frozen's guard it replaced, if any: unlean puts it back
@@ -51,9 +52,9 @@ class LeanConv:
         weight, bias = conv.weight, conv.bias
         folding = self.norm is not None and foldable(self.norm)
         if folding:
-            state = state_of(conv, self.norm)  # type: ignore[arg-type]
-            if state != self.state or self.folded is None:
-                self.folded, self.state = fold(conv, self.norm), state
+            tensors, flags = state_of(conv, self.norm)  # type: ignore[arg-type]
+            if self.state is None or self.folded is None or not self.state.matches(tensors, flags):
+                self.folded, self.state = fold(conv, self.norm), TensorState(tensors, flags)
             weight, bias = self.folded
         if x.requires_grad and torch.is_grad_enabled():
             args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)

@@ -1,0 +1,169 @@
+"""The library's promises on a CUDA device: ``python benchmarks/gpu_check.py`` (run by ``gpu.sh``).
+
+The test suite runs on CPU only (CI has no GPU), so this script checks on a lent card
+what only a card exercises: cuDNN convolutions in a lean middle (the transposed
+convolution as input gradient, output padding included), a bf16 frozen part that keeps
+its storage type across ``.to()`` moves between devices, cache stores on the device, on
+the host and on disk with a device move invalidating them, autocast switched off inside
+a frozen wrapper, and a compiled step. Every check trains with real steps and asserts
+frozen tensors bit-identical, frozen gradients ``None`` and trainable tensors changed.
+It prints one line per check and exits 1 if any fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import tempfile
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import frozen  # noqa: E402
+
+# GPU_CHECK_DEVICE=cpu: a dry run of the script itself on a machine without a card.
+CUDA = torch.device(os.environ.get("GPU_CHECK_DEVICE", "cuda"))
+CHECKS: list[Callable[[], str]] = []
+
+
+def check(function: Callable[[], str]) -> Callable[[], str]:
+    CHECKS.append(function)
+    return function
+
+
+def _train(model: nn.Module, inputs: torch.Tensor, steps: int = 3) -> None:
+    optimizer = torch.optim.AdamW(frozen.trainable(model), lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        model(inputs).float().square().mean().backward()
+        optimizer.step()
+
+
+def _frozen_kept(model: nn.Module, part: str, before: dict[str, torch.Tensor]) -> None:
+    module = model.get_submodule(part)
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, before[key]), f"{part}.{key} changed"
+    assert all(p.grad is None for p in module.parameters()), f"{part} has gradients"
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+@check
+def freeze_and_train_on_cuda() -> str:
+    model = frozen.freeze(_mlp().to(CUDA), "0", "2")
+    before = {p: copy.deepcopy(model.get_submodule(p).state_dict()) for p in ("0", "2")}
+    head = model[4].weight.detach().clone()
+    _train(model, torch.randn(8, 16, device=CUDA))
+    for part in ("0", "2"):
+        _frozen_kept(model, part, before[part])
+    assert not torch.equal(model[4].weight, head), "the trainable head did not change"
+    return "frozen parts bit-identical, head trained"
+
+
+@check
+def low_precision_storage_survives_device_moves() -> str:
+    model = frozen.freeze(_mlp(), "2", dtype=torch.bfloat16).to(CUDA)
+    assert model[2].weight.dtype == torch.bfloat16 and model[2].weight.device.type == CUDA.type
+    model.float().cpu().to(CUDA)
+    assert model[2].weight.dtype == torch.bfloat16, "the frozen part lost its storage type"
+    assert model[0].weight.dtype == torch.float32
+    before = copy.deepcopy(model[2].state_dict())
+    with torch.autocast(
+        CUDA.type, dtype=torch.float16 if CUDA.type == "cuda" else torch.bfloat16
+    ):  # the part runs in its own type, autocast off inside
+        _train(model, torch.randn(8, 16, device=CUDA))
+    _frozen_kept(model, "2", before)
+    return "bf16 part kept its type across .float()/.cpu()/.to(cuda) and under autocast"
+
+
+@check
+def lean_middle_matches_torch_with_cudnn() -> str:
+    torch.backends.cudnn.allow_tf32 = False  # compare float32 with float32
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Conv2d(8, 8, 3, stride=s, padding=1), nn.BatchNorm2d(8), nn.ReLU()) for s in (1, 2, 3)]
+    reference = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), *blocks).to(CUDA)
+    for module in reference.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    reference.eval()
+    model = frozen.lean(frozen.freeze(copy.deepcopy(reference), "1", "2", "3"), "1", "2", "3")
+    x = torch.randn(4, 3, 19, 19, device=CUDA)
+    grads = []
+    for net in (reference, model):
+        net[0].weight.grad = None
+        net(x).square().sum().backward()
+        grads.append(net[0].weight.grad)
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+    return "outputs and the stem's gradient equal torch's (strides 1-3, output padding)"
+
+
+@check
+def cache_stores_on_cuda_hit_and_invalidate() -> str:
+    results = []
+    for store in ("device", "cpu", "disk"):
+        model = frozen.freeze(_mlp().to(CUDA), "0")
+        with tempfile.TemporaryDirectory() as directory:
+            handle = frozen.cache(model, "0", store=store, budget="16MB", path=directory if store == "disk" else None)
+            x = torch.randn(8, 16, device=CUDA)
+            plain = model[0].__class__.forward(model[0], x)
+            first, second = model(x), model(x[torch.randperm(8, device=CUDA)])
+            stats = handle.stats()["0"]
+            assert stats["hits"] == 8 and stats["misses"] == 8, stats
+            torch.testing.assert_close(model[0](x), plain, rtol=0, atol=0)
+            if CUDA.type == "cuda":
+                model.cpu().to(CUDA)  # a device move drops the entries: the next call recomputes
+            else:
+                model.double().float()  # the dry run's stand-in for a move
+            model(x)
+            assert handle.stats()["0"]["misses"] == 16, handle.stats()
+            assert first.device.type == second.device.type == CUDA.type
+            frozen.uncache(model)
+        results.append(store)
+    return f"stores {', '.join(results)}: shuffled batch hit, exact, a move invalidated"
+
+
+@check
+def compiled_step_keeps_frozen_parts() -> str:
+    model = frozen.freeze(_mlp().to(CUDA), "0")
+    before = copy.deepcopy(model[0].state_dict())
+    compiled = torch.compile(model)
+    _train(compiled, torch.randn(8, 16, device=CUDA))
+    _frozen_kept(model, "0", before)
+    frozen.thaw(model, "0")
+    _train(compiled, torch.randn(8, 16, device=CUDA), steps=1)
+    assert not torch.equal(model[0].weight, before["weight"]), "the thawed part did not train after thaw"
+    return "compiled steps left the frozen part bit-identical; after thaw it trained"
+
+
+def main() -> int:
+    if CUDA.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device", file=sys.stderr)
+        return 3
+    name = torch.cuda.get_device_name() if CUDA.type == "cuda" else "cpu (dry run)"
+    print(f"gpu_check: torch {torch.__version__} on {name}", flush=True)
+    failed = 0
+    for function in CHECKS:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", frozen.RecompileWarning)
+                print(f"  ok   {function.__name__}: {function()}", flush=True)
+        except Exception:  # every check runs; the report names each failure
+            failed += 1
+            print(f"  FAIL {function.__name__}:\n{traceback.format_exc()}", flush=True)
+    print(f"gpu_check: {len(CHECKS) - failed} of {len(CHECKS)} checks passed", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

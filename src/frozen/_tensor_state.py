@@ -1,0 +1,72 @@
+"""Whether a module's tensors may have changed since a moment: a snapshot that cannot be fooled.
+
+A cached part's stored outputs and a lean convolution's folded weights are valid only
+while the part's parameters and buffers hold the values they were computed from. A
+fingerprint of ``(id, _version, data_ptr, dtype, device)`` misses changes: ``Module._apply``
+(``.to()``, ``.half()``, ``.float()``, ``.cuda()``) replaces ``param.data`` without
+bumping ``_version``, and the allocator often hands the new storage the address the
+old one just freed -- after ``model.half().float()`` a cached part returned its old
+full-precision outputs for 11 of 50 seeds. ``id`` can be reused the same way after
+``load_state_dict(assign=True)``.
+
+So a :class:`TensorState` keeps *weak references* to every tensor and to its storage
+object (torch keeps one Python object per live storage): a replaced tensor or a new
+storage is a different object even at the same address, and holding only weak
+references keeps no memory alive (``model.cpu()`` still frees the card). In-place
+writes are caught by ``_version``; writes through ``.data`` on the same storage are not
+(torch itself does not track them): drop a cache with ``handle.clear()`` after those.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+__all__ = ["TensorState", "same_tensor", "tensor_entry"]
+
+
+def _storage_ref(tensor: torch.Tensor) -> weakref.ref | None:
+    try:
+        return weakref.ref(tensor.untyped_storage())
+    except (RuntimeError, NotImplementedError, TypeError):  # tensor subclasses without a storage
+        return None
+
+
+def tensor_entry(tensor: torch.Tensor) -> tuple[Any, ...]:
+    """What :func:`same_tensor` compares: weak references to the tensor and its storage, and its metadata."""
+    return (weakref.ref(tensor), _storage_ref(tensor), tensor._version, tensor.dtype, tensor.device,
+            tensor.requires_grad, tensor.storage_offset(), tensor.shape)  # fmt: skip
+
+
+def same_tensor(entry: tuple[Any, ...], tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is the object :func:`tensor_entry` recorded, on the same storage, unmodified since."""
+    tensor_ref, storage_ref, *rest = entry
+    if tensor_ref() is not tensor:
+        return False
+    if storage_ref is not None and storage_ref() is not tensor.untyped_storage():
+        return False
+    return rest == [tensor._version, tensor.dtype, tensor.device, tensor.requires_grad,
+                    tensor.storage_offset(), tensor.shape]  # fmt: skip
+
+
+class TensorState:
+    """The parameters and buffers of some modules, plus flags, at one moment (see the module docstring)."""
+
+    __slots__ = ("entries", "flags")
+
+    def __init__(self, tensors: Iterable[torch.Tensor], flags: tuple) -> None:
+        self.entries = [tensor_entry(t) for t in tensors]
+        self.flags = flags
+
+    def matches(self, tensors: Iterable[torch.Tensor], flags: tuple) -> bool:
+        """Whether ``tensors`` are the recorded ones, unchanged, and the flags are equal."""
+        if flags != self.flags:
+            return False
+        count = 0
+        for count, tensor in enumerate(tensors, 1):
+            if count > len(self.entries) or not same_tensor(self.entries[count - 1], tensor):
+                return False
+        return count == len(self.entries)
