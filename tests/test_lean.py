@@ -171,3 +171,24 @@ def test_a_convolution_that_is_itself_a_frozen_root_is_made_lean_and_its_guard_c
     assert model[0].__dict__["forward"] is guard
     frozen.thaw(model)
     assert "forward" not in model[0].__dict__
+
+
+def test_a_lean_convolution_after_relu_uses_torch_convolution_and_saves_nothing_more() -> None:
+    # ReLU keeps its output for backward: a convolution saving that same storage adds no bytes, so the
+    # lean path takes torch's own convolution there (no Python autograd function); elsewhere it must not.
+    from frozen._fold import kept_by_producer
+
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    conv = nn.Conv2d(4, 4, 3)
+    assert kept_by_producer(torch.relu(x * 2)) and kept_by_producer((x * 2).relu_())
+    assert not kept_by_producer(x) and not kept_by_producer(conv(x)) and not kept_by_producer(x * 2)
+    model = frozen.freeze(nn.Sequential(nn.ReLU(), nn.Conv2d(4, 4, 3)), "1")
+    reference = copy.deepcopy(model)
+    lean(model, "1")
+    saved, got = _saved_bytes(model, x * 2)
+    ideal_saved, want = _saved_bytes(reference, x * 2)
+    assert got.grad_fn is not None and "Convolution" in type(got.grad_fn).__name__
+    assert saved == ideal_saved  # the ReLU's output, counted once: nothing added
+    (got_grad,) = torch.autograd.grad(got.square().sum(), x)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
+    torch.testing.assert_close(got_grad, want_grad, **TOL)

@@ -20,13 +20,30 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["InputGradConv", "fold", "foldable", "state_of"]
+__all__ = ["InputGradConv", "fold", "foldable", "kept_by_producer", "state_of"]
 
 
 def state_of(*modules: nn.Module) -> tuple[list[torch.Tensor], tuple]:
-    """The modules' parameters and buffers, and the flags folding reads: what a :class:`TensorState` records."""
-    tensors = [t for module in modules for t in (*module.parameters(), *module.buffers())]
-    return tensors, tuple((module.training, getattr(module, "eps", None)) for module in modules)
+    """The leaf modules' own parameters and buffers, and the flags folding reads (see :class:`TensorState`)."""
+    # The modules are leaves (a convolution, a BatchNorm): their own dicts, no recursive walk per call.
+    tensors = [t for m in modules for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
+    return tensors, tuple((m.training, getattr(m, "eps", None)) for m in modules)
+
+
+def kept_by_producer(x: torch.Tensor) -> bool:
+    """Whether the op that produced ``x`` keeps ``x`` itself for its backward (ReLU, tanh, sigmoid...).
+
+    A convolution saving such an input adds no bytes (the storage is kept anyway), so torch's
+    own convolution, with no Python autograd function around it, is then the cheaper choice.
+    """
+    node = x.grad_fn
+    if node is None:
+        return False
+    try:
+        saved = getattr(node, "_saved_result", None)
+    except RuntimeError:  # freed by an earlier backward
+        return False
+    return isinstance(saved, torch.Tensor) and saved.untyped_storage() is x.untyped_storage()
 
 
 def foldable(norm: nn.Module) -> bool:

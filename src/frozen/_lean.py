@@ -22,7 +22,7 @@ from ._cache_part import Passthrough
 from ._call import GuardedForward
 from ._checks import check_model
 from ._errors import FrozenError, UnknownPathError, closest
-from ._fold import InputGradConv, fold, foldable, state_of
+from ._fold import InputGradConv, fold, foldable, kept_by_producer, state_of
 from ._tensor_state import TensorState
 from ._tree import iter_module_uses
 
@@ -32,36 +32,48 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class LeanConv:
-    """The ``forward`` of a lean convolution, with the BatchNorm after it folded in (if any)."""
+    """The ``forward`` of a lean convolution, with the BatchNorm after it folded in (if any).
+
+    What a call needs (plain or lean, folded weights, convolution arguments) is worked out
+    once per state of the two modules and reused while a :class:`TensorState` snapshot of
+    them matches: the per-call cost is that comparison, not the checks and the fold.
+    """
 
     def __init__(self, conv: Any, norm: nn.Module | None) -> None:
         self.conv, self.norm = conv, norm
         self.state: TensorState | None = None
-        self.folded: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.plain = False  # thawed: the convolution's own forward
+        self.folding = False
+        self.weights: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.args: tuple = ()
         self.last: tuple[weakref.ref, int] | None = None  # the output the norm may pass through unchanged
         self.own: Any = None  # frozen's guard it replaced, if any: unlean puts it back
 
     def __reduce__(self) -> tuple:
         return (Passthrough, (self.conv,))
 
+    def _refresh(self, tensors: list[torch.Tensor], flags: tuple) -> None:
+        conv = self.conv
+        self.plain = any(p.requires_grad for p in conv.parameters())
+        self.folding = not self.plain and self.norm is not None and foldable(self.norm)
+        self.weights = fold(conv, self.norm) if self.folding else (conv.weight, conv.bias)
+        self.args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+        self.state = TensorState(tensors, flags)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
         self.last = None
-        if any(p.requires_grad for p in conv.parameters()):  # thawed: the plain convolution
+        tensors, flags = state_of(conv, self.norm) if self.norm is not None else state_of(conv)
+        if self.state is None or not self.state.matches(tensors, flags):
+            self._refresh(tensors, flags)
+        if self.plain:
             return type(conv).forward(conv, x)
-        weight, bias = conv.weight, conv.bias
-        folding = self.norm is not None and foldable(self.norm)
-        if folding:
-            tensors, flags = state_of(conv, self.norm)  # type: ignore[arg-type]
-            if self.state is None or self.folded is None or not self.state.matches(tensors, flags):
-                self.folded, self.state = fold(conv, self.norm), TensorState(tensors, flags)
-            weight, bias = self.folded
-        if x.requires_grad and torch.is_grad_enabled():
-            args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
-            y = InputGradConv.apply(x, weight, bias, *args)
-        else:
+        weight, bias = self.weights  # type: ignore[misc]
+        if x.requires_grad and torch.is_grad_enabled() and not kept_by_producer(x):
+            y = InputGradConv.apply(x, weight, bias, *self.args)
+        else:  # torch's own convolution: its saved input is a storage that is kept anyway
             y = conv._conv_forward(x, weight, bias)
-        if folding:
+        if self.folding:
             self.last = (weakref.ref(y), y._version)
         return y
 
