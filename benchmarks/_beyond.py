@@ -16,7 +16,8 @@ dataset; ``ideal`` is ``requires_grad_(False)`` + ``eval()`` on the frozen parts
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from frozen._cache import cache, cache_stats
 from frozen._lean import lean
 
 from . import _models
+from ._epochs import Epochs, replay
 from ._harness import Workload
 from ._registry import Bar, Scenario, Setup
 from ._variants import apply_variant, frozen_keys
@@ -35,26 +37,7 @@ __all__ = ["SCENARIOS"]
 
 CACHED = ("ideal", "freeze", "cache (fill)", "cache")
 REPLAY = "replay (bound)"
-
-
-class _Epochs:
-    """Batches of a fixed dataset, reshuffled each epoch with a seeded generator (same order in every variant)."""
-
-    def __init__(self, data: Sequence[torch.Tensor], batch: int) -> None:
-        self.data, self.batch = data, batch
-        self.generator = torch.Generator().manual_seed(0)
-        self.queue: list[torch.Tensor] = []
-        self.rows = torch.arange(0)  # the dataset rows of the last batch
-
-    def __len__(self) -> int:
-        return len(self.data[0]) // self.batch
-
-    def next(self) -> tuple[torch.Tensor, ...]:
-        if not self.queue:
-            order = torch.randperm(len(self.data[0]), generator=self.generator)
-            self.queue = list(order.split(self.batch))
-        self.rows = self.queue.pop(0).to(self.data[0].device)
-        return tuple(t[self.rows] for t in self.data)
+IDS = "cache (ids)"  # keyed by dataset row ids (handle.samples), not by hashing the inputs
 
 
 class _Probe(nn.Module):
@@ -128,28 +111,37 @@ def _cached_builder(
     def build(variant: str, setup: Setup) -> Workload:
         model, data, batch = make(setup)
         model.to(setup.device)
-        epochs = _Epochs(tuple(t.to(setup.device) for t in data), batch)
+        epochs = Epochs(tuple(t.to(setup.device) for t in data), batch)
         with warnings.catch_warnings():  # GPT-2: freezing wte freezes the tied lm_head too, as the ideal does
             warnings.simplefilter("ignore", frozen.TiedParameterWarning)
             params, _ = apply_variant(model, parts(setup), "ideal" if variant == "ideal" else "freeze")
         optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
         handle = cache(model, *cached(setup), budget="4GB", store="device") if variant.startswith("cache") else None
         if variant == REPLAY:
-            _replay(model, [model.get_submodule(p) for p in cached(setup)], epochs, loss_fn)
+            replay(model, [model.get_submodule(p) for p in cached(setup)], epochs, loss_fn)
         first = epochs.next()  # the probe's batch: the same samples in every variant
         epochs.queue.clear()
         epochs.generator.manual_seed(0)
-        if variant == "cache":  # epochs 2+: one pass over the dataset (epoch 1's order) filled the store
+
+        def keyed() -> AbstractContextManager:
+            return handle.samples(epochs.host_rows) if variant == IDS and handle is not None else nullcontext()
+
+        if variant in ("cache", IDS):  # epochs 2+: one pass over the dataset (epoch 1's order) filled the store
             with torch.no_grad():
                 for _ in range(len(epochs)):
-                    loss_fn(model, epochs.next())
+                    batch_ = epochs.next()
+                    with keyed():
+                        loss_fn(model, batch_)
             epochs.generator.manual_seed(0)
 
         def step() -> None:
             if variant == "cache (fill)" and handle is not None:
                 handle.store.drop()  # the first epoch: no sample seen before
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model, epochs.next()).backward()
+            batch_ = epochs.next()
+            with keyed():
+                loss = loss_fn(model, batch_)
+            loss.backward()
             optimizer.step()
 
         def probe() -> torch.Tensor:
@@ -161,38 +153,6 @@ def _cached_builder(
                         figures=_cache_figures(model))  # fmt: skip
 
     return build
-
-
-def _replay(
-    model: nn.Module,
-    chain: list[nn.Module],
-    epochs: _Epochs,
-    loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
-) -> None:
-    """The best any cache of ``chain`` can do: its last output, recorded per dataset row, replayed by index.
-
-    The first part of the chain returns the recorded output of the last for the batch's rows (no
-    hashing, no store, no per-sample work), the others pass it on; everything outside the chain runs.
-    """
-    recorded: list[torch.Tensor] = []
-    hook = chain[-1].register_forward_hook(lambda _m, _a, out: recorded.append(out))
-    with torch.no_grad():
-        for _ in range(len(epochs)):
-            loss_fn(model, epochs.next())
-    hook.remove()
-    order = torch.cat([torch.as_tensor(rows) for rows in _epoch_rows(epochs)])
-    table = torch.empty_like(torch.cat(recorded))
-    table[order] = torch.cat(recorded)
-    chain[0].__dict__["forward"] = lambda *args, **kwargs: table[epochs.rows]
-    for part in chain[1:]:
-        part.__dict__["forward"] = lambda hidden, *args, **kwargs: hidden
-    epochs.generator.manual_seed(0)
-
-
-def _epoch_rows(epochs: _Epochs) -> list[torch.Tensor]:
-    """The row order of the first epoch (what the recording pass saw), from the same seeded generator."""
-    generator = torch.Generator().manual_seed(0)
-    return list(torch.randperm(len(epochs.data[0]), generator=generator).split(epochs.batch))
 
 
 def _bert_parts(setup: Setup) -> list[str]:
@@ -232,7 +192,8 @@ def _fill_bar() -> Bar:
 
 _ABOUT_CACHE = (
     "Variants: `cache (fill)` = epoch 1 (store emptied before each step: every sample is hashed, computed, "
-    "stored); `cache` = epochs 2+ (store filled by one pass at build time: every sample hits). Store on the device."
+    "stored); `cache` = epochs 2+ (store filled by one pass at build time: every sample hits); `cache (ids)` = "
+    "the same, keyed by the batch's dataset rows (`handle.samples(rows)`) instead of hashing inputs. Store on the device."
 )
 _ABOUT_REPLAY = (
     " `replay (bound)` = the ideal with the cached chain's output recorded per dataset row and replayed by "
@@ -256,7 +217,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         about="ViT (6 layers, hidden 192, 32x32 images, patch 4) from a config, frozen; a linear head on the CLS "
         "token trains with AdamW; 128 synthetic images, batch 32, reshuffled each epoch. " + _ABOUT_CACHE,
         build=_cached_builder(_vit, lambda s: ["backbone"], lambda s: ["backbone"], _classify),
-        variants=CACHED,
+        variants=(*CACHED, IDS),
         bars=(Bar("cached epochs 2+ step time / ideal", "cache", "ideal", 0.05), _fill_bar()),
         inner=2,
         rounds=(6, 30),
@@ -268,7 +229,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         about="4-layer BERT (hidden 256, sequences of 64) + 2-class head; embeddings and layers 0-1 frozen and "
         "cached as a chain, layers 2-3 and the head train; 32 sequences, batch 8. " + _ABOUT_CACHE + _ABOUT_REPLAY,
         build=_cached_builder(_bert, _bert_parts, _bert_parts, _classify),
-        variants=(*CACHED, REPLAY),
+        variants=(*CACHED, IDS, REPLAY),
         bars=_prefix_bars(),
         inner=2,
         rss=False,
@@ -280,7 +241,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "frozen (tied='freeze': lm_head too), blocks 0-1 cached, blocks 2-3 and ln_f train; 32 sequences, "
         "batch 8. " + _ABOUT_CACHE + _ABOUT_REPLAY,
         build=_cached_builder(_gpt2, _gpt2_parts, lambda s: _gpt2_parts(s)[2:], _language_model),
-        variants=(*CACHED, REPLAY),
+        variants=(*CACHED, IDS, REPLAY),
         bars=_prefix_bars(),
         inner=2,
         rss=False,

@@ -300,3 +300,41 @@ def test_features_compute_a_backbone_once_over_a_loader() -> None:
     torch.testing.assert_close(features(backbone, dict_loader, progress=False).last_hidden_state, want, **TOL)
     with pytest.raises(CacheError, match="no batch"):
         features(backbone, [], progress=False)
+
+
+def test_sample_ids_key_batches_without_reading_their_inputs(monkeypatch) -> None:
+    import frozen._cache_key as cache_key
+
+    torch.manual_seed(0)
+    model = frozen.freeze(nn.Sequential(nn.Sequential(nn.Conv1d(2, 3, 1), nn.ReLU()), nn.Conv1d(3, 1, 1)), "0")
+    reference = copy.deepcopy(model)
+    calls = _count_forwards(model[0])
+    handle = cache(model, "0")
+    data = torch.randn(8, 2, 5)
+
+    def no_hashing(*_args, **_kwargs):
+        raise AssertionError("inputs were hashed inside handle.samples(...)")
+
+    monkeypatch.setattr(cache_key, "_row_digests", no_hashing)
+    for epoch in range(2):
+        for rows in torch.randperm(8, generator=torch.Generator().manual_seed(epoch)).split(4):
+            with handle.samples(rows):
+                torch.testing.assert_close(model(data[rows]), reference(data[rows]), rtol=0, atol=0)
+    assert calls == [2] and {k: handle.stats()["0"][k] for k in ("hits", "misses")} == {"hits": 8, "misses": 8}
+    with handle.samples(list(range(8))):  # same ids, other row shape: other inputs, so a miss, not a stale hit
+        assert model(torch.randn(8, 2, 7)).shape == (8, 1, 7)
+    assert calls == [3]
+
+    before = handle.stats()["0"]
+    with pytest.raises(CacheError, match=r"gave 3 ids, but the part at '0' received a batch of 4"):
+        with handle.samples([0, 1, 2]):
+            model(data[:4])
+    with pytest.raises(CacheError, match=r"1-D integer tensor.*float32"):
+        with handle.samples(torch.zeros(4)):
+            pass
+    assert {k: handle.stats()["0"][k] for k in ("hits", "misses", "entries")} == {
+        k: before[k] for k in ("hits", "misses", "entries")
+    }
+    monkeypatch.undo()  # outside a block the inputs are the key again
+    model(data[:4])
+    assert calls == [4]  # content keys and id keys never meet

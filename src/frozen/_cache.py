@@ -2,19 +2,22 @@
 
 A frozen part that runs in inference behaviour and whose inputs need no gradient is a
 deterministic function of its inputs, so across epochs it recomputes the same values.
-:func:`cache` stores them per sample (keyed by the sample's inputs) within a byte
-budget; :func:`uncache` undoes it; :func:`cache_stats` reports what each part holds.
-See ``docs/cache.md``.
+:func:`cache` stores them per sample (keyed by the sample's inputs, or by ids given to
+:meth:`CacheHandle.samples`) within a byte budget; :func:`uncache` undoes it;
+:func:`cache_stats` reports what each part holds. See ``docs/cache.md``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from torch import nn
 
-from ._cache_key import CacheError
+from ._cache_key import CacheError, sample_keys
 from ._cache_part import Part
 from ._cache_store import STORES, Store, parse_budget
 from ._checks import check_model
@@ -37,6 +40,42 @@ class CacheHandle:
     def __init__(self, store: Store) -> None:
         self._store = store
         self.parts: dict[str, Part] = {}
+        self._ids: ContextVar[list[bytes] | None] = ContextVar(f"frozen_cache_ids_{id(self)}", default=None)
+
+    @contextmanager
+    def samples(self, ids: Any) -> Iterator[None]:
+        """Key this handle's parts by ``ids`` inside the block, instead of hashing their inputs.
+
+        ``ids`` names the samples of the batch given to the model, one per row (a 1-D
+        integer tensor or a list of ints, strings or bytes -- typically the dataset
+        indices). Nothing of the inputs is read then, so a hit costs no hashing and, on a
+        GPU, no copy of the batch to the host. The caller vouches that an id always stands
+        for the same input: use it for a prefix fed by the data alone, without random
+        augmentation (content keys, the default, need no such promise). The batched
+        inputs' row shapes and dtypes and the call's other arguments still enter the key.
+
+        Raises:
+            frozen.CacheError: ``ids`` is not one id per sample (checked against each call's batch).
+
+        Example:
+            >>> import torch, frozen
+            >>> net = frozen.freeze(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)), "0")
+            >>> handle, data = frozen.cache(net, "0"), torch.randn(6, 4)
+            >>> for rows in (torch.arange(6), torch.randperm(6)):
+            ...     with handle.samples(rows):
+            ...         _ = net(data[rows])
+            >>> {k: handle.stats()["0"][k] for k in ("hits", "misses")}
+            {'hits': 6, 'misses': 6}
+        """
+        token = self._ids.set(sample_keys(ids))
+        try:
+            yield
+        finally:
+            self._ids.reset(token)
+
+    def current_ids(self) -> list[bytes] | None:
+        """The sample-id keys of the innermost :meth:`samples` block around this call, if any."""
+        return self._ids.get()
 
     @property
     def store(self) -> Store:
@@ -127,7 +166,7 @@ def cache(
         path: for ``store="disk"``, the directory of that file (default: the system's temp dir).
 
     Returns:
-        The handle: ``.stats()``, ``.clear()``, ``.paths``.
+        The handle: ``.stats()``, ``.clear()``, ``.paths``, ``.samples(ids)``.
 
     Raises:
         TypeError: ``model`` is not a module.

@@ -12,6 +12,10 @@ Tensors returned by a cache carry *derived* keys (a hash of the producing call's
 kept in a small identity memo; the next cached part that receives such a tensor
 unchanged (same object and storage, same ``_version``) reuses them instead of hashing its bytes,
 which makes a chain of cached layers cost one hash per step.
+
+Inside ``handle.samples(ids)`` the caller names the samples instead: each row's key is
+its id's digest (plus the call's other arguments and the batched tensors' row shapes and
+dtypes), and no input byte is read -- no device-to-host copy of a batch on a GPU.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from ._errors import FrozenError
 from ._tensor_state import same_tensor, tensor_entry
 
-__all__ = ["CacheError", "CallKeys", "call_keys", "derive", "remember"]
+__all__ = ["CacheError", "CallKeys", "call_keys", "derive", "remember", "sample_keys"]
 
 _DIGEST = 16
 _STATIC = (type(None), bool, int, float, str, torch.dtype, torch.device)
@@ -70,12 +74,35 @@ def _whole_digest(tensor: torch.Tensor) -> bytes:
     return hashlib.blake2b(f"{tuple(tensor.shape)}".encode() + b"".join(_row_digests(flat, 1))).digest()
 
 
-def call_keys(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> CallKeys:
+def sample_keys(ids: Any) -> list[bytes]:
+    """One digest per sample id; ``ids`` is a 1-D integer tensor or a sequence of ints, strings or bytes.
+
+    Raises:
+        frozen.CacheError: ``ids`` is of another kind.
+    """
+    values = ids.tolist() if isinstance(ids, torch.Tensor) and ids.dim() == 1 and not ids.is_floating_point() else ids
+    if not isinstance(values, list | tuple | range) or not all(
+        isinstance(v, int | str | bytes) and not isinstance(v, bool) for v in values
+    ):
+        shown = f"a tensor of shape {tuple(ids.shape)} and dtype {ids.dtype}" if isinstance(ids, torch.Tensor) else ids
+        raise CacheError(
+            f"handle.samples(ids): expected one id per sample of the batch -- a 1-D integer tensor or a list of "
+            f"ints, strings or bytes (e.g. the dataset indices of the batch); got {shown!r:.200}."
+        )
+    return [
+        hashlib.blake2b(f"{type(v).__name__}:{v!r}".encode(), digest_size=_DIGEST, person=b"frozen-id").digest()
+        for v in values
+    ]
+
+
+def call_keys(args: tuple[Any, ...], kwargs: dict[str, Any], where: str, ids: list[bytes] | None = None) -> CallKeys:
     """Return one key per sample of the call ``(*args, **kwargs)`` of the part at ``where``.
 
     The batch size is dimension 0 of the first tensor argument with at least one
     dimension; every tensor argument whose dimension 0 has that size is split by sample,
-    other tensors and scalars are part of every sample's key.
+    other tensors and scalars are part of every sample's key. With ``ids`` (from
+    :func:`sample_keys`) the batched tensors are not read: their row shapes and dtypes and
+    the sample's id stand for their rows.
 
     Raises:
         frozen.CacheError: a tensor argument requires grad, an argument is neither a
@@ -102,17 +129,24 @@ def call_keys(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> Call
             f"frozen.cache: the part at {where!r} received no tensor with a batch dimension (dimension 0); "
             f"expected the batch first in at least one tensor argument. Cache a part that takes batches."
         )
+    if ids is not None and len(ids) != batch:
+        raise CacheError(
+            f"frozen.cache: handle.samples(ids) gave {len(ids)} ids, but the part at {where!r} received a batch of "
+            f"{batch}; expected one id per sample. Pass the ids of exactly the batch given to the model."
+        )
     batched = [(n, t) for n, t in tensors if t.dim() > 0 and t.shape[0] == batch]
-    context = hashlib.blake2b(digest_size=_DIGEST)
+    context = hashlib.blake2b(b"ids;" if ids is not None else b"rows;", digest_size=_DIGEST)
     for name, value in named:
         if isinstance(value, torch.Tensor):
             is_batched = value.dim() > 0 and value.shape[0] == batch
             context.update(f"{name}:{'rows' if is_batched else 'whole'};".encode())
-            if not is_batched:
+            if is_batched and ids is not None:
+                context.update(f"{value.dtype}{tuple(value.shape[1:])};".encode())
+            elif not is_batched:
                 context.update(_whole_digest(value))
         else:
             context.update(f"{name}={type(value).__name__}:{value!r};".encode())
-    per_argument = [_row_digests(t, batch) for _, t in batched]
+    per_argument = [ids] if ids is not None else [_row_digests(t, batch) for _, t in batched]
     keys = []
     for i in range(batch):
         h = context.copy()

@@ -81,7 +81,7 @@ class Part:
             self.counts["bypassed"] += 1
             self.counts["forwards"] += 1
             return self.forward(*args, **kwargs)
-        keys = call_keys(args, kwargs, self.path)
+        keys = call_keys(args, kwargs, self.path, self.handle.current_ids())
         store = self.handle.store
         found = [store.get(self.prefix + k) for k in keys.keys]
         missing = [i for i, f in enumerate(found) if f is None]
