@@ -180,10 +180,14 @@ def test_schedule_thawing_inside_the_part_drops_the_cache() -> None:
     assert calls == [2] and model[0][0].weight.grad is not None
 
 
-@pytest.mark.parametrize("change", ["load_state_dict", "double", "load_state", "in_place"])
+@pytest.mark.parametrize("change", ["load_state_dict", "double", "load_state", "in_place", "replace_layer"])
 def test_changing_the_part_invalidates_it(change: str) -> None:
     model, calls, x = _cached_linear()
-    if change == "load_state_dict":
+    if change == "replace_layer":  # a new submodule: the recorded tree is no longer the part's tree
+        replacement = nn.Linear(4, 4)
+        frozen.freeze(replacement, "")
+        model[0][1] = replacement
+    elif change == "load_state_dict":
         state = {k: v + 1 for k, v in model.state_dict().items()}
         model.load_state_dict(state)
     elif change == "double":

@@ -27,19 +27,11 @@ from torch import nn
 from ._cache_key import CacheError, call_keys, derive, remember
 from ._cache_out import assemble, flatten, rebuild
 from ._query import trainable_ids
-from ._tensor_state import TensorState
+from ._tensor_state import ModuleState
 
 __all__ = ["COUNTERS", "Part", "Passthrough"]
 
 COUNTERS = ("calls", "hits", "misses", "forwards", "invalidations", "bypassed")
-
-
-def _tensors(module: nn.Module) -> list[torch.Tensor]:
-    return [*module.parameters(), *module.buffers()]
-
-
-def _flags(module: nn.Module) -> tuple[bool, ...]:
-    return tuple(m.training for m in module.modules())
 
 
 class Passthrough:
@@ -60,7 +52,7 @@ class Part:
         self.prefix = index.to_bytes(4, "little")
         self.model = weakref.ref(model)
         self.own_forward = module.__dict__.get("forward")  # restored by uncache
-        self.fingerprint: TensorState | None = None
+        self.fingerprint: ModuleState | None = None
         self.bypass = False
         self.token = os.urandom(16)
         self.counts = dict.fromkeys(COUNTERS, 0)
@@ -74,9 +66,8 @@ class Part:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.counts["calls"] += 1
-        tensors, flags = _tensors(self.module), _flags(self.module)
-        if self.fingerprint is None or not self.fingerprint.matches(tensors, flags):
-            self._revalidate(TensorState(tensors, flags))
+        if self.fingerprint is None or not self.fingerprint.matches(self.module):
+            self._revalidate(ModuleState(self.module))
         if self.bypass:
             self.counts["bypassed"] += 1
             self.counts["forwards"] += 1
@@ -113,7 +104,7 @@ class Part:
             self.handle.store.put(self.prefix + key, tuple(leaf[j] for leaf in leaves), spec)
         return output, spec, leaves
 
-    def _revalidate(self, fingerprint: TensorState) -> None:
+    def _revalidate(self, fingerprint: ModuleState) -> None:
         """Drop this part's entries; decide whether it may be cached now (thawed: pass through)."""
         self.handle.store.drop(keep=lambda key: not key.startswith(self.prefix))
         self.counts["invalidations"] += self.fingerprint is not None

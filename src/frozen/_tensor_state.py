@@ -24,8 +24,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from torch import nn
 
-__all__ = ["TensorState", "same_tensor", "tensor_entry"]
+__all__ = ["ModuleState", "TensorState", "same_tensor", "tensor_entry"]
 
 
 def _storage_ref(tensor: torch.Tensor) -> weakref.ref | None:
@@ -70,3 +71,36 @@ class TensorState:
             if count > len(self.entries) or not same_tensor(self.entries[count - 1], tensor):
                 return False
         return count == len(self.entries)
+
+
+def _own_tensors(modules: list[nn.Module]) -> list[torch.Tensor]:
+    return [t for m in modules for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
+
+
+class ModuleState:
+    """A module tree at one moment: its structure, every ``training`` flag, and its tensors (as above).
+
+    Walking ``module.parameters()`` on every call of a cached part cost ~0.15 ms for a BERT
+    layer -- more than the rest of a cache hit. The tree's module list is recorded once;
+    each check confirms every recorded module still has the same children (so the list is
+    still the tree) and then reads the modules' own parameter and buffer dicts directly.
+    """
+
+    __slots__ = ("children", "modules", "tensors", "training")
+
+    def __init__(self, module: nn.Module) -> None:
+        self.modules = list(module.modules())
+        self.children = [tuple(m._modules.values()) for m in self.modules]
+        self.training = [m.training for m in self.modules]
+        self.tensors = TensorState(_own_tensors(self.modules), ())
+
+    def matches(self, module: nn.Module) -> bool:
+        """Whether ``module`` is the recorded tree, with the same flags and unchanged tensors."""
+        if not self.modules or self.modules[0] is not module:
+            return False
+        for m, children, training in zip(self.modules, self.children, self.training, strict=True):
+            if m.training is not training:
+                return False
+            if tuple(m._modules.values()) != children:  # modules compare by identity
+                return False
+        return self.tensors.matches(_own_tensors(self.modules), ())
