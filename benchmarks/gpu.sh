@@ -3,7 +3,8 @@
 # (frozen backbones, partial BERT, tied GPT-2, conv-BN middle, torch.compile, gradient
 # checkpointing with its recompute counts and saved-activation bytes, and the extension
 # scenarios in _selectors.py / _beyond.py when present) - and write the same tables, verdicts
-# and chart to benchmarks/results/<card>/. Distributed runs are not part of it.
+# and chart to benchmarks/results/<card>/, after benchmarks/gpu_check.py passed on the card.
+# Distributed runs are not part of it.
 #
 #   benchmarks/gpu.sh                  # full suite on cuda (budget ~10 min on one card)
 #   QUICK=1 benchmarks/gpu.sh          # --quick: the short check for a lent card (~3 min)
@@ -38,6 +39,9 @@ done
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # the library itself, even without `pip install -e .`
 "$python" -c 'import sys; sys.path.insert(0, "."); from benchmarks._registry import scenarios
 print("gpu.sh: scenarios:", " ".join(s.key for s in scenarios()))'
+# The library's promises on the card first (cuDNN lean convolutions, bf16 storage across moves,
+# cache stores and invalidation, a compiled step): timing a broken library would be pointless.
+GPU_CHECK_DEVICE=$device "$python" benchmarks/gpu_check.py
 extra=()
 [ -n "${QUICK:-}" ] && extra+=(--quick)
 # The memory worker's peak figure on CUDA is max_memory_allocated (exact); saved-activation bytes are

@@ -99,3 +99,20 @@ def test_verdict_rule_uses_the_aa_spread():
     assert judge(saved, {}, {"a": {"saved": 40}, "ideal": {"saved": 100}}, None).verdict == "met"
     assert judge(saved, {}, {"a": {"saved": 60}, "ideal": {"saved": 100}}, None).verdict == "missed"
     assert median_interval(list(range(1, 21))) == (6, 15)
+
+
+def test_the_gpu_check_script_passes_its_dry_run_on_cpu():
+    # CI has no card; the dry run keeps the script that gpu.sh runs first from rotting between lent GPUs.
+    import os
+    import subprocess
+
+    env = {**os.environ, "GPU_CHECK_DEVICE": "cpu"}
+    done = subprocess.run(
+        [sys.executable, str(Path(ROOT) / "benchmarks" / "gpu_check.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "5 of 5 checks passed" in done.stdout
