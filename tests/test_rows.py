@@ -71,7 +71,7 @@ def no_leftover_row_freezing():
     yield
     leftover = list(_rows._RECORDS.items())
     for param, record in leftover:  # clean up after a failed test, so the next one starts clean
-        _rows._apply(param, record.path, torch.zeros_like(record.mask))
+        _rows.apply_mask(param, record.path, torch.zeros_like(record.mask))
     assert not leftover and not _rows_step._LAYOUTS and not _rows_step._HANDLES  # every test thaws what it froze
 
 
@@ -319,3 +319,63 @@ def test_bad_targets_raise_before_anything_changes():
         freeze_rows(sparse, Rows("emb.weight", [0]))
     assert rows_state(model) == saved and rows_state(sparse) == {}
     thaw_rows(model, "emb.weight")
+
+
+class _Tied(nn.Module):
+    """An embedding and an output head sharing one weight, as GPT-2's wte and lm_head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(12, 8)
+        self.out = nn.Linear(8, 12, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.emb(ids)))
+
+
+def _copies(model: nn.Module) -> dict[str, nn.Module]:
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return {"deepcopy": copy.deepcopy(model), "torch.save": torch.load(buffer, weights_only=False)}
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "torch.save"])
+def test_a_copy_of_the_model_keeps_its_frozen_rows(how: str) -> None:
+    # deepcopy and pickle rebuild parameters without the identity record and the gradient hook:
+    # before the carriers, an EMA copy or a reloaded checkpoint silently trained every row.
+    model = frozen.freeze(_Tied(), Rows("emb.weight", trainable=[9, 10, 11]))
+    copied = _copies(model)[how]
+    assert frozen_rows(copied)["emb.weight"].trainable.tolist() == [9, 10, 11]  # reported before any forward
+    before = copied.emb.weight.detach().clone()
+    optimizer = torch.optim.AdamW(frozen.trainable(copied), lr=0.1, weight_decay=0.1)
+    for ids in batches(3):
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(copied(ids).flatten(0, 1), ids.flatten()).backward()
+        assert not copied.emb.weight.grad[:9].any()  # through both tied uses
+        optimizer.step()
+    assert torch.equal(copied.emb.weight[:9], before[:9])
+    assert not torch.equal(copied.emb.weight[9:], before[9:])
+    assert torch.equal(model.emb.weight, before)  # the original was not touched
+    for each in (model, copied):
+        frozen.thaw(each, "emb.weight")
+
+
+def test_thawing_rows_removes_their_carriers_from_the_model_and_its_later_copies() -> None:
+    model = frozen.freeze(_Tied(), Rows("emb.weight", [0, 1]))
+    carriers = [h for m in (model.emb, model.out) for h in m._forward_pre_hooks.values()]
+    assert len(carriers) == 2 and all(isinstance(h, _rows.RowsCarrier) for h in carriers)
+    frozen.thaw(model, "emb.weight")
+    assert not model.emb._forward_pre_hooks and not model.out._forward_pre_hooks
+    assert frozen_rows(copy.deepcopy(model)) == {}
+
+
+def test_a_carrier_refuses_a_replaced_parameter_with_other_rows() -> None:
+    model = frozen.freeze(_Tied(), Rows("emb.weight", [0, 1]))
+    copied = copy.deepcopy(model)
+    copied.emb.weight = nn.Parameter(torch.randn(20, 8))
+    with pytest.raises(frozen.FrozenError, match=r"'emb.weight'.*shape \(20, 8\).*12 rows were frozen"):
+        copied.emb(torch.tensor([1]))
+    frozen.thaw(model, "emb.weight")

@@ -20,16 +20,18 @@ from torch.utils.weak import WeakIdKeyDictionary
 from ._checks import check_model
 from ._errors import FrozenError, UnknownPathError, closest
 from ._rows_step import Layout, set_layout
-from ._tree import iter_param_uses, named_parameters
+from ._tree import iter_module_uses, iter_param_uses, named_parameters
 
 __all__ = [
     "Rows",
+    "RowsCarrier",
     "RowsRecord",
     "check_rows",
     "freeze_rows",
     "frozen_rows",
     "apply_mask",
     "resolve_param",
+    "restore_carried",
     "split_rows",
     "thaw_rows",
 ]
@@ -131,13 +133,62 @@ def resolve_param(model: nn.Module, path: object, function: str) -> tuple[str, n
     return next(p for p, q in named_parameters(model) if q is param), param
 
 
-def apply_mask(param: nn.Parameter, path: str, mask: torch.Tensor) -> RowsRecord | None:
-    """Make ``mask`` the frozen rows of ``param`` (no row: remove row freezing)."""
+class RowsCarrier:
+    """A forward pre-hook on each module holding a row-frozen parameter: carries the rows into copies.
+
+    ``deepcopy`` and pickle rebuild parameters as new objects, without the identity record
+    and the gradient hook, so a copy would silently train every row. Module hooks travel
+    with the module: on a copy's first forward (or first :func:`frozen_rows` query) the
+    carrier finds its slot's parameter unrecorded and freezes the same rows on it. On the
+    original it finds its own record and does nothing.
+    """
+
+    def __init__(self, name: str, path: str, mask: torch.Tensor) -> None:
+        self.name, self.path, self.mask = name, path, mask
+
+    def __call__(self, module: nn.Module, _args: object) -> None:
+        param = module._parameters.get(self.name)
+        record = _RECORDS.get(param) if param is not None else None
+        if param is None or (record is not None and record.mask is self.mask):
+            return
+        if param.dim() == 0 or param.shape[0] != len(self.mask):
+            raise FrozenError(
+                f"frozen rows of {self.path!r}: the parameter there now has shape {tuple(param.shape)}, but "
+                f"{len(self.mask)} rows were frozen; expected the same number of rows. Freeze its rows again "
+                f"(frozen.freeze(model, frozen.Rows({self.path!r}, ...))) or thaw them: frozen.thaw(model, {self.path!r})."
+            )
+        apply_mask(param, self.path, self.mask)
+
+
+def _sync_carriers(model: nn.Module, param: nn.Parameter, record: RowsRecord | None) -> None:
+    """Put one :class:`RowsCarrier` (or none, if no row is frozen) on every module that holds ``param``."""
+    for use in iter_param_uses(model):
+        if use.param is not param:
+            continue
+        hooks = use.owner._forward_pre_hooks
+        for key in [k for k, h in hooks.items() if isinstance(h, RowsCarrier) and h.name == use.name]:
+            del hooks[key]
+        if record is not None:
+            use.owner.register_forward_pre_hook(RowsCarrier(use.name, record.path, record.mask))
+
+
+def restore_carried(model: nn.Module) -> None:
+    """Freeze the rows that carriers hold on a copied model's parameters (see :class:`RowsCarrier`)."""
+    for use in iter_module_uses(model):
+        for hook in list(use.module._forward_pre_hooks.values()):
+            if isinstance(hook, RowsCarrier):
+                hook(use.module, ())
+
+
+def apply_mask(param: nn.Parameter, path: str, mask: torch.Tensor, model: nn.Module | None = None) -> RowsRecord | None:
+    """Make ``mask`` the frozen rows of ``param`` (no row: remove row freezing); with ``model``, its carriers too."""
     old = _RECORDS.pop(param, None)
     if old is not None:
         old.handle.remove()
     if not bool(mask.any()):
         set_layout(param, None)
+        if model is not None:
+            _sync_carriers(model, param, None)
         return None
     frozen = mask.nonzero().flatten()
     all_frozen = bool(mask.all())
@@ -151,6 +202,8 @@ def apply_mask(param: nn.Parameter, path: str, mask: torch.Tensor) -> RowsRecord
     record = RowsRecord(path, mask, frozen, layout, param.register_hook(zero_frozen_rows))
     set_layout(param, layout)
     _RECORDS[param] = record
+    if model is not None:
+        _sync_carriers(model, param, record)
     return record
 
 
@@ -190,7 +243,7 @@ def freeze_rows(model: nn.Module, target: Rows) -> RowsRecord:
     if not bool(mask.any()):  # an empty selection built by code must be loud, not a silent no-op
         raise FrozenError(f"frozen.freeze_rows(model, {target!r}): freezes none of the {len(mask)} rows; name one.")
     old = _RECORDS.get(param)
-    record = apply_mask(param, path, mask | old.mask if old is not None else mask)
+    record = apply_mask(param, path, mask | old.mask if old is not None else mask, model)
     assert record is not None
     return record
 
@@ -217,13 +270,14 @@ def thaw_rows(model: nn.Module, target: str | Rows) -> nn.Module:
     old = _RECORDS.get(param)
     if old is not None:
         thawed = target.frozen_mask(len(old.mask)) if isinstance(target, Rows) else torch.ones_like(old.mask)
-        apply_mask(param, path, old.mask & ~thawed)
+        apply_mask(param, path, old.mask & ~thawed, model)
     return model
 
 
 def frozen_rows(model: nn.Module) -> dict[str, RowsRecord]:
     """Return ``{first path: record}`` for every parameter of ``model`` with frozen rows."""
     check_model(model, "frozen.frozen_rows")
+    restore_carried(model)
     found = ((path, _RECORDS.get(p)) for path, p in named_parameters(model))
     return {path: record for path, record in found if record is not None}
 

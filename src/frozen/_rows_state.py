@@ -92,7 +92,7 @@ def load_rows_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
     named = dict(named_parameters(model))
     for path, record in frozen_rows(model).items():
         if not any(param is named[path] for param, _, _ in plan):
-            apply_mask(named[path], path, torch.zeros_like(record.mask))
+            apply_mask(named[path], path, torch.zeros_like(record.mask), model)
     for param, first, mask in plan:
-        apply_mask(param, first, mask)
+        apply_mask(param, first, mask, model)
     return model
