@@ -95,21 +95,8 @@ def sample_keys(ids: Any) -> list[bytes]:
     ]
 
 
-def call_keys(args: tuple[Any, ...], kwargs: dict[str, Any], where: str, ids: list[bytes] | None = None) -> CallKeys:
-    """Return one key per sample of the call ``(*args, **kwargs)`` of the part at ``where``.
-
-    The batch size is dimension 0 of the first tensor argument with at least one
-    dimension; every tensor argument whose dimension 0 has that size is split by sample,
-    other tensors and scalars are part of every sample's key. With ``ids`` (from
-    :func:`sample_keys`) the batched tensors are not read: their row shapes and dtypes and
-    the sample's id stand for their rows.
-
-    Raises:
-        frozen.CacheError: a tensor argument requires grad, an argument is neither a
-            tensor nor a plain scalar, or no argument is a batched tensor.
-    """
-    named = [(i, a) for i, a in enumerate(args)] + sorted(kwargs.items())
-    tensors = [(n, a) for n, a in named if isinstance(a, torch.Tensor)]
+def _check_arguments(named: list[tuple[int | str, Any]], where: str) -> None:
+    """Refuse arguments a key cannot stand for: tensors that require grad, objects other than plain scalars."""
     for name, value in named:
         if isinstance(value, torch.Tensor) and value.requires_grad:
             raise CacheError(
@@ -123,6 +110,41 @@ def call_keys(args: tuple[Any, ...], kwargs: dict[str, Any], where: str, ids: li
                 f"expected tensors and plain scalars only (a cache object, a list of tensors... cannot be keyed). "
                 f"Pass such options as None (e.g. use_cache=False), or cache a smaller part."
             )
+
+
+def _context(named: list[tuple[int | str, Any]], batch: int, by_ids: bool) -> Any:
+    """The hash of what every sample of the call shares: argument layout, non-batch tensors, scalars."""
+    context = hashlib.blake2b(b"ids;" if by_ids else b"rows;", digest_size=_DIGEST)
+    for name, value in named:
+        if isinstance(value, torch.Tensor):
+            is_batched = value.dim() > 0 and value.shape[0] == batch
+            context.update(f"{name}:{'rows' if is_batched else 'whole'};".encode())
+            if is_batched and by_ids:  # the rows are not read: their shape and dtype stand in the key
+                context.update(f"{value.dtype}{tuple(value.shape[1:])};".encode())
+            elif not is_batched:
+                context.update(_whole_digest(value))
+        else:
+            context.update(f"{name}={type(value).__name__}:{value!r};".encode())
+    return context
+
+
+def call_keys(args: tuple[Any, ...], kwargs: dict[str, Any], where: str, ids: list[bytes] | None = None) -> CallKeys:
+    """Return one key per sample of the call ``(*args, **kwargs)`` of the part at ``where``.
+
+    The batch size is dimension 0 of the first tensor argument with at least one
+    dimension; every tensor argument whose dimension 0 has that size is split by sample,
+    other tensors and scalars are part of every sample's key. With ``ids`` (from
+    :func:`sample_keys`) the batched tensors are not read: their row shapes and dtypes and
+    the sample's id stand for their rows.
+
+    Raises:
+        frozen.CacheError: a tensor argument requires grad, an argument is neither a
+            tensor nor a plain scalar, no argument is a batched tensor, or ``ids`` has
+            another length than the batch.
+    """
+    named: list[tuple[int | str, Any]] = [*enumerate(args), *sorted(kwargs.items())]
+    _check_arguments(named, where)
+    tensors = [(n, a) for n, a in named if isinstance(a, torch.Tensor)]
     batch = next((t.shape[0] for _, t in tensors if t.dim() > 0), None)
     if batch is None:
         raise CacheError(
@@ -135,17 +157,7 @@ def call_keys(args: tuple[Any, ...], kwargs: dict[str, Any], where: str, ids: li
             f"{batch}; expected one id per sample. Pass the ids of exactly the batch given to the model."
         )
     batched = [(n, t) for n, t in tensors if t.dim() > 0 and t.shape[0] == batch]
-    context = hashlib.blake2b(b"ids;" if ids is not None else b"rows;", digest_size=_DIGEST)
-    for name, value in named:
-        if isinstance(value, torch.Tensor):
-            is_batched = value.dim() > 0 and value.shape[0] == batch
-            context.update(f"{name}:{'rows' if is_batched else 'whole'};".encode())
-            if is_batched and ids is not None:
-                context.update(f"{value.dtype}{tuple(value.shape[1:])};".encode())
-            elif not is_batched:
-                context.update(_whole_digest(value))
-        else:
-            context.update(f"{name}={type(value).__name__}:{value!r};".encode())
+    context = _context(named, batch, ids is not None)
     per_argument = [ids] if ids is not None else [_row_digests(t, batch) for _, t in batched]
     keys = []
     for i in range(batch):
