@@ -62,6 +62,33 @@ def _set_params(group: dict[str, Any], params: list[nn.Parameter], path_of: dict
         group["param_names"][:] = [path_of[id(p)] for p in params]
 
 
+def _check_sync_arguments(
+    optimizer: torch.optim.Optimizer, model: nn.Module, new_group: Mapping[str, Any] | None, state: str
+) -> None:
+    check_optimizer(optimizer, "frozen.optim.sync")
+    check_model(model, "frozen.optim.sync")
+    if new_group is not None and (not isinstance(new_group, Mapping) or "params" in new_group):
+        raise TypeError(
+            f"frozen.optim.sync(new_group=...): expected a dict of group options such as {{'lr': 1e-4, 'name': "
+            f"'backbone'}}, received {new_group!r}. Leave out 'params'."
+        )
+    if state not in STATE_POLICIES:
+        raise FrozenError(
+            f"frozen.optim.sync(state={state!r}): expected one of {STATE_POLICIES!r} — 'drop' frees a frozen "
+            f"parameter's optimizer state, 'keep' restores it on thaw. Nothing was modified."
+        )
+
+
+def _homes(optimizer: torch.optim.Optimizer, arriving: list[nn.Parameter], path_of: dict[int, str]) -> dict[int, int]:
+    """Group index for each returning parameter: the first group that records it as parked."""
+    home: dict[int, int] = {}
+    for index, group in enumerate(optimizer.param_groups):
+        for param in arriving:
+            if path_of[id(param)] in group.get(PARKED, ()):
+                home.setdefault(id(param), index)
+    return home
+
+
 def sync(
     optimizer: torch.optim.Optimizer,
     model: nn.Module,
@@ -124,30 +151,13 @@ def sync(
         >>> len(opt.param_groups[0]["params"]), opt.param_groups[0]["frozen_params"]
         (2, ['0.weight', '0.bias'])
     """
-    check_optimizer(optimizer, "frozen.optim.sync")
-    check_model(model, "frozen.optim.sync")
-    if new_group is not None and (not isinstance(new_group, Mapping) or "params" in new_group):
-        raise TypeError(
-            f"frozen.optim.sync(new_group=...): expected a dict of group options such as {{'lr': 1e-4, 'name': "
-            f"'backbone'}}, received {new_group!r}. Leave out 'params'."
-        )
-    if state not in STATE_POLICIES:
-        raise FrozenError(
-            f"frozen.optim.sync(state={state!r}): expected one of {STATE_POLICIES!r} — 'drop' frees a frozen "
-            f"parameter's optimizer state, 'keep' restores it on thaw. Nothing was modified."
-        )
+    _check_sync_arguments(optimizer, model, new_group, state)
     path_of = paths_by_id(optimizer, model, "frozen.optim.sync")
     wanted = trainable_ids(model)
     named = named_parameters(model)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     arriving = [p for _, p in named if id(p) in wanted and id(p) not in held]
-
-    # A returning parameter goes to the first group that records it as parked.
-    home: dict[int, int] = {}
-    for index, group in enumerate(optimizer.param_groups if new_group is None else ()):
-        for param in arriving:
-            if path_of[id(param)] in group.get(PARKED, ()):
-                home.setdefault(id(param), index)
+    home = _homes(optimizer, arriving, path_of) if new_group is None else {}
     kept = _take_kept(optimizer, {path_of[id(p)] for p in arriving})
     active = {path for path, p in named if id(p) in wanted}
     leaving_any = any(id(p) not in wanted for group in optimizer.param_groups for p in group["params"])
