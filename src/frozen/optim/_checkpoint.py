@@ -66,6 +66,27 @@ def state_dict(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, 
     return saved
 
 
+def _check_saved_paths(layout: list[list[str]], by_path: dict[str, Any], wanted: set[int], where: str) -> None:
+    """Every saved path names a parameter of the model, trainable now, once."""
+    seen: set[str] = set()
+    for index, paths in enumerate(layout):
+        for path in paths:
+            if path not in by_path or id(by_path[path]) not in wanted or path in seen:
+                problem = (
+                    "appears twice"
+                    if path in seen
+                    else "is not in the model"
+                    if path not in by_path
+                    else "is frozen in the model"
+                )
+                raise FrozenError(
+                    f"{where}: saved param_groups[{index}] holds {path!r}, which {problem}. Expected every "
+                    f"saved parameter to be trainable now: restore the freeze state first "
+                    f"(frozen.load_state(model, saved_freeze_state)). Nothing was modified."
+                )
+            seen.add(path)
+
+
 def load_state_dict(optimizer: torch.optim.Optimizer, model: nn.Module, saved: dict[str, Any]) -> torch.optim.Optimizer:
     """Load a :func:`state_dict` into ``optimizer``, whatever its current group layout.
 
@@ -102,7 +123,6 @@ def load_state_dict(optimizer: torch.optim.Optimizer, model: nn.Module, saved: d
         )
     paths_by_id(optimizer, model, where)  # validates the optimizer against the model
     by_path = dict(named_parameters(model))
-    wanted = trainable_ids(model)
     layout = saved[PATHS_KEY]
     if len(layout) != len(saved["param_groups"]) or len(optimizer.param_groups) > len(layout):
         raise FrozenError(
@@ -110,24 +130,7 @@ def load_state_dict(optimizer: torch.optim.Optimizer, model: nn.Module, saved: d
             f"{len(saved['param_groups'])} (paths for {len(layout)}); expected at most as many groups "
             f"as saved. Build the optimizer the way the saved run did. Nothing was modified."
         )
-    seen: set[str] = set()
-    for index, paths in enumerate(layout):
-        for path in paths:
-            if path not in by_path or id(by_path[path]) not in wanted or path in seen:
-                problem = (
-                    "appears twice"
-                    if path in seen
-                    else "is not in the model"
-                    if path not in by_path
-                    else "is frozen in the model"
-                )
-                raise FrozenError(
-                    f"{where}: saved param_groups[{index}] holds {path!r}, which {problem}. Expected every "
-                    f"saved parameter to be trainable now: restore the freeze state first "
-                    f"(frozen.load_state(model, saved_freeze_state)). Nothing was modified."
-                )
-            seen.add(path)
-
+    _check_saved_paths(layout, by_path, trainable_ids(model), where)
     for group in optimizer.param_groups:  # empty first, so add_param_group sees no duplicates
         group["params"][:] = []
     for index, paths in enumerate(layout):
