@@ -168,3 +168,29 @@ def test_stages_counted_in_steps_for_max_steps_runs_and_one_log_line_per_thaw(tm
 def test_growth_is_refused_with_the_trainer():
     with pytest.raises(frozen.FrozenError, match="growth is not supported"):
         FreezeCallback("bert", unfreeze=[frozen.schedule.Stage(1, ("bert",), lr_ratio=0.1, growth=2.0)])
+
+
+def test_the_cache_recipe_inside_the_trainer_replays_the_frozen_prefix(tmp_path):
+    # docs/cache.md's recipe, run as users run it: FreezeCallback freezes when the Trainer is built,
+    # frozen.cache(trainer.model, ...) before train(), the Trainer's own shuffling over 3 epochs.
+    parts = ("bert.embeddings", "bert.encoder.layer.0")
+    runs = {}
+    for cached in (False, True):
+        model = tiny_bert()
+        trainer = make_trainer(model, tmp_path / str(cached), [FreezeCallback(*parts)], epochs=3)
+        runs_of_prefix = [0]
+        model.bert.embeddings.word_embeddings.register_forward_hook(
+            lambda *_, count=runs_of_prefix: count.__setitem__(0, count[0] + 1)
+        )
+        if cached:
+            frozen.cache(trainer.model, *parts)
+        before = {k: v.clone() for k, v in model.bert.embeddings.state_dict().items()}
+        trainer.train()
+        assert all(torch.equal(v, before[k]) for k, v in model.bert.embeddings.state_dict().items())
+        runs[cached] = (model, runs_of_prefix[0])
+    (plain, plain_runs), (cached_model, cached_runs) = runs[False], runs[True]
+    assert plain_runs == 12 and cached_runs == 4  # 16 samples in batches of 4: epoch 1 only when cached
+    for name, value in plain.classifier.state_dict().items():
+        torch.testing.assert_close(cached_model.classifier.state_dict()[name], value, rtol=1.3e-6, atol=1e-5)
+    stats = frozen.cache_stats(cached_model)["bert.embeddings"]
+    assert (stats["misses"], stats["hits"]) == (16, 32)
