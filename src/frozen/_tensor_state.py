@@ -80,8 +80,8 @@ def _own_tensors(modules: list[nn.Module]) -> list[torch.Tensor]:
 class ModuleState:
     """A module tree at one moment: its structure, every ``training`` flag, and its tensors (as above).
 
-    Walking ``module.parameters()`` on every call of a cached part cost ~0.15 ms for a BERT
-    layer -- more than the rest of a cache hit. The tree's module list is recorded once;
+    Walking ``module.parameters()`` and ``modules()`` on every call of a cached part cost
+    54 us per check for a BERT layer, this 22 us (CPU). The tree's module list is recorded once;
     each check confirms every recorded module still has the same children (so the list is
     still the tree) and then reads the modules' own parameter and buffer dicts directly.
     """
