@@ -379,3 +379,23 @@ def test_a_carrier_refuses_a_replaced_parameter_with_other_rows() -> None:
     with pytest.raises(frozen.FrozenError, match=r"'emb.weight'.*shape \(20, 8\).*12 rows were frozen"):
         copied.emb(torch.tensor([1]))
     frozen.thaw(model, "emb.weight")
+
+
+def test_compiled_models_with_frozen_rows_trace_the_carrier_away_and_a_compiled_copy_keeps_its_rows() -> None:
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = frozen.freeze(_Tied(), Rows("emb.weight", trainable=[9, 10, 11]))
+    copied = copy.deepcopy(model)  # compiled before any eager forward: the hook is traced away there
+    for each in (model, copied):
+        before = each.emb.weight.detach().clone()
+        optimizer = torch.optim.AdamW(frozen.trainable(each), lr=0.1)  # restores the copy's rows
+        compiled = torch.compile(each, backend="aot_eager")  # dynamo and AOTAutograd trace the hook
+        for ids in batches(3):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(compiled(ids).flatten(0, 1), ids.flatten()).backward()
+            optimizer.step()
+        assert torch.equal(each.emb.weight[:9], before[:9]) and not torch.equal(each.emb.weight[9:], before[9:])
+        frozen.thaw(each, "emb.weight")
+    assert not torch._dynamo.utils.counters["graph_break"]  # the carrier costs a compiled model nothing

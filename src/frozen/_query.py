@@ -9,6 +9,7 @@ from torch import nn
 from ._checks import check_model
 from ._errors import UnknownPathError, closest
 from ._record import switched_off
+from ._rows import restore_carried
 from ._tree import iter_module_uses, iter_param_uses, join, named_parameters
 
 __all__ = ["trainable", "named_trainable", "is_frozen", "trainable_ids"]
@@ -78,6 +79,7 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
     This is the list to give an optimizer: ``torch.optim.AdamW(frozen.trainable(model))``.
     """
     check_model(model, "frozen.trainable")
+    restore_carried(model)  # a copied model's row freezing, before an optimizer sees it
     return [p for _, p in named_trainable(model)]
 
 

@@ -138,15 +138,19 @@ class RowsCarrier:
 
     ``deepcopy`` and pickle rebuild parameters as new objects, without the identity record
     and the gradient hook, so a copy would silently train every row. Module hooks travel
-    with the module: on a copy's first forward (or first :func:`frozen_rows` query) the
-    carrier finds its slot's parameter unrecorded and freezes the same rows on it. On the
-    original it finds its own record and does nothing.
+    with the module: on a copy's first eager forward, or its first ``frozen.trainable`` /
+    :func:`frozen_rows` query, the carrier finds its slot's parameter unrecorded and
+    freezes the same rows on it. On the original it finds its own record and does nothing.
+    Under ``torch.compile`` the hook is a no-op (traced away, no graph break): a compiled
+    copy gets its rows when its optimizer is built from ``frozen.trainable``.
     """
 
     def __init__(self, name: str, path: str, mask: torch.Tensor) -> None:
         self.name, self.path, self.mask = name, path, mask
 
     def __call__(self, module: nn.Module, _args: object) -> None:
+        if torch.compiler.is_compiling():  # traced: no side effects, no graph break (frozen.trainable restores)
+            return
         param = module._parameters.get(self.name)
         record = _RECORDS.get(param) if param is not None else None
         if param is None or (record is not None and record.mask is self.mask):
