@@ -202,11 +202,22 @@ _ABOUT_REPLAY = (
 )
 
 
-def _prefix_bars() -> tuple[Bar, ...]:
-    return (
+def _prefix_scenario(key: str, title: str, about: str, build: Callable[[str, Setup], Workload]) -> Scenario:
+    """A partially frozen transformer whose frozen prefix is cached, with the cache, ids and replay variants."""
+    bars = (
         Bar("cached prefix step time / ideal", "cache", "ideal", 0.8),
         _fill_bar(),
         Bar("cached prefix step time / replay bound (the cache's own cost)", "cache", REPLAY, 1.05),
+    )
+    return Scenario(
+        key=key,
+        title=title,
+        about=f"{about} {_ABOUT_CACHE}{_ABOUT_REPLAY}",
+        build=build,
+        variants=(*CACHED, IDS, REPLAY),
+        bars=bars,
+        inner=2,
+        rss=False,
     )
 
 
@@ -223,42 +234,29 @@ SCENARIOS: tuple[Scenario, ...] = (
         rounds=(6, 30),
         rss=False,
     ),
-    Scenario(
-        key="cache-bert",
-        title="BERT partial freeze, embeddings + lower layers cached",
-        about="4-layer BERT (hidden 256, sequences of 64) + 2-class head; embeddings and layers 0-1 frozen and "
-        "cached as a chain, layers 2-3 and the head train; 32 sequences, batch 8. " + _ABOUT_CACHE + _ABOUT_REPLAY,
-        build=_cached_builder(_bert, _bert_parts, _bert_parts, _classify),
-        variants=(*CACHED, IDS, REPLAY),
-        bars=_prefix_bars(),
-        inner=2,
-        rss=False,
+    _prefix_scenario(
+        "cache-bert",
+        "BERT partial freeze, embeddings + lower layers cached",
+        "4-layer BERT (hidden 256, sequences of 64) + 2-class head; embeddings and layers 0-1 frozen and "
+        "cached as a chain, layers 2-3 and the head train; 32 sequences, batch 8.",
+        _cached_builder(_bert, _bert_parts, _bert_parts, _classify),
     ),
-    Scenario(
-        key="cache-gpt2",
-        title="GPT-2 partial freeze, lower blocks cached",
-        about="4-block GPT-2 LM (hidden 128, sequences of 64, wte tied with lm_head); wte, wpe and blocks 0-1 "
-        "frozen (tied='freeze': lm_head too), blocks 0-1 cached, blocks 2-3 and ln_f train; 32 sequences, "
-        "batch 8. " + _ABOUT_CACHE + _ABOUT_REPLAY,
-        build=_cached_builder(_gpt2, _gpt2_parts, lambda s: _gpt2_parts(s)[2:], _language_model),
-        variants=(*CACHED, IDS, REPLAY),
-        bars=_prefix_bars(),
-        inner=2,
-        rss=False,
+    _prefix_scenario(
+        "cache-gpt2",
+        "GPT-2 partial freeze, lower blocks cached",
+        "4-block GPT-2 LM (hidden 128, sequences of 64, wte tied with lm_head); wte, wpe and blocks 0-1 "
+        "frozen (tied='freeze': lm_head too), blocks 0-1 cached, blocks 2-3 and ln_f train; 32 sequences, batch 8.",
+        _cached_builder(_gpt2, _gpt2_parts, lambda s: _gpt2_parts(s)[2:], _language_model),
     ),
-    Scenario(
-        key="cache-gpt2-deep",
-        title="GPT-2, a larger frozen share: lower 4 of 6 blocks cached",
-        about="Added after `cache-gpt2` missed its bar at its split, which stays as it was: the same GPT-2 with "
+    _prefix_scenario(
+        "cache-gpt2-deep",
+        "GPT-2, a larger frozen share: lower 4 of 6 blocks cached",
+        "Added after `cache-gpt2` missed its bar at its split, which stays as it was: the same GPT-2 with "
         "6 blocks, wte, wpe and blocks 0-3 frozen and blocks 0-3 cached, blocks 4-5 and ln_f train (by a count of "
-        "multiply-adds the cached share is ~32 % of a step, against ~19 % in `cache-gpt2`). " + _ABOUT_CACHE,
-        build=_cached_builder(
+        "multiply-adds the cached share is ~32 % of a step, against ~19 % in `cache-gpt2`).",
+        _cached_builder(
             lambda s: _gpt2(s, layers=6), lambda s: _gpt2_parts(s, 4), lambda s: _gpt2_parts(s, 4)[2:], _language_model
         ),
-        variants=(*CACHED, IDS, REPLAY),
-        bars=_prefix_bars(),
-        inner=2,
-        rss=False,
     ),
     Scenario(
         key="lean-middle",
