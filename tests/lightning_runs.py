@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning
 import pytest
 import torch
+from torch import nn
 
 # Lightning's own advice for tiny CPU runs, not about frozen: keep them out of the error filter.
 QUIET = [
@@ -37,3 +38,17 @@ def trainer(callbacks: list, epochs: int, **options: object) -> lightning.Traine
         callbacks=callbacks,
         **options,
     )
+
+
+class Classifier(lightning.LightningModule):
+    """``head(backbone(x))`` trained with cross-entropy on ``loader()`` batches; subclasses build both."""
+
+    backbone: nn.Module
+    head: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)

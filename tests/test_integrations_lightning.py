@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning
 import pytest
 import torch
-from lightning_runs import QUIET, loader, trainer
+from lightning_runs import QUIET, Classifier, loader, trainer
 from torch import nn
 
 import frozen
@@ -14,20 +14,13 @@ from frozen.integrations.lightning import FreezeCallback
 pytestmark = QUIET
 
 
-class Net(lightning.LightningModule):
+class Net(Classifier):
     def __init__(self, use_all_parameters: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.backbone = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU())
         self.head = nn.Linear(8, 2)
         self.use_all_parameters = use_all_parameters
-
-    def forward(self, x):
-        return self.head(self.backbone(x))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
 
     def configure_optimizers(self):
         params = self.parameters() if self.use_all_parameters else frozen.optim.param_groups(self, lr=0.05)

@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning
 import torch
-from lightning_runs import QUIET, loader, trainer
+from lightning_runs import QUIET, Classifier, loader, trainer
 from torch import nn
 from torch.multiprocessing.spawn import ProcessExitedException
 
@@ -24,7 +23,7 @@ from frozen.integrations.lightning import FreezeCallback
 pytestmark = QUIET
 
 
-class Net(lightning.LightningModule):
+class Net(Classifier):
     def __init__(self, report: str) -> None:
         super().__init__()
         torch.manual_seed(0)
@@ -32,13 +31,6 @@ class Net(lightning.LightningModule):
         self.head = nn.Linear(8, 2)
         self.report = report
         self.start = torch.cat([p.detach().flatten().clone() for p in self.backbone.parameters()])
-
-    def forward(self, x):
-        return self.head(self.backbone(x))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
 
     def configure_optimizers(self):
         return torch.optim.Adam(frozen.optim.param_groups(self, lr=0.05), lr=0.05)

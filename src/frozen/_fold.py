@@ -20,14 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._tensor_state import own_tensors
+
 __all__ = ["InputGradConv", "fold", "foldable", "kept_by_producer", "state_of"]
 
 
 def state_of(*modules: nn.Module) -> tuple[list[torch.Tensor], tuple]:
     """The leaf modules' own parameters and buffers, and the flags folding reads (see :class:`TensorState`)."""
     # The modules are leaves (a convolution, a BatchNorm): their own dicts, no recursive walk per call.
-    tensors = [t for m in modules for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
-    return tensors, tuple((m.training, getattr(m, "eps", None)) for m in modules)
+    return own_tensors(modules), tuple((m.training, getattr(m, "eps", None)) for m in modules)
 
 
 def kept_by_producer(x: torch.Tensor) -> bool:

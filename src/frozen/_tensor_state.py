@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ModuleState", "TensorState", "same_tensor", "tensor_entry"]
+__all__ = ["ModuleState", "TensorState", "own_tensors", "same_tensor", "tensor_entry"]
 
 
 def _storage_ref(tensor: torch.Tensor) -> weakref.ref | None:
@@ -73,7 +73,8 @@ class TensorState:
         return count == len(self.entries)
 
 
-def _own_tensors(modules: list[nn.Module]) -> list[torch.Tensor]:
+def own_tensors(modules: Iterable[nn.Module]) -> list[torch.Tensor]:
+    """The parameters and buffers registered on ``modules`` themselves (their dicts; no walk into children)."""
     return [t for m in modules for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
 
 
@@ -92,7 +93,7 @@ class ModuleState:
         self.modules = list(module.modules())
         self.children = [tuple(m._modules.values()) for m in self.modules]
         self.training = [m.training for m in self.modules]
-        self.tensors = TensorState(_own_tensors(self.modules), ())
+        self.tensors = TensorState(own_tensors(self.modules), ())
 
     def matches(self, module: nn.Module) -> bool:
         """Whether ``module`` is the recorded tree, with the same flags and unchanged tensors."""
@@ -103,4 +104,4 @@ class ModuleState:
                 return False
             if tuple(m._modules.values()) != children:  # modules compare by identity
                 return False
-        return self.tensors.matches(_own_tensors(self.modules), ())
+        return self.tensors.matches(own_tensors(self.modules), ())
