@@ -31,12 +31,19 @@ __all__ = ["lean", "unlean"]
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def _conv_args(conv: Any) -> tuple:
+    return (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+
+
 class LeanConv:
     """The ``forward`` of a lean convolution, with the BatchNorm after it folded in (if any).
 
-    What a call needs (plain or lean, folded weights, convolution arguments) is worked out
-    once per state of the two modules and reused while a :class:`TensorState` snapshot of
-    them matches: the per-call cost is that comparison, not the checks and the fold.
+    Eagerly, what a call needs (plain or lean, folded weights, convolution arguments) is
+    worked out once per state of the two modules and reused while a :class:`TensorState`
+    snapshot of them matches: the per-call cost is that comparison, not the checks and the
+    fold. Under ``torch.compile`` the snapshot (weak references, storages) would break the
+    graph, so the same decisions and the fold (a per-channel scale) are traced into it
+    instead, from the live parameters: dynamo guards the flags, the graph follows the values.
     """
 
     def __init__(self, conv: Any, norm: nn.Module | None) -> None:
@@ -45,35 +52,40 @@ class LeanConv:
         self.plain = False  # thawed: the convolution's own forward
         self.folding = False
         self.weights: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        self.args: tuple = ()
         self.last: tuple[weakref.ref, int] | None = None  # the output the norm may pass through unchanged
         self.own: Any = None  # frozen's guard it replaced, if any: unlean puts it back
 
     def __reduce__(self) -> tuple:
         return (Passthrough, (self.conv,))
 
-    def _refresh(self, tensors: list[torch.Tensor], flags: tuple) -> None:
+    def _decide(self) -> tuple[bool, bool, tuple[torch.Tensor, torch.Tensor | None]]:
+        """``(plain, folding, (weight, bias))`` for the modules as they are now."""
         conv = self.conv
-        self.plain = any(p.requires_grad for p in conv.parameters())
-        self.folding = not self.plain and self.norm is not None and foldable(self.norm)
-        self.weights = fold(conv, self.norm) if self.folding else (conv.weight, conv.bias)
-        self.args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
-        self.state = TensorState(tensors, flags)
+        plain = any(p.requires_grad for p in conv.parameters())
+        folding = not plain and self.norm is not None and foldable(self.norm)
+        return plain, folding, fold(conv, self.norm) if folding else (conv.weight, conv.bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
         self.last = None
-        tensors, flags = state_of(conv, self.norm) if self.norm is not None else state_of(conv)
-        if self.state is None or not self.state.matches(tensors, flags):
-            self._refresh(tensors, flags)
-        if self.plain:
+        lean_input = x.requires_grad and torch.is_grad_enabled()
+        if torch.compiler.is_compiling():
+            plain, folding, (weight, bias) = self._decide()
+        else:
+            tensors, flags = state_of(conv, self.norm) if self.norm is not None else state_of(conv)
+            if self.state is None or not self.state.matches(tensors, flags):
+                self.plain, self.folding, self.weights = self._decide()
+                self.state = TensorState(tensors, flags)
+            plain, folding, (weight, bias) = self.plain, self.folding, self.weights  # type: ignore[misc]
+            # torch's own convolution where its saved input is a storage that is kept anyway
+            lean_input = lean_input and not kept_by_producer(x)
+        if plain:
             return type(conv).forward(conv, x)
-        weight, bias = self.weights  # type: ignore[misc]
-        if x.requires_grad and torch.is_grad_enabled() and not kept_by_producer(x):
-            y = InputGradConv.apply(x, weight, bias, *self.args)
-        else:  # torch's own convolution: its saved input is a storage that is kept anyway
+        if lean_input:
+            y = InputGradConv.apply(x, weight, bias, *_conv_args(conv))
+        else:
             y = conv._conv_forward(x, weight, bias)
-        if self.folding:
+        if folding:
             self.last = (weakref.ref(y), y._version)
         return y
 
