@@ -399,3 +399,22 @@ def test_compiled_models_with_frozen_rows_trace_the_carrier_away_and_a_compiled_
         assert torch.equal(each.emb.weight[:9], before[:9]) and not torch.equal(each.emb.weight[9:], before[9:])
         frozen.thaw(each, "emb.weight")
     assert not torch._dynamo.utils.counters["graph_break"]  # the carrier costs a compiled model nothing
+
+
+def test_a_functional_call_leaves_the_carriers_and_records_alone() -> None:
+    # torch.func's functional_call puts plain tensors in the parameter slots for one call: the carrier must
+    # not freeze rows on them (it crashed on vmap's storage-less tensors) nor record them.
+    from torch.func import functional_call, grad, vmap
+
+    model = frozen.freeze(_Tied(), Rows("emb.weight", [0, 1]))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    ids = torch.tensor([[0, 3], [1, 2]])
+
+    def loss(p: dict, sample: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, p, (sample,)).square().sum()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, ids)
+    assert per_sample["emb.weight"].shape == (2, 12, 8)
+    assert list(_rows._RECORDS.values())[0].path == "emb.weight" and len(_rows._RECORDS) == 1
+    assert model.emb._parameters["weight"] is model.out.weight  # the model's own slots are back
+    frozen.thaw(model, "emb.weight")

@@ -152,8 +152,10 @@ class RowsCarrier:
         if torch.compiler.is_compiling():  # traced: no side effects, no graph break (frozen.trainable restores)
             return
         param = module._parameters.get(self.name)
-        record = _RECORDS.get(param) if param is not None else None
-        if param is None or (record is not None and record.mask is self.mask):
+        if not isinstance(param, nn.Parameter):  # absent, or a tensor torch.func's functional_call put there
+            return
+        record = _RECORDS.get(param)
+        if record is not None and record.mask is self.mask:
             return
         if param.dim() == 0 or param.shape[0] != len(self.mask):
             raise FrozenError(
