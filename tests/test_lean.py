@@ -224,3 +224,21 @@ def test_a_compiled_lean_middle_has_no_graph_break_and_follows_later_changes() -
         torch.testing.assert_close(grads[1][0], grads[0][0], **TOL)
         torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-4)
     assert not torch._dynamo.utils.counters["graph_break"]
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_lean_middle_under_gradient_checkpointing_matches_the_plain_frozen_middle(reentrant: bool) -> None:
+    # Non-reentrant checkpointing packs saved tensors through hooks and recomputes the forward: the
+    # lean path must choose the same convolutions both times (reading a saved tensor broke that).
+    from torch.utils.checkpoint import checkpoint
+
+    model = frozen.freeze(_middle(), "1")
+    reference = copy.deepcopy(model)
+    lean(model, "1")
+    x = torch.randn(2, 3, 16, 16)
+    grads = []
+    for net in (reference, model):
+        hidden = checkpoint(net[1], net[0](x), use_reentrant=reentrant)
+        net[3](net[2](hidden)).square().sum().backward()
+        grads.append(net[0].weight.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)

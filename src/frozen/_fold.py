@@ -31,20 +31,20 @@ def state_of(*modules: nn.Module) -> tuple[list[torch.Tensor], tuple]:
     return own_tensors(modules), tuple((m.training, getattr(m, "eps", None)) for m in modules)
 
 
+# Autograd nodes whose backward keeps the op's output itself (torch's derivatives.yaml: ``result``).
+_KEEP_RESULT = frozenset({"ReluBackward0", "SigmoidBackward0", "TanhBackward0", "ExpBackward0"})
+
+
 def kept_by_producer(x: torch.Tensor) -> bool:
-    """Whether the op that produced ``x`` keeps ``x`` itself for its backward (ReLU, tanh, sigmoid...).
+    """Whether the op that produced ``x`` keeps ``x`` itself for its backward (ReLU, tanh, sigmoid, exp).
 
     A convolution saving such an input adds no bytes (the storage is kept anyway), so torch's
     own convolution, with no Python autograd function around it, is then the cheaper choice.
+    The node's type decides, not its saved tensor: reading ``_saved_result`` would unpack it
+    through any active ``saved_tensors_hooks`` -- inside non-reentrant checkpointing that made
+    the recomputed forward differ from the first and raised ``CheckpointError``.
     """
-    node = x.grad_fn
-    if node is None:
-        return False
-    try:
-        saved = getattr(node, "_saved_result", None)
-    except RuntimeError:  # freed by an earlier backward
-        return False
-    return isinstance(saved, torch.Tensor) and saved.untyped_storage() is x.untyped_storage()
+    return x.grad_fn is not None and type(x.grad_fn).__name__ in _KEEP_RESULT
 
 
 def foldable(norm: nn.Module) -> bool:
