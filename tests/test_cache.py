@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 import pickle
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.testing import CompileCounter
+from torch.utils.checkpoint import checkpoint
 from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
 import frozen
@@ -44,9 +47,11 @@ def _count_forwards(module: nn.Module) -> list[int]:
     return calls
 
 
-def _train_probe(use_cache: bool, epochs: int = 3) -> tuple[list[float], Probe, list[int], dict]:
+def _train_probe(use_cache: bool, epochs: int = 3, compiler: Any = None) -> tuple[list[float], Probe, list[int], dict]:
+    """Train the probe's head over shuffled epochs (through ``torch.compile(model, backend=compiler)`` if given)."""
     torch.manual_seed(0)
     model = frozen.freeze(Probe(), "backbone")
+    runner = model if compiler is None else torch.compile(model, backend=compiler)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     calls = _count_forwards(model.backbone)
     if use_cache:
@@ -59,7 +64,7 @@ def _train_probe(use_cache: bool, epochs: int = 3) -> tuple[list[float], Probe, 
         order = torch.randperm(24, generator=torch.Generator().manual_seed(epoch))
         start = calls[0]
         for batch in order.split(8):
-            loss = nn.functional.cross_entropy(model(data[batch]), labels[batch])
+            loss = nn.functional.cross_entropy(runner(data[batch]), labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -80,6 +85,46 @@ def test_shuffled_epochs_replay_the_cache_and_train_the_head_identically() -> No
         cached.head.weight.grad is not None
         and cached.backbone.embeddings.patch_embeddings.projection.weight.grad is None
     )
+
+
+def test_compiled_model_replays_the_cache_without_recompiling() -> None:
+    # Traced, the cache's keys, store and snapshot became guards: every batch recompiled
+    # (until dynamo's limit) and no sample ever hit. The part is a graph break instead.
+    plain_losses, _, _, _ = _train_probe(use_cache=False)
+    counter = CompileCounter()
+    losses, _, calls, stats = _train_probe(use_cache=True, compiler=counter)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(plain_losses), **TOL)
+    assert calls == [3, 0, 0] and stats["backbone"]["hits"] == 48 and stats["backbone"]["invalidations"] == 0
+    assert 0 < counter.frame_count <= 3  # the frames around the part, each compiled once
+
+
+def test_thaw_under_compile_recomputes_with_gradients() -> None:
+    model, calls, x = _cached_linear()
+    compiled = torch.compile(model, backend="eager")
+    compiled(x)
+    assert calls == [1]  # still a hit through the compiled model
+    frozen.thaw(model, "0.1")
+    model.train()
+    compiled(x).sum().backward()
+    assert calls == [2] and model[0][1].weight.grad is not None
+    torch.testing.assert_close(compiled(x), _plain(model, x))
+
+
+def test_a_checkpointed_segment_around_a_cached_part_replays_it_in_the_recompute() -> None:
+    model, calls, x = _cached_linear()
+    model.train()
+
+    def segment(inputs: torch.Tensor) -> torch.Tensor:
+        return model[1](model[0](inputs))
+
+    out = checkpoint(segment, x, use_reentrant=False)
+    out.sum().backward()  # the recompute in backward replays the cached part too
+    torch.testing.assert_close(out, _plain(model, x))
+    assert calls == [1] and model[1].weight.grad is not None and model[0][0].weight.grad is None
+    # Reentrant checkpointing makes the segment's input require grad: the prefix refuses it, clearly.
+    with pytest.raises(CacheError, match="argument 0 that requires grad"):
+        checkpoint(segment, x.clone().requires_grad_(True), use_reentrant=True)
+    assert calls == [1]
 
 
 class TwoInputs(nn.Module):

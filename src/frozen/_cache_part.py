@@ -64,6 +64,10 @@ class Part:
         own = self.own_forward
         return own(*args, **kwargs) if own is not None else type(self.module).forward(self.module, *args, **kwargs)
 
+    # Under torch.compile the part runs eagerly, a graph break on each side: a hit is a
+    # lookup with nothing to compile, and traced, the keys, the store and the snapshot
+    # became guards that recompiled at every batch and never hit.
+    @torch.compiler.disable
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.counts["calls"] += 1
         if self.fingerprint is None or not self.fingerprint.matches(self.module):

@@ -1,0 +1,165 @@
+"""Cached prefixes and lean middles on 2 real ranks: DDP (cache, lean) and FSDP2 (lean).
+
+One spawn (2 processes, gloo, CPU, file-store rendezvous) trains each scenario twice on
+every rank -- with the speed-up and without -- and saves what each run saw; the tests
+compare the two. Tolerances: the cache replays bit-identical rows here (TOL is the one
+of tests/test_cache.py); folding BatchNorm changes float rounding (TOL of tests/test_lean.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+
+import frozen
+import frozen.distributed
+from frozen._lean import lean
+
+WORLD = 2
+CACHE_TOL = {"rtol": 1.3e-6, "atol": 1e-5}
+LEAN_TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def prefix_model() -> nn.Module:
+    """A frozen Linear-BatchNorm prefix ("0", buffers DDP broadcasts) under two trainable layers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU()), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 2)
+    )
+    return frozen.freeze(model, "0").train()
+
+
+def middle_model() -> nn.Module:
+    """A trainable stem, a frozen conv-BN-ReLU middle ("1") gradients pass through, a trainable head."""
+    torch.manual_seed(0)
+    blocks = []
+    for stride in (1, 2, 1):
+        norm = nn.BatchNorm2d(8)
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        blocks += [nn.Conv2d(8, 8, 3, stride=stride, padding=1), norm, nn.ReLU()]
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Sequential(*blocks), nn.Flatten(), nn.Linear(8 * 16, 2))
+    return frozen.freeze(model, "1").train()
+
+
+def states(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in model.state_dict().items()
+    }
+
+
+def saved_bytes(run, *args) -> int:
+    """Bytes saved for backward by ``run(*args)``'s forward, each storage once, parameters excluded."""
+    sizes: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, nn.Parameter):
+            sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run(*args).square().mean().backward()
+    return sum(sizes.values())
+
+
+def cached_prefix_run(rank: int, use_cache: bool) -> dict:
+    model = prefix_model()
+    start = states(model)
+    handle = frozen.cache(model, "0") if use_cache else None
+    wrapped = frozen.distributed.wrap(model)
+    optimizer = torch.optim.AdamW(frozen.trainable(model), lr=1e-2)
+    data = torch.randn(16, 4, generator=torch.Generator().manual_seed(rank))
+    losses = []
+    for epoch in range(3):
+        for rows in torch.randperm(16, generator=torch.Generator().manual_seed(epoch)).split(8):
+            loss = wrapped(data[rows]).square().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return {"start": start, "end": states(model), "losses": losses, "stats": handle.stats()["0"] if handle else None}
+
+
+def lean_middle_run(rank: int, use_lean: bool, sharded: bool) -> dict:
+    model = middle_model()
+    start = states(model)
+    if use_lean:
+        lean(model, "1")
+    if sharded:
+        for child in (model[0], model[1], model[3]):
+            fully_shard(child)
+        wrapped = fully_shard(model)
+    else:
+        wrapped = frozen.distributed.wrap(model)
+    optimizer = torch.optim.AdamW(frozen.trainable(model), lr=1e-2)
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(rank))
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        wrapped(x).square().mean().backward()
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    alone = middle_model()  # the same model in one process, unwrapped: what the wrapper should save
+    return {"start": start, "end": states(model), "saved": saved_bytes(wrapped, x),
+            "saved_alone": saved_bytes(lean(alone, "1") if use_lean else alone, x)}  # fmt: skip
+
+
+def worker(rank: int, store: str, out_dir: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60)
+    )
+    try:
+        out = {f"cache_{on}": cached_prefix_run(rank, on) for on in (False, True)}
+        for sharded in (False, True):
+            out |= {f"lean_{sharded}_{on}": lean_middle_run(rank, on, sharded) for on in (False, True)}
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    except Exception:
+        traceback.print_exc()
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    out_dir = tmp_path_factory.mktemp("speedups")
+    mp.spawn(worker, args=(str(out_dir / "store"), str(out_dir)), nprocs=WORLD, join=True)
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+
+
+def test_a_cached_prefix_under_ddp_hits_and_trains_like_no_cache(ranks: list[dict]) -> None:
+    for seen in ranks:
+        plain, cached = seen["cache_False"], seen["cache_True"]
+        torch.testing.assert_close(torch.tensor(cached["losses"]), torch.tensor(plain["losses"]), **CACHE_TOL)
+        assert cached["stats"]["hits"] == 32 and cached["stats"]["forwards"] == 2  # epochs 2-3: no forward
+        assert cached["stats"]["invalidations"] == 0  # DDP's buffer broadcast left the prefix unchanged
+        for key, value in cached["start"].items():
+            if key.startswith("0."):
+                assert torch.equal(cached["end"][key], value), key
+            else:
+                torch.testing.assert_close(cached["end"][key], plain["end"][key], **CACHE_TOL)
+        assert not torch.equal(cached["end"]["3.weight"], cached["start"]["3.weight"])
+    for key in ranks[0]["cache_True"]["end"]:
+        assert torch.equal(ranks[0]["cache_True"]["end"][key], ranks[1]["cache_True"]["end"][key]), key
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["ddp", "fsdp2"])
+def test_a_lean_middle_trains_like_the_plain_one_and_saves_less(ranks: list[dict], sharded: bool) -> None:
+    for seen in ranks:
+        plain, leaned = seen[f"lean_{sharded}_False"], seen[f"lean_{sharded}_True"]
+        for key, value in leaned["start"].items():
+            if key.startswith("1."):
+                assert torch.equal(leaned["end"][key], value), key
+            else:
+                torch.testing.assert_close(leaned["end"][key], plain["end"][key], **LEAN_TOL)
+                assert not torch.equal(leaned["end"][key], value), key
+        # The wrapper keeps the lean saving whole: the middle saves only its ReLUs' outputs, as in
+        # one process (0.63x of the plain model here, whose stem input and head input stay).
+        assert leaned["saved"] == leaned["saved_alone"] <= 0.65 * plain["saved_alone"] <= 0.65 * plain["saved"]
