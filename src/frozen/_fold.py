@@ -22,7 +22,7 @@ from torch import nn
 
 from ._tensor_state import own_tensors
 
-__all__ = ["InputGradConv", "fold", "foldable", "kept_by_producer", "state_of"]
+__all__ = ["InputGradConv", "InputGradConvJvp", "autocast_operands", "fold", "foldable", "kept_by_producer", "state_of"]
 
 
 def state_of(*modules: nn.Module) -> tuple[list[torch.Tensor], tuple]:
@@ -74,12 +74,34 @@ def fold(conv: Any, norm: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return folded_weight, folded_bias
 
 
+def autocast_operands(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The convolution's operands as autocast would give them to ``conv2d`` (all in its lower precision).
+
+    :class:`InputGradConv` calls ``aten.convolution``, which autocast does not cover: under
+    ``torch.autocast`` a half-precision activation met a float32 weight and the call raised.
+    Casting here, outside the autograd function, lets autograd cast the input gradient back.
+    """
+    kind = x.device.type
+    if not torch.is_autocast_enabled(kind) or not x.is_floating_point():
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(kind)
+    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
 class InputGradConv(torch.autograd.Function):
-    """``aten.convolution`` whose backward gives the input gradient only (weight and bias are constants)."""
+    """``aten.convolution`` whose backward gives the input gradient only (weight and bias are constants).
+
+    Written in the ``forward`` / ``setup_context`` form with a generated vmap rule so that
+    ``torch.func`` transforms (``vmap`` of ``grad`` for per-sample gradients, ``jacrev``)
+    run through it, as through torch's own; :class:`InputGradConvJvp` adds forward mode.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(
-        ctx: Any,
         x: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
@@ -88,10 +110,15 @@ class InputGradConv(torch.autograd.Function):
         dilation: list[int],
         groups: int,
     ) -> torch.Tensor:
-        ctx.save_for_backward(weight)
-        ctx.shape, ctx.config = x.shape, (stride, padding, dilation, groups)
         zeros = [0] * len(stride)
         return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, zeros, groups)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, weight, _, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(weight)
+        ctx.save_for_forward(weight)
+        ctx.shape, ctx.config = x.shape, (stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
@@ -112,3 +139,19 @@ class InputGradConv(torch.autograd.Function):
             grad, weight, None, stride, padding, dilation, True, output_padding, groups
         )
         return grad_input, None, None, None, None, None, None
+
+
+class InputGradConvJvp(InputGradConv):
+    """:class:`InputGradConv` with a ``jvp`` for forward-mode AD (``torch.func.jvp``/``jacfwd``, ``torch.autograd.forward_ad``).
+
+    Kept apart because dynamo cannot trace a custom ``jvp`` (a graph break per call):
+    compiled code uses :class:`InputGradConv`, eager code this one.
+    """
+
+    @staticmethod
+    def jvp(ctx: Any, x_tangent: torch.Tensor | None, *_constant_tangents: Any) -> torch.Tensor:
+        # Linear in x with constant weights: the tangent is the same convolution, without the bias.
+        (weight,) = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.config
+        zeros = [0] * len(stride)
+        return torch.ops.aten.convolution(x_tangent, weight, None, stride, padding, dilation, False, zeros, groups)

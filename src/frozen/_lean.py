@@ -22,7 +22,7 @@ from ._cache_part import Passthrough
 from ._call import GuardedForward
 from ._checks import check_model
 from ._errors import FrozenError, UnknownPathError, closest
-from ._fold import InputGradConv, fold, foldable, kept_by_producer, state_of
+from ._fold import InputGradConv, InputGradConvJvp, autocast_operands, fold, foldable, kept_by_producer, state_of
 from ._tensor_state import TensorState
 from ._tree import iter_module_uses
 
@@ -69,7 +69,9 @@ class LeanConv:
         conv = self.conv
         self.last = None
         lean_input = x.requires_grad and torch.is_grad_enabled()
+        function: type[InputGradConv] = InputGradConvJvp
         if torch.compiler.is_compiling():
+            function = InputGradConv  # dynamo cannot trace a custom jvp
             plain, folding, (weight, bias) = self._decide()
         else:
             tensors, flags = state_of(conv, self.norm) if self.norm is not None else state_of(conv)
@@ -82,7 +84,7 @@ class LeanConv:
         if plain:
             return type(conv).forward(conv, x)
         if lean_input:
-            y = InputGradConv.apply(x, weight, bias, *_conv_args(conv))
+            y = function.apply(*autocast_operands(x, weight, bias), *_conv_args(conv))
         else:
             y = conv._conv_forward(x, weight, bias)
         if folding:
