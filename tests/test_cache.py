@@ -127,6 +127,21 @@ def test_a_checkpointed_segment_around_a_cached_part_replays_it_in_the_recompute
     assert calls == [1]
 
 
+def test_autocast_is_part_of_the_key() -> None:
+    # An output stored in float32 answered a call under autocast (and the reverse): the uncached part returns
+    # bfloat16 there. Each autocast state keys its own entries.
+    model, calls, x = _cached_linear()  # float32 entries stored
+    part = model[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first, second = part(x), part(x)
+        want = nn.Sequential.forward(part, x)  # the uncached computation (runs the children: counted)
+    assert calls == [3] and first.dtype == second.dtype == torch.bfloat16  # one miss, one hit
+    assert torch.equal(first, want) and torch.equal(second, want)
+    assert part(x).dtype == torch.float32 and calls == [3]  # outside autocast: the float32 entries
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert part(x).dtype == torch.float16 and calls == [4]
+
+
 class TwoInputs(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -4,7 +4,8 @@ A cached part is a deterministic function of its inputs, so one sample's output 
 named by the sample's inputs: every tensor argument (positional and keyword) is split
 along dimension 0, each row is hashed with BLAKE2b (128-bit digest) over its bytes,
 shape and dtype, and the row digests of all arguments plus the call's other arguments
-(non-batch tensors hashed whole, plain Python scalars by value) make the sample's key.
+(non-batch tensors hashed whole, plain Python scalars by value) and the autocast state
+make the sample's key.
 At 128 bits a collision needs ~2**64 distinct samples: not a practical concern, and
 unlike an explicit sample-id API it cannot be wrong when augmentation changes a sample.
 
@@ -112,9 +113,21 @@ def _check_arguments(named: list[tuple[int | str, Any]], where: str) -> None:
             )
 
 
+def _autocast_state(named: list[tuple[int | str, Any]]) -> bytes:
+    """Whether (and to which dtype) autocast is on for the devices of the call's tensors.
+
+    It changes what the part computes -- under ``torch.autocast`` a float32 part returns
+    bfloat16 -- so an output stored outside autocast must not answer a call inside it.
+    """
+    kinds = sorted({value.device.type for _, value in named if isinstance(value, torch.Tensor)})
+    on = [f"{kind}:{torch.get_autocast_dtype(kind)}" for kind in kinds if torch.is_autocast_enabled(kind)]
+    return f"autocast={','.join(on)};".encode()
+
+
 def _context(named: list[tuple[int | str, Any]], batch: int, by_ids: bool) -> Any:
-    """The hash of what every sample of the call shares: argument layout, non-batch tensors, scalars."""
+    """The hash of what every sample of the call shares: argument layout, non-batch tensors, scalars, autocast."""
     context = hashlib.blake2b(b"ids;" if by_ids else b"rows;", digest_size=_DIGEST)
+    context.update(_autocast_state(named))
     for name, value in named:
         if isinstance(value, torch.Tensor):
             is_batched = value.dim() > 0 and value.shape[0] == batch
@@ -135,7 +148,8 @@ def call_keys(args: tuple[Any, ...], kwargs: dict[str, Any], where: str, ids: li
     dimension; every tensor argument whose dimension 0 has that size is split by sample,
     other tensors and scalars are part of every sample's key. With ``ids`` (from
     :func:`sample_keys`) the batched tensors are not read: their row shapes and dtypes and
-    the sample's id stand for their rows.
+    the sample's id stand for their rows. The autocast state of the tensors' devices is in
+    every key.
 
     Raises:
         frozen.CacheError: a tensor argument requires grad, an argument is neither a
