@@ -1,9 +1,11 @@
-"""Cached prefixes and lean middles on 2 real ranks: DDP (cache, lean) and FSDP2 (lean).
+"""Cached prefixes, lean middles and frozen rows on 2 real ranks: DDP (all three) and FSDP2 (lean).
 
-One spawn (2 processes, gloo, CPU, file-store rendezvous) trains each scenario twice on
-every rank -- with the speed-up and without -- and saves what each run saw; the tests
-compare the two. Tolerances: the cache replays bit-identical rows here (TOL is the one
-of tests/test_cache.py); folding BatchNorm changes float rounding (TOL of tests/test_lean.py).
+One spawn (2 processes, gloo, CPU, file-store rendezvous) runs every scenario and saves
+what each rank saw. Cache and lean train twice on every rank -- with the speed-up and
+without -- and the tests compare the two. Tolerances: the cache replays bit-identical
+rows here (TOL is the one of tests/test_cache.py); folding BatchNorm changes float
+rounding (TOL of tests/test_lean.py). Frozen rows are checked against a single-process
+run on both ranks' data (1e-6: the all-reduce sums in another order).
 """
 
 from __future__ import annotations
@@ -111,12 +113,37 @@ def lean_middle_run(rank: int, use_lean: bool, sharded: bool) -> dict:
             "saved_alone": saved_bytes(lean(alone, "1") if use_lean else alone, x)}  # fmt: skip
 
 
+def rows_model() -> nn.Module:
+    """An embedding whose rows 0-11 are frozen (12-15 train, as new tokens would) under a trainable head."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(16, 8), nn.Flatten(), nn.Linear(8 * 4, 2))
+    return frozen.freeze(model, frozen.Rows("0.weight", trainable=range(12, 16)))
+
+
+def rows_run(rank: int, distributed: bool) -> dict:
+    """AdamW with weight decay for 3 steps: under DDP on this rank's tokens, or alone on both ranks' tokens."""
+    model = rows_model()
+    start = states(model)
+    wrapped = frozen.distributed.wrap(model) if distributed else model
+    optimizer = torch.optim.AdamW(frozen.trainable(model), lr=1e-2, weight_decay=0.1)
+    for step in range(3):
+        tokens = [
+            torch.randint(0, 16, (4, 4), generator=torch.Generator().manual_seed(10 * step + r)) for r in range(WORLD)
+        ]
+        loss = wrapped(tokens[rank] if distributed else torch.cat(tokens)).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return {"start": start, "end": states(model)}
+
+
 def worker(rank: int, store: str, out_dir: str) -> None:
     dist.init_process_group(
         "gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60)
     )
     try:
         out = {f"cache_{on}": cached_prefix_run(rank, on) for on in (False, True)}
+        out |= {f"rows_{on}": rows_run(rank, on) for on in (False, True)}
         for sharded in (False, True):
             out |= {f"lean_{sharded}_{on}": lean_middle_run(rank, on, sharded) for on in (False, True)}
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -163,3 +190,14 @@ def test_a_lean_middle_trains_like_the_plain_one_and_saves_less(ranks: list[dict
         # The wrapper keeps the lean saving whole: the middle saves only its ReLUs' outputs, as in
         # one process (0.63x of the plain model here, whose stem input and head input stay).
         assert leaned["saved"] == leaned["saved_alone"] <= 0.65 * plain["saved_alone"] <= 0.65 * plain["saved"]
+
+
+def test_frozen_rows_under_ddp_stay_bit_identical_and_the_rest_trains_like_one_process(ranks: list[dict]) -> None:
+    for seen in ranks:
+        start, end, alone = seen["rows_True"]["start"], seen["rows_True"]["end"], seen["rows_False"]["end"]
+        assert torch.equal(end["0.weight"][:12], start["0.weight"][:12])  # AdamW's decay did not reach them
+        assert not torch.equal(end["0.weight"][12:], start["0.weight"][12:])
+        for key, value in end.items():
+            torch.testing.assert_close(value, alone[key], rtol=1e-6, atol=1e-6)
+    for key in ranks[0]["rows_True"]["end"]:
+        assert torch.equal(ranks[0]["rows_True"]["end"][key], ranks[1]["rows_True"]["end"][key]), key
