@@ -5,7 +5,7 @@ what only a card exercises: cuDNN convolutions in a lean middle (the transposed
 convolution as input gradient, output padding included), a bf16 frozen part that keeps
 its storage type across ``.to()`` moves between devices, cache stores on the device, on
 the host and on disk with a device move invalidating them, autocast switched off inside
-a frozen wrapper, and a compiled step. Every check trains with real steps and asserts
+a frozen wrapper, a lean middle under autocast and ``torch.func``, and a compiled step. Every check trains with real steps and asserts
 frozen tensors bit-identical, frozen gradients ``None`` and trainable tensors changed.
 It prints one line per check and exits 1 if any fails.
 """
@@ -106,6 +106,43 @@ def lean_middle_matches_torch_with_cudnn() -> str:
     torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
     return "outputs and the stem's gradient equal torch's (strides 1-3, output padding)"
+
+
+@check
+def lean_middle_under_autocast_and_torch_func() -> str:
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Conv2d(8, 8, 3, stride=s, padding=1), nn.BatchNorm2d(8), nn.ReLU()) for s in (1, 2)]
+    for block in blocks:  # statistics that make the fold change the weights
+        block[1].running_mean.uniform_(-0.2, 0.2)
+        block[1].running_var.uniform_(0.5, 2.0)
+    plain = frozen.freeze(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), *blocks, nn.Flatten()).to(CUDA), "1", "2")
+    model = frozen.lean(copy.deepcopy(plain), "1", "2")
+    x = torch.randn(4, 3, 16, 16, device=CUDA)
+    kind = CUDA.type
+    results = []
+    for net in (plain, model):  # bf16 autocast: aten.convolution is not covered, lean casts like conv2d
+        net[0].weight.grad = None
+        with torch.autocast(kind, dtype=torch.bfloat16):
+            out = net(x)
+        out.float().square().sum().backward()
+        results.append((out.float(), net[0].weight.grad))
+    assert results[1][0].dtype == results[0][0].dtype
+    # bf16 keeps ~3 significant digits: two orders of rounding differ by ~1e-2 (norm-relative)
+    gaps = [((got - want).norm() / want.norm()).item() for got, want in zip(results[1], results[0], strict=True)]
+    assert max(gaps) < 5e-2, f"lean under autocast strays from torch's: {gaps}"
+    from torch.func import functional_call, grad, vmap
+
+    per_sample = []
+    for net in (plain, model):
+        params = {k: v.detach() for k, v in net.named_parameters()}
+
+        def loss(p: dict, xi: torch.Tensor, net: nn.Module = net) -> torch.Tensor:
+            return functional_call(net, {**p, **dict(net.named_buffers())}, (xi[None],)).square().sum()
+
+        per_sample.append(vmap(grad(loss), in_dims=(None, 0))(params, x))
+    torch.testing.assert_close(per_sample[1]["0.weight"], per_sample[0]["0.weight"], rtol=1e-3, atol=1e-4)
+    assert per_sample[1]["1.0.weight"].abs().sum() == 0, "a frozen weight got a per-sample gradient"
+    return f"bf16 autocast {max(gaps):.1e} from torch's (norm-relative); per-sample gradients (vmap of grad) equal, frozen ones zero"
 
 
 @check
