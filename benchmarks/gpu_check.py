@@ -158,16 +158,22 @@ def cache_stores_on_cuda_hit_and_invalidate() -> str:
             stats = handle.stats()["0"]
             assert stats["hits"] == 8 and stats["misses"] == 8, stats
             torch.testing.assert_close(model[0](x), plain, rtol=0, atol=0)
+            # Half seen, half new: stored rows (on the host for "cpu"/"disk") meet rows computed on the card.
+            fresh = torch.randn(4, 16, device=CUDA)
+            mixed = torch.cat([x[:4], fresh])
+            want = torch.cat([plain[:4], model[0].__class__.forward(model[0], fresh)])
+            torch.testing.assert_close(model[0](mixed), want)
+            assert handle.stats()["0"]["hits"] == 8 + 8 + 4, handle.stats()
             if CUDA.type == "cuda":
                 model.cpu().to(CUDA)  # a device move drops the entries: the next call recomputes
             else:
                 model.double().float()  # the dry run's stand-in for a move
             model(x)
-            assert handle.stats()["0"]["misses"] == 16, handle.stats()
+            assert handle.stats()["0"]["misses"] == 8 + 4 + 8, handle.stats()
             assert first.device.type == second.device.type == CUDA.type
             frozen.uncache(model)
         results.append(store)
-    return f"stores {', '.join(results)}: shuffled batch hit, exact, a move invalidated"
+    return f"stores {', '.join(results)}: shuffled batch hit, exact, half-seen batch assembled, a move invalidated"
 
 
 @check

@@ -75,6 +75,10 @@ class Store:
         self._entries.move_to_end(key)
         return found[2], (self._read(found[0]) if self.kind == "disk" else found[0])
 
+    def stage(self, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``leaves`` on the device this store keeps rows on (host stores: the CPU), one move per leaf."""
+        return leaves if self.kind == "device" else [leaf.detach().cpu() for leaf in leaves]
+
     def put(self, key: bytes, rows: tuple[torch.Tensor, ...], tag: Any = None) -> None:
         """Store copies of ``rows`` (and ``tag``) under ``key``, evicting old entries to stay within the budget."""
         size = sum(_padded(r.numel() * r.element_size()) for r in rows)
