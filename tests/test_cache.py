@@ -142,6 +142,30 @@ def test_autocast_is_part_of_the_key() -> None:
         assert part(x).dtype == torch.float16 and calls == [4]
 
 
+def test_inference_mode_entries_serve_training_and_a_chain_rehashes_them() -> None:
+    # An evaluation loop under torch.inference_mode (Lightning's validate/test/predict) stores inference
+    # tensors, which have no version counter: reading it raised. They never count as unchanged.
+    model, calls, x = _cached_linear()
+    fresh = torch.randn(3, 4)
+    with torch.inference_mode():
+        seen = model(x)  # a hit
+        first = model(fresh)  # a miss: stored as inference tensors
+    assert calls == [2] and seen.is_inference() and first.is_inference()
+    model.train()
+    out = model(torch.cat([fresh, x[:2]]))  # all hits, outside inference mode
+    out.sum().backward()
+    assert calls == [2] and not out.is_inference() and model[1].weight.grad is not None
+    torch.testing.assert_close(out, _plain(model, torch.cat([fresh, x[:2]])), **TOL)
+    bert_model = frozen.freeze(BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=32)), "embeddings", "encoder")  # fmt: skip
+    handle = cache(bert_model, "embeddings", "encoder.layer.0", "encoder.layer.1")
+    ids = torch.randint(0, 50, (4, 6))
+    with torch.inference_mode():
+        want = bert_model(input_ids=ids).last_hidden_state
+        got = bert_model(input_ids=ids).last_hidden_state  # the chain's inner keys come from hashing
+    assert torch.equal(got, want) and [handle.stats()[p]["hits"] for p in handle.paths] == [4, 4, 4]
+
+
 class TwoInputs(nn.Module):
     def __init__(self) -> None:
         super().__init__()

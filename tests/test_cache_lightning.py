@@ -1,8 +1,11 @@
 """The cache recipe inside Lightning's loop: FreezeCallback freezes at set-up, the module caches at fit start.
 
 Run the way users run it -- shuffled DataLoader, several epochs, Lightning's own train/eval
-switching -- once uncached, once with content keys and once with sample ids from the
-dataset's indices; the head must train the same and the backbone run in the first epoch only.
+switching, a validation loop (sanity check included; ``torch.no_grad`` inside ``fit``) on
+samples the training also sees -- once uncached, once with content keys and once with
+sample ids from the dataset's indices; the head must train and validate the same and the
+backbone run in the first epoch only. Then ``trainer.validate`` (``torch.inference_mode``,
+where the cache stores inference tensors) twice on a cached module.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from frozen.integrations.lightning import FreezeCallback
 pytestmark = QUIET
 TOL = {"rtol": 1.3e-6, "atol": 1e-5}  # the cache's stated bound (docs/cache.md)
 SAMPLES, BATCH, EPOCHS = 48, 8, 3
+VALIDATION = 24  # the first 24 training samples, in order
 
 
 class Probe(lightning.LightningModule):
@@ -30,6 +34,8 @@ class Probe(lightning.LightningModule):
         self.keys = keys  # None: no cache; "content" or "ids"
         self.handle: frozen.CacheHandle | None = None
         self.backbone_runs = 0
+        self.validation_losses: list[float] = []
+        self.runs_after_validation: list[int] = []  # sanity check, then each epoch
         self.backbone[0].register_forward_hook(lambda *_: setattr(self, "backbone_runs", self.backbone_runs + 1))
 
     def on_fit_start(self) -> None:  # after FreezeCallback.setup froze the backbone
@@ -40,7 +46,7 @@ class Probe(lightning.LightningModule):
         if self.handle is not None:
             frozen.uncache(self)
 
-    def training_step(self, batch: list[torch.Tensor], _index: int) -> torch.Tensor:
+    def _loss(self, batch: list[torch.Tensor]) -> torch.Tensor:
         rows, x, y = batch
         if self.keys == "ids":
             assert self.handle is not None
@@ -50,30 +56,54 @@ class Probe(lightning.LightningModule):
             features = self.backbone(x)
         return nn.functional.cross_entropy(self.head(features), y)
 
+    def training_step(self, batch: list[torch.Tensor], _index: int) -> torch.Tensor:
+        return self._loss(batch)
+
+    def validation_step(self, batch: list[torch.Tensor], _index: int) -> None:
+        self.validation_losses.append(self._loss(batch).item())
+
+    def on_validation_epoch_end(self) -> None:
+        self.runs_after_validation.append(self.backbone_runs)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(frozen.trainable(self), lr=0.05)
 
 
-def _fit(keys: str | None) -> Probe:
+def _fit(keys: str | None) -> tuple[Probe, lightning.Trainer, torch.utils.data.DataLoader]:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(SAMPLES, 6, generator=g), torch.randint(0, 3, (SAMPLES,), generator=g)
     data = torch.utils.data.TensorDataset(torch.arange(SAMPLES), x, y)
     loader = torch.utils.data.DataLoader(
         data, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(1)
     )
-    model = Probe(keys)
-    trainer([FreezeCallback("backbone")], EPOCHS).fit(model, loader)
-    return model
+    validation = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(VALIDATION)), batch_size=BATCH)
+    model, run = Probe(keys), trainer([FreezeCallback("backbone")], EPOCHS)
+    run.fit(model, loader, validation)
+    return model, run, validation
 
 
 @pytest.mark.parametrize("keys", ["content", "ids"])
 def test_cached_backbone_in_lightning_trains_the_head_as_uncached_and_runs_once(keys: str) -> None:
-    plain, cached = _fit(None), _fit(keys)
-    assert plain.backbone_runs == EPOCHS * SAMPLES // BATCH
-    assert cached.backbone_runs == SAMPLES // BATCH  # epoch 1 only: shuffled epochs 2+ hit every sample
+    (plain, plain_run, validation), (cached, cached_run, _) = _fit(None), _fit(keys)
+    sanity = 2  # Lightning's sanity check: two validation batches before training
+    assert plain.backbone_runs == sanity + EPOCHS * (SAMPLES + VALIDATION) // BATCH
+    # Epoch 1 computes what the sanity check did not store; from then on every sample hits.
+    assert 0 < cached.runs_after_validation[1] <= sanity + SAMPLES // BATCH
+    assert cached.runs_after_validation[1:] == [cached.runs_after_validation[1]] * EPOCHS
+    torch.testing.assert_close(torch.tensor(cached.validation_losses), torch.tensor(plain.validation_losses), **TOL)
     for name, value in plain.backbone.state_dict().items():
         assert torch.equal(cached.backbone.state_dict()[name], value)  # frozen: bit-identical
     for name, value in plain.head.state_dict().items():
         torch.testing.assert_close(cached.head.state_dict()[name], value, **TOL)
     assert not torch.equal(plain.head.weight, Probe(None).head.weight)  # the head did train
     assert frozen.cache_stats(cached) == {}  # uncached at fit end
+    # trainer.validate runs under torch.inference_mode: what it stores are inference tensors.
+    plain_run.validate(plain, validation, verbose=False)
+    handle = frozen.cache(cached, "backbone", budget="1MB")
+    cached.keys, cached.handle, runs = keys, handle, cached.backbone_runs
+    for _ in range(2):
+        cached_run.validate(cached, validation, verbose=False)
+    assert cached.backbone_runs == runs + VALIDATION // BATCH  # the first validate only
+    want = plain.validation_losses[-VALIDATION // BATCH :]
+    got = cached.validation_losses[-2 * VALIDATION // BATCH :]
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(want * 2), **TOL)

@@ -312,3 +312,17 @@ def test_lean_middle_under_torch_func_matches_the_plain_frozen_middle(monkeypatc
             torch.testing.assert_close(lean_grads[name], value, **TOL)
     for got, want in zip(lean_jacobians, plain_jacobians, strict=True):
         torch.testing.assert_close(got, want, **TOL)
+
+
+def test_a_lean_middle_under_inference_mode_runs_plain_and_then_trains() -> None:
+    # The fold passes the norm an output it checks by version counter; inference tensors have none (it
+    # raised). Under inference mode nothing is saved for backward, so the middle runs its plain forward.
+    model, reference = frozen.freeze(_middle(), "1"), frozen.freeze(_middle(), "1")
+    lean(model, "1")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+    saved, out = _saved_bytes(model, x)  # outside inference mode: lean again
+    assert saved < 0.6 * _saved_bytes(reference, x)[0]
+    out.sum().backward()
+    assert model[0].weight.grad is not None

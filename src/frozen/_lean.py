@@ -73,6 +73,10 @@ class LeanConv:
         if torch.compiler.is_compiling():
             function = InputGradConv  # dynamo cannot trace a custom jvp
             plain, folding, (weight, bias) = self._decide()
+        elif torch.is_inference_mode_enabled():  # eager only: dynamo cannot trace this query
+            # Nothing is saved for backward here, and the output is an inference tensor without a
+            # version counter: the norm could not tell it unchanged, so it normalises by itself.
+            return type(conv).forward(conv, x)
         else:
             tensors, flags = state_of(conv, self.norm) if self.norm is not None else state_of(conv)
             if self.state is None or not self.state.matches(tensors, flags):

@@ -36,20 +36,29 @@ def _storage_ref(tensor: torch.Tensor) -> weakref.ref | None:
         return None
 
 
+def _version(tensor: torch.Tensor) -> int | None:
+    # Tensors made under torch.inference_mode have no version counter (reading it raises):
+    # in-place writes to them are not tracked, so such a tensor is never taken as unchanged.
+    return None if tensor.is_inference() else tensor._version
+
+
 def tensor_entry(tensor: torch.Tensor) -> tuple[Any, ...]:
     """What :func:`same_tensor` compares: weak references to the tensor and its storage, and its metadata."""
-    return (weakref.ref(tensor), _storage_ref(tensor), tensor._version, tensor.dtype, tensor.device,
+    return (weakref.ref(tensor), _storage_ref(tensor), _version(tensor), tensor.dtype, tensor.device,
             tensor.requires_grad, tensor.storage_offset(), tensor.shape)  # fmt: skip
 
 
 def same_tensor(entry: tuple[Any, ...], tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is the object :func:`tensor_entry` recorded, on the same storage, unmodified since."""
+    """Whether ``tensor`` is the object :func:`tensor_entry` recorded, on the same storage, unmodified since.
+
+    Never for an inference tensor (``torch.inference_mode``): its writes are not counted.
+    """
     tensor_ref, storage_ref, *rest = entry
-    if tensor_ref() is not tensor:
+    if tensor_ref() is not tensor or rest[0] is None:
         return False
     if storage_ref is not None and storage_ref() is not tensor.untyped_storage():
         return False
-    return rest == [tensor._version, tensor.dtype, tensor.device, tensor.requires_grad,
+    return rest == [_version(tensor), tensor.dtype, tensor.device, tensor.requires_grad,
                     tensor.storage_offset(), tensor.shape]  # fmt: skip
 
 
