@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from quiet_loads import load_quietly
 from torch import nn
 from torch._dynamo.testing import CompileCounter
 from torch.utils.checkpoint import checkpoint
@@ -164,6 +165,25 @@ def test_inference_mode_entries_serve_training_and_a_chain_rehashes_them() -> No
         want = bert_model(input_ids=ids).last_hidden_state
         got = bert_model(input_ids=ids).last_hidden_state  # the chain's inner keys come from hashing
     assert torch.equal(got, want) and [handle.stats()[p]["hits"] for p in handle.paths] == [4, 4, 4]
+
+
+def test_a_load_that_hides_its_writes_from_version_counters_still_invalidates() -> None:
+    # FSDP2 copies a loaded state_dict into its shards with _version preserved: the snapshot saw no
+    # change and the cache returned the old outputs (tests/test_distributed_parts.py has the real thing).
+    torch.manual_seed(0)
+    model = frozen.freeze(nn.Sequential(nn.Sequential(nn.Linear(4, 4)), nn.Linear(4, 1)), "0")
+    load_quietly(model[0][0])
+    handle = cache(model, "0")
+    x = torch.randn(5, 4)
+    model(x)
+    doubled = {k: v * 2 for k, v in model.state_dict().items()}
+    version = model[0][0].weight._version
+    model.load_state_dict(doubled)
+    assert model[0][0].weight._version == version  # the write is invisible to the snapshot
+    torch.testing.assert_close(model[0](x), nn.functional.linear(x, doubled["0.0.weight"], doubled["0.0.bias"]))
+    assert handle.stats()["0"]["invalidations"] == 1 and handle.stats()["0"]["forwards"] == 2
+    frozen.uncache(model)
+    assert not model[0]._load_state_dict_post_hooks and not model[0][0]._load_state_dict_post_hooks
 
 
 class TwoInputs(nn.Module):

@@ -1,11 +1,13 @@
-"""Cached prefixes, lean middles and frozen rows on 2 real ranks: DDP (all three) and FSDP2 (lean).
+"""Cached prefixes, lean middles and frozen rows on 2 real ranks: DDP (all three) and FSDP2 (cache, lean).
 
 One spawn (2 processes, gloo, CPU, file-store rendezvous) runs every scenario and saves
 what each rank saw. Cache and lean train twice on every rank -- with the speed-up and
 without -- and the tests compare the two. Tolerances: the cache replays bit-identical
 rows here (TOL is the one of tests/test_cache.py); folding BatchNorm changes float
 rounding (TOL of tests/test_lean.py). Frozen rows are checked against a single-process
-run on both ranks' data (1e-6: the all-reduce sums in another order).
+run on both ranks' data (1e-6: the all-reduce sums in another order). Under FSDP2 a
+cached prefix and a lean middle must follow ``set_model_state_dict`` (FSDP2 writes the
+shards with their version counters preserved) and in-place edits of the sharded weights.
 """
 
 from __future__ import annotations
@@ -137,6 +139,49 @@ def rows_run(rank: int, distributed: bool) -> dict:
     return {"start": start, "end": states(model)}
 
 
+def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in state.items()}
+
+
+def _load_full_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, dict(state), options=StateDictOptions(full_state_dict=True))
+
+
+def sharded_changes_run(rank: int) -> dict:
+    """Cached prefix and lean middle under FSDP2; after each change, the output and an unsharded twin's."""
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(rank))
+    images = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(rank))
+    out: dict = {}
+    for name, model, inputs, frozen_part in (
+        ("cache", prefix_model(), x, "0."),
+        ("lean", lean(middle_model(), "1"), images, "1."),
+    ):
+        handle = frozen.cache(model, "0") if name == "cache" else None
+        for child in (model[0], model[1]):
+            fully_shard(child)
+        sharded = fully_shard(model)
+        twin = prefix_model() if name == "cache" else middle_model()
+        with torch.no_grad():
+            sharded(inputs)  # stored / folded
+            loaded = {k: v * 2 if k.startswith(frozen_part) and k.endswith("weight") else v
+                      for k, v in _full_state(sharded).items()}  # fmt: skip
+            _load_full_state(sharded, loaded)
+            twin.load_state_dict(loaded)
+            out[f"{name}_after_load"] = (sharded(inputs), twin(inputs))
+            weight = sharded.get_parameter(f"{frozen_part}0.weight")  # a DTensor shard: edited in place
+            weight.mul_(0.5)
+            twin.get_parameter(f"{frozen_part}0.weight").mul_(0.5)
+            out[f"{name}_after_edit"] = (sharded(inputs), twin(inputs))
+        if handle is not None:
+            out["cache_stats"] = handle.stats()["0"]
+    return out
+
+
 def worker(rank: int, store: str, out_dir: str) -> None:
     dist.init_process_group(
         "gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60)
@@ -144,6 +189,7 @@ def worker(rank: int, store: str, out_dir: str) -> None:
     try:
         out = {f"cache_{on}": cached_prefix_run(rank, on) for on in (False, True)}
         out |= {f"rows_{on}": rows_run(rank, on) for on in (False, True)}
+        out["sharded_changes"] = sharded_changes_run(rank)
         for sharded in (False, True):
             out |= {f"lean_{sharded}_{on}": lean_middle_run(rank, on, sharded) for on in (False, True)}
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -201,3 +247,15 @@ def test_frozen_rows_under_ddp_stay_bit_identical_and_the_rest_trains_like_one_p
             torch.testing.assert_close(value, alone[key], rtol=1e-6, atol=1e-6)
     for key in ranks[0]["rows_True"]["end"]:
         assert torch.equal(ranks[0]["rows_True"]["end"][key], ranks[1]["rows_True"]["end"][key]), key
+
+
+@pytest.mark.parametrize("part", ["cache", "lean"])
+def test_under_fsdp2_a_load_or_an_in_place_edit_of_the_shards_is_seen(ranks: list[dict], part: str) -> None:
+    # Before, a cached prefix kept answering with the outputs of the weights before set_model_state_dict.
+    for seen in ranks:
+        changes = seen["sharded_changes"]
+        for change in ("after_load", "after_edit"):
+            got, want = changes[f"{part}_{change}"]
+            torch.testing.assert_close(got, want, **LEAN_TOL, msg=change)
+        if part == "cache":
+            assert changes["cache_stats"]["invalidations"] == 2 and changes["cache_stats"]["forwards"] == 3

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from quiet_loads import load_quietly
 from torch import nn
 
 import frozen
@@ -326,3 +327,22 @@ def test_a_lean_middle_under_inference_mode_runs_plain_and_then_trains() -> None
     assert saved < 0.6 * _saved_bytes(reference, x)[0]
     out.sum().backward()
     assert model[0].weight.grad is not None
+
+
+def test_a_load_that_hides_its_writes_from_version_counters_refolds() -> None:
+    torch.manual_seed(0)
+    norm = nn.BatchNorm2d(4).eval()
+    norm.running_var.uniform_(0.5, 2)
+    model = frozen.freeze(nn.Sequential(nn.Conv2d(3, 4, 3), norm), "")
+    reference = copy.deepcopy(model)
+    lean(model)
+    load_quietly(model[0])
+    x = torch.randn(2, 3, 8, 8)
+    model(x)  # folded once
+    assert isinstance(model[0].__dict__["forward"], LeanConv) and model[0].__dict__["forward"].folding
+    state = {k: v * 2 for k, v in reference[0].state_dict().items()}
+    model[0].load_state_dict(state)  # the convolution alone: the norm's buffers keep their versions
+    reference[0].load_state_dict(state)
+    torch.testing.assert_close(model(x), reference(x), **TOL)
+    unlean(model)
+    assert not model[0]._load_state_dict_post_hooks and not model[1]._load_state_dict_post_hooks

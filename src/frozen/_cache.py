@@ -248,6 +248,8 @@ def uncache(model: nn.Module, *paths: str) -> nn.Module:
         else:
             part.module.__dict__["forward"] = part.own_forward
         handle = part.handle
+        for hook in part.load_hooks:
+            hook.remove()
         del handle.parts[p]
         handle.store.drop(keep=lambda key, prefix=part.prefix: not key.startswith(prefix))
         if not handle.parts:

@@ -11,7 +11,8 @@ part -- every parameter and buffer (object, storage object, ``_version``, dtype,
 with the one its entries were computed under. ``thaw`` (flags), ``load_state_dict`` and
 in-place updates (``_version``), ``.to()``/``.half()``/``.cuda()`` (new storage objects)
 and ``frozen.load_state`` all change it, and the part's entries are dropped before any
-is returned. Writes through ``.data`` into the same storage are invisible to torch
+is returned. Under FSDP2 the snapshot also covers the sharded parameters, and a
+``load_state_dict`` post-hook drops the entries after any load (``_fsdp_sources.py``). Writes through ``.data`` into the same storage are invisible to torch
 itself: call ``handle.clear()`` after those.
 """
 
@@ -26,6 +27,7 @@ from torch import nn
 
 from ._cache_key import CacheError, call_keys, derive, remember
 from ._cache_out import assemble, flatten, rebuild
+from ._fsdp_sources import sharded_sources, watch_loads
 from ._query import trainable_ids
 from ._tensor_state import ModuleState
 
@@ -56,6 +58,12 @@ class Part:
         self.bypass = False
         self.token = os.urandom(16)
         self.counts = dict.fromkeys(COUNTERS, 0)
+        self.load_hooks = watch_loads(list(module.modules()), self.forget)  # removed by uncache
+
+    def forget(self) -> None:
+        """Distrust the snapshot: the next call drops this part's entries (after a load; see ``_fsdp_sources.py``)."""
+        self.counts["invalidations"] += self.fingerprint is not None
+        self.fingerprint = None
 
     def __reduce__(self) -> tuple:
         return (Passthrough, (self.module,))
@@ -70,9 +78,14 @@ class Part:
     @torch.compiler.disable
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.counts["calls"] += 1
-        if self.fingerprint is None or not self.fingerprint.matches(self.module):
-            self._revalidate(ModuleState(self.module))
-        if self.bypass:
+        modules = self.fingerprint.modules if self.fingerprint is not None else list(self.module.modules())
+        shards = sharded_sources(self.model(), self.path, modules)
+        if shards is None:  # FSDP2 state unreadable: no snapshot can be trusted, so never cache
+            self.fingerprint = None
+            self.handle.store.drop(keep=lambda key: not key.startswith(self.prefix))
+        elif self.fingerprint is None or not self.fingerprint.matches(self.module, shards):
+            self._revalidate(ModuleState(self.module, shards))
+        if self.bypass or shards is None:
             self.counts["bypassed"] += 1
             self.counts["forwards"] += 1
             return self.forward(*args, **kwargs)

@@ -23,6 +23,7 @@ from ._call import GuardedForward
 from ._checks import check_model
 from ._errors import FrozenError, UnknownPathError, closest
 from ._fold import InputGradConv, InputGradConvJvp, autocast_operands, fold, foldable, kept_by_producer, state_of
+from ._fsdp_sources import sharded_sources, watch_loads
 from ._tensor_state import TensorState
 from ._tree import iter_module_uses
 
@@ -46,14 +47,22 @@ class LeanConv:
     instead, from the live parameters: dynamo guards the flags, the graph follows the values.
     """
 
-    def __init__(self, conv: Any, norm: nn.Module | None) -> None:
+    def __init__(self, conv: Any, norm: nn.Module | None, root: nn.Module | None = None, path: str = "") -> None:
         self.conv, self.norm = conv, norm
+        # where the convolution sits, to find an FSDP2 unit above it (_fsdp_sources.py)
+        self.root, self.path = (weakref.ref(root) if root is not None else lambda: None), path
         self.state: TensorState | None = None
         self.plain = False  # thawed: the convolution's own forward
         self.folding = False
         self.weights: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.last: tuple[weakref.ref, int] | None = None  # the output the norm may pass through unchanged
         self.own: Any = None  # frozen's guard it replaced, if any: unlean puts it back
+        # FSDP2 loads into shards with version counters preserved: a load must refold (_fsdp_sources.py).
+        self.load_hooks = watch_loads([conv] if norm is None else [conv, norm], self.forget)
+
+    def forget(self) -> None:
+        """Refold at the next call (after a ``load_state_dict`` of the convolution or its norm)."""
+        self.state = None
 
     def __reduce__(self) -> tuple:
         return (Passthrough, (self.conv,))
@@ -79,7 +88,9 @@ class LeanConv:
             return type(conv).forward(conv, x)
         else:
             tensors, flags = state_of(conv, self.norm) if self.norm is not None else state_of(conv)
-            if self.state is None or not self.state.matches(tensors, flags):
+            shards = sharded_sources(self.root(), self.path, [conv] if self.norm is None else [conv, self.norm])
+            tensors += shards if shards is not None else []
+            if shards is None or self.state is None or not self.state.matches(tensors, flags):
                 self.plain, self.folding, self.weights = self._decide()
                 self.state = TensorState(tensors, flags)
             plain, folding, (weight, bias) = self.plain, self.folding, self.weights  # type: ignore[misc]
@@ -116,13 +127,14 @@ def _eligible(conv: nn.Module) -> bool:
     return type(conv) in _CONVS and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
-def _plan(model: nn.Module, path: str) -> list[tuple[nn.Module, nn.Module | None]]:
-    """``(conv, norm or None)`` for every eligible convolution under ``path``; norms only where safe to fold."""
+def _plan(model: nn.Module, path: str) -> list[tuple[nn.Module, nn.Module | None, str]]:
+    """``(conv, norm or None, conv's path)`` for every eligible convolution under ``path``; norms only where safe to fold."""
     uses = [u for u in iter_module_uses(model) if u.path == path or u.path.startswith(f"{path}.") or not path]
     counts: dict[int, int] = {}
     for use in iter_module_uses(model):
         counts[id(use.module)] = counts.get(id(use.module), 0) + 1
     convs = {id(u.module): u.module for u in uses if _eligible(u.module)}
+    where = {id(u.module): u.path for u in reversed(uses)}  # each module's first path
     norms: dict[int, nn.Module] = {}
     for use in uses:
         seq = use.module
@@ -134,7 +146,7 @@ def _plan(model: nn.Module, path: str) -> list[tuple[nn.Module, nn.Module | None
             if id(first) in convs and isinstance(second, nn.modules.batchnorm._BatchNorm):
                 if counts[id(first)] == 1 and counts[id(second)] == 1:
                     norms[id(first)] = second
-    return [(conv, norms.get(key)) for key, conv in convs.items()]
+    return [(conv, norms.get(key), where[key]) for key, conv in convs.items()]
 
 
 def lean(model: nn.Module, *paths: str) -> nn.Module:
@@ -174,12 +186,12 @@ def lean(model: nn.Module, *paths: str) -> nn.Module:
                 f"gradient, so only frozen parts can be lean. Freeze it first: frozen.freeze(model, {path!r})."
             )
     plans = [item for path in paths or ("",) for item in _plan(model, path)]
-    for conv, norm in plans:
+    for conv, norm, where in plans:
         existing = conv.__dict__.get("forward")
         # frozen's own white-box guard may stand there (the convolution is the root of a frozen
         # part): lean replaces it while lean and puts it back on unlean. Anything else is foreign.
         if existing is None or isinstance(existing, GuardedForward):
-            conv.__dict__["forward"] = lean_conv = LeanConv(conv, norm)
+            conv.__dict__["forward"] = lean_conv = LeanConv(conv, norm, model, where)
             lean_conv.own = existing
             if norm is not None and "forward" not in norm.__dict__:
                 norm.__dict__["forward"] = LeanNorm(norm, lean_conv)
@@ -210,4 +222,6 @@ def unlean(model: nn.Module, *paths: str) -> nn.Module:
                 use.module.__dict__["forward"] = own
             if isinstance(found, LeanConv):
                 found.last = None  # a norm left lean alone then runs its plain forward
+                for hook in found.load_hooks:
+                    hook.remove()
     return model

@@ -20,7 +20,7 @@ writes are caught by ``_version``; writes through ``.data`` on the same storage 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -98,14 +98,17 @@ class ModuleState:
 
     __slots__ = ("children", "modules", "tensors", "training")
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, extra: Sequence[torch.Tensor] = ()) -> None:
         self.modules = list(module.modules())
         self.children = [tuple(m._modules.values()) for m in self.modules]
         self.training = [m.training for m in self.modules]
-        self.tensors = TensorState(own_tensors(self.modules), ())
+        self.tensors = TensorState([*own_tensors(self.modules), *extra], ())
 
-    def matches(self, module: nn.Module) -> bool:
-        """Whether ``module`` is the recorded tree, with the same flags and unchanged tensors."""
+    def matches(self, module: nn.Module, extra: Sequence[torch.Tensor] = ()) -> bool:
+        """Whether ``module`` is the recorded tree, with the same flags and unchanged tensors.
+
+        ``extra``: tensors the values also come from (an FSDP2 part's shards, ``_fsdp_sources.py``).
+        """
         if not self.modules or self.modules[0] is not module:
             return False
         for m, children, training in zip(self.modules, self.children, self.training, strict=True):
@@ -113,4 +116,4 @@ class ModuleState:
                 return False
             if tuple(m._modules.values()) != children:  # modules compare by identity
                 return False
-        return self.tensors.matches(own_tensors(self.modules), ())
+        return self.tensors.matches([*own_tensors(self.modules), *extra], ())
