@@ -12,8 +12,9 @@ with the one its entries were computed under. ``thaw`` (flags), ``load_state_dic
 in-place updates (``_version``), ``.to()``/``.half()``/``.cuda()`` (new storage objects)
 and ``frozen.load_state`` all change it, and the part's entries are dropped before any
 is returned. Under FSDP2 the snapshot also covers the sharded parameters, and a
-``load_state_dict`` post-hook drops the entries after any load (``_fsdp_sources.py``). Writes through ``.data`` into the same storage are invisible to torch
-itself: call ``handle.clear()`` after those.
+``load_state_dict`` post-hook drops the entries after any load (``_fsdp_sources.py``).
+Writes through ``.data`` into the same storage are invisible to torch itself: call
+``handle.clear()`` after those.
 """
 
 from __future__ import annotations

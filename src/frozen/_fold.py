@@ -142,7 +142,7 @@ class InputGradConv(torch.autograd.Function):
 
 
 class InputGradConvJvp(InputGradConv):
-    """:class:`InputGradConv` with a ``jvp`` for forward-mode AD (``torch.func.jvp``/``jacfwd``, ``torch.autograd.forward_ad``).
+    """:class:`InputGradConv` with a ``jvp``: forward-mode AD (``torch.func.jvp``/``jacfwd``, ``forward_ad``).
 
     Kept apart because dynamo cannot trace a custom ``jvp`` (a graph break per call):
     compiled code uses :class:`InputGradConv`, eager code this one.

@@ -128,7 +128,10 @@ def _eligible(conv: nn.Module) -> bool:
 
 
 def _plan(model: nn.Module, path: str) -> list[tuple[nn.Module, nn.Module | None, str]]:
-    """``(conv, norm or None, conv's path)`` for every eligible convolution under ``path``; norms only where safe to fold."""
+    """``(conv, norm or None, conv's path)`` for every eligible convolution under ``path``.
+
+    Norms are given only where folding them is safe.
+    """
     uses = [u for u in iter_module_uses(model) if u.path == path or u.path.startswith(f"{path}.") or not path]
     counts: dict[int, int] = {}
     for use in iter_module_uses(model):
