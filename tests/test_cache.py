@@ -186,6 +186,32 @@ def test_a_load_that_hides_its_writes_from_version_counters_still_invalidates() 
     assert not model[0]._load_state_dict_post_hooks and not model[0][0]._load_state_dict_post_hooks
 
 
+def test_torch_func_transforms_run_the_part_plainly_and_keep_the_entries() -> None:
+    # Per-sample gradients over functional_call: the substituted parameters made every call look like a
+    # changed part, so one torch.func evaluation dropped every stored entry. And a copy (uncached) lost
+    # frozen's guard in front of the part: its frozen weights got per-sample gradients.
+    from torch.func import functional_call, grad, vmap
+
+    model, calls, x = _cached_linear()
+    uncached = copy.deepcopy(model)  # copies run uncached
+    per_sample = []
+    for net in (model, uncached):
+        params = {k: v.detach() for k, v in net.named_parameters()}
+
+        def loss(p: dict, xi: torch.Tensor, net: nn.Module = net) -> torch.Tensor:
+            return functional_call(net, p, (xi[None],)).square().sum()
+
+        per_sample.append(vmap(grad(loss), in_dims=(None, 0))(params, x))
+    for name, value in per_sample[1].items():
+        torch.testing.assert_close(per_sample[0][name], value, **TOL)
+    assert per_sample[0]["0.0.weight"].abs().sum() == 0  # frozen: exactly zero
+    stats = cache_stats(model)["0"]
+    assert stats["bypassed"] == 1 and stats["invalidations"] == 0 and stats["entries"] == 5
+    calls_before = calls[0]
+    model(x)
+    assert calls[0] == calls_before  # still a hit
+
+
 class TwoInputs(nn.Module):
     def __init__(self) -> None:
         super().__init__()

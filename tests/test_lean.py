@@ -175,6 +175,20 @@ def test_a_convolution_that_is_itself_a_frozen_root_is_made_lean_and_its_guard_c
     assert "forward" not in model[0].__dict__
 
 
+def test_a_lean_frozen_root_and_its_copy_keep_frozen_weights_constant_under_functional_call() -> None:
+    # Under functional_call frozen's guard at the part's root detaches the substituted weights. The lean
+    # convolution replaced the guard and skipped that (the frozen weight got a gradient); a copy runs
+    # plain, without lean, and must keep the guard too.
+    from torch.func import functional_call, grad
+
+    model = lean(frozen.freeze(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)), "0"), "0")
+    x = torch.randn(2, 3, 8, 8)
+    for net in (model, copy.deepcopy(model)):
+        params = {k: v.detach() for k, v in net.named_parameters()}
+        grads = grad(lambda p, net=net: functional_call(net, p, (x,)).square().sum())(params)
+        assert grads["0.weight"].abs().sum() == 0 and grads["2.weight"].abs().sum() > 0
+
+
 def test_a_lean_convolution_after_relu_uses_torch_convolution_and_saves_nothing_more() -> None:
     # ReLU keeps its output for backward: a convolution saving that same storage adds no bytes, so the
     # lean path takes torch's own convolution there (no Python autograd function); elsewhere it must not.

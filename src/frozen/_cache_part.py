@@ -38,12 +38,19 @@ COUNTERS = ("calls", "hits", "misses", "forwards", "invalidations", "bypassed")
 
 
 class Passthrough:
-    """What a cached part's ``forward`` becomes in a copy (``deepcopy``, ``torch.save``): no cache."""
+    """What a cached part's ``forward`` becomes in a copy (``deepcopy``, ``torch.save``): no cache.
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
+    ``own`` is the instance ``forward`` the cache stood in front of (frozen's white-box
+    guard, when the part is the root of a frozen use): the copy keeps it, or under
+    ``functional_call`` its frozen parameters would get gradients.
+    """
+
+    def __init__(self, module: nn.Module, own: Any = None) -> None:
+        self.module, self.own = module, own
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.own is not None:
+            return self.own(*args, **kwargs)
         return type(self.module).forward(self.module, *args, **kwargs)
 
 
@@ -67,7 +74,7 @@ class Part:
         self.fingerprint = None
 
     def __reduce__(self) -> tuple:
-        return (Passthrough, (self.module,))
+        return (Passthrough, (self.module, self.own_forward))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         own = self.own_forward
@@ -79,6 +86,12 @@ class Part:
     @torch.compiler.disable
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.counts["calls"] += 1
+        if _under_torch_func():
+            # vmap/grad wrap inputs and substituted parameters per transform level: no key or
+            # snapshot is meaningful there. Run plainly and leave the stored entries alone.
+            self.counts["bypassed"] += 1
+            self.counts["forwards"] += 1
+            return self.forward(*args, **kwargs)
         modules = self.fingerprint.modules if self.fingerprint is not None else list(self.module.modules())
         shards = sharded_sources(self.model(), self.path, modules)
         if shards is None:  # FSDP2 state unreadable: no snapshot can be trusted, so never cache
@@ -154,6 +167,13 @@ class Part:
                     f"or stop caching it: frozen.uncache(model, {self.path!r})."
                 )
         self.bypass, self.fingerprint = False, fingerprint
+
+
+def _under_torch_func() -> bool:
+    """Whether a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``...) is running this call."""
+    functorch = getattr(torch._C, "_functorch", None)
+    peek = getattr(functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
 
 
 def _trainable_inside(model: nn.Module, module: nn.Module) -> bool:

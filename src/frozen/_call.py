@@ -102,11 +102,19 @@ class GuardedForward:
         self.active = True  # False once thawed while something else wrapped this stand-in
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.around(self.forward, *args, **kwargs)
+
+    def around(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``call`` as the guard runs the forward: with the part's slots detached where needed.
+
+        A stand-in that replaces the guard instead of calling it (``frozen.lean``'s convolution)
+        runs its own computation through this, so the white box holds under ``functional_call``.
+        """
         if not self.active or (not self.detach and slots_intact(self.slots)) or not _differentiating():
-            return self.forward(*args, **kwargs)
+            return call(*args, **kwargs)
         swapped = detach_slots(self.slots, self.detach)
         try:
-            return self.forward(*args, **kwargs)
+            return call(*args, **kwargs)
         finally:
             # Always put back: functional_call writes the slots' values back into the caller's
             # dict when it ends, so no alias may outlive the call.

@@ -65,7 +65,7 @@ class LeanConv:
         self.state = None
 
     def __reduce__(self) -> tuple:
-        return (Passthrough, (self.conv,))
+        return (Passthrough, (self.conv, self.own))
 
     def _decide(self) -> tuple[bool, bool, tuple[torch.Tensor, torch.Tensor | None]]:
         """``(plain, folding, (weight, bias))`` for the modules as they are now."""
@@ -75,6 +75,11 @@ class LeanConv:
         return plain, folding, fold(conv, self.norm) if folding else (conv.weight, conv.bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.own, GuardedForward):  # the guard this replaced: its slots still detach
+            return self.own.around(self._run, x)
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
         self.last = None
         lean_input = x.requires_grad and torch.is_grad_enabled()
