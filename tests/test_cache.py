@@ -212,6 +212,22 @@ def test_torch_func_transforms_run_the_part_plainly_and_keep_the_entries() -> No
     assert calls[0] == calls_before  # still a hit
 
 
+def test_a_shared_non_batch_argument_is_hashed_once_while_unchanged(monkeypatch) -> None:
+    # GPT-2 passes one position_ids tensor to every block: on a GPU each hash is a copy to the host that
+    # waits for the card, so it is hashed once per step, and again only once it changed.
+    from frozen import _cache_key
+
+    copies = []  # each hash of a whole tensor copies it to the host, then digests its bytes
+    digest_rows = _cache_key._row_digests
+    monkeypatch.setattr(_cache_key, "_row_digests", lambda t, rows: copies.append(t.shape) or digest_rows(t, rows))
+    positions = torch.arange(6)[None]
+    first = _cache_key._whole_digest(positions)
+    assert _cache_key._whole_digest(positions) == first and len(copies) == 1
+    positions.add_(1)
+    assert _cache_key._whole_digest(positions) != first and len(copies) == 2
+    assert _cache_key._whole_digest(torch.arange(6)[None] + 1) == _cache_key._whole_digest(positions)
+
+
 class TwoInputs(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -34,6 +34,7 @@ __all__ = ["CacheError", "CallKeys", "call_keys", "derive", "remember", "sample_
 _DIGEST = 16
 _STATIC = (type(None), bool, int, float, str, torch.dtype, torch.device)
 _MEMO: dict[int, tuple[tuple[Any, ...], list[bytes]]] = {}
+_WHOLE: dict[int, tuple[tuple[Any, ...], bytes]] = {}  # digests of whole (non-batch) tensors
 _MEMO_SIZE = 256
 
 
@@ -70,9 +71,19 @@ def _row_digests(tensor: torch.Tensor, rows: int) -> list[bytes]:
 
 
 def _whole_digest(tensor: torch.Tensor) -> bytes:
-    """BLAKE2b digest of a whole tensor (an argument that is not split by sample)."""
+    """BLAKE2b digest of a whole tensor (an argument that is not split by sample).
+
+    Memoised by identity like row digests: a model passes the same tensor (GPT-2's
+    ``position_ids``) to every cached block of a step, and on a GPU each hash is a copy
+    to the host that waits for the card -- once per step instead of once per block.
+    """
+    found = _WHOLE.get(id(tensor))
+    if found is not None and same_tensor(found[0], tensor):
+        return found[1]
     flat = tensor.detach().cpu().contiguous().reshape(1, -1)
-    return hashlib.blake2b(f"{tuple(tensor.shape)}".encode() + b"".join(_row_digests(flat, 1))).digest()
+    digest = hashlib.blake2b(f"{tuple(tensor.shape)}".encode() + b"".join(_row_digests(flat, 1))).digest()
+    _memo_put(_WHOLE, tensor, digest)
+    return digest
 
 
 def sample_keys(ids: Any) -> list[bytes]:
@@ -190,8 +201,12 @@ def derive(token: bytes, keys: list[bytes], leaf: int) -> list[bytes]:
 
 def remember(tensor: torch.Tensor, keys: list[bytes]) -> None:
     """Record ``keys`` as the row keys of ``tensor`` while it lives unchanged."""
-    if len(_MEMO) >= _MEMO_SIZE:
+    _memo_put(_MEMO, tensor, keys)
+
+
+def _memo_put(memo: dict[int, tuple[tuple[Any, ...], Any]], tensor: torch.Tensor, value: Any) -> None:
+    if len(memo) >= _MEMO_SIZE:
         # Drop the oldest half: memo entries only save hashing, they are never needed.
-        for stale in list(_MEMO)[: _MEMO_SIZE // 2]:
-            del _MEMO[stale]
-    _MEMO[id(tensor)] = (tensor_entry(tensor), keys)
+        for stale in list(memo)[: _MEMO_SIZE // 2]:
+            del memo[stale]
+    memo[id(tensor)] = (tensor_entry(tensor), value)
