@@ -228,6 +228,42 @@ def test_a_shared_non_batch_argument_is_hashed_once_while_unchanged(monkeypatch)
     assert _cache_key._whole_digest(torch.arange(6)[None] + 1) == _cache_key._whole_digest(positions)
 
 
+# transformers 5 deprecates gradient_checkpointing_enable in favour of activation_checkpointing_enable.
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")
+def test_hugging_face_gradient_checkpointing_needs_its_input_grads_hook_removed_and_then_matches() -> None:
+    # Checkpointing turns on enable_input_require_grads: the cached blocks' input then requires grad, which a
+    # prefix must refuse (it would cut that gradient). The error says how to remove the hook, and then the
+    # cached, checkpointed run trains like the uncached checkpointed one.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=100, n_positions=16, n_embd=32, n_layer=4, n_head=2, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False)  # fmt: skip
+    ids = torch.randint(0, 100, (4, 8), generator=torch.Generator().manual_seed(0))
+    runs = []
+    for cached in (False, True):
+        torch.manual_seed(0)
+        parts = ("transformer.wte", "transformer.wpe", "transformer.h.0-1", "lm_head")  # lm_head: tied to wte
+        model = frozen.freeze(GPT2LMHeadModel(config), *parts).train()
+        model.gradient_checkpointing_enable()
+        if cached:
+            handle = cache(model, "transformer.h.0", "transformer.h.1")
+            with pytest.raises(CacheError, match=r"disable_input_require_grads\(\)"):
+                model(ids, labels=ids)
+            model.disable_input_require_grads()
+        optimizer = torch.optim.SGD(frozen.trainable(model), lr=0.1)
+        losses = []
+        for _ in range(3):
+            loss = model(ids, labels=ids).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        runs.append((losses, model.transformer.h[3].mlp.c_fc.weight.detach().clone()))
+    torch.testing.assert_close(torch.tensor(runs[1][0]), torch.tensor(runs[0][0]), **TOL)
+    torch.testing.assert_close(runs[1][1], runs[0][1], **TOL)
+    assert [handle.stats()[p]["forwards"] for p in handle.paths] == [1, 1]  # then hits, checkpointed recompute too
+
+
 class TwoInputs(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -103,7 +103,10 @@ class Part:
             self.counts["bypassed"] += 1
             self.counts["forwards"] += 1
             return self.forward(*args, **kwargs)
-        keys = call_keys(args, kwargs, self.path, self.handle.current_ids())
+        try:
+            keys = call_keys(args, kwargs, self.path, self.handle.current_ids())
+        except CacheError as error:
+            raise CacheError(f"{error}{_input_grads_hint(self.model())}") from None
         store = self.handle.store
         found = [store.get(self.prefix + k) for k in keys.keys]
         missing = [i for i, f in enumerate(found) if f is None]
@@ -167,6 +170,19 @@ class Part:
                     f"or stop caching it: frozen.uncache(model, {self.path!r})."
                 )
         self.bypass, self.fingerprint = False, fingerprint
+
+
+def _input_grads_hint(model: nn.Module | None) -> str:
+    """How to undo Hugging Face's ``enable_input_require_grads``, when that is why an input requires grad."""
+    if model is None or not getattr(model, "_require_grads_hooks", None):
+        return ""
+    return (
+        " Here Hugging Face's gradient checkpointing made the input embeddings' output require grad "
+        "(enable_input_require_grads, called by gradient_checkpointing_enable and by the Trainer with "
+        "gradient_checkpointing=True). A cached frozen prefix needs no input gradient, and non-reentrant "
+        "checkpointing (the default) works without it: call model.disable_input_require_grads() after "
+        "checkpointing is enabled (with the Trainer: in a TrainerCallback's on_train_begin)."
+    )
 
 
 def _under_torch_func() -> bool:
