@@ -28,6 +28,7 @@ from torch import nn
 
 from ._cache_key import CacheError, call_keys, derive, remember
 from ._cache_out import assemble, flatten, rebuild
+from ._call import keeps_training_flag
 from ._fsdp_sources import sharded_sources, watch_loads
 from ._query import trainable_ids
 from ._tensor_state import ModuleState
@@ -158,7 +159,9 @@ class Part:
             self.bypass, self.fingerprint = True, fingerprint
             return
         for name, sub in self.module.named_modules():
-            if sub.training:
+            # A Hugging Face layer frozen while checkpointing is on keeps its own training flag, only so
+            # that Hugging Face still checkpoints it; its children run in eval (checked here in turn).
+            if sub.training and not keeps_training_flag(sub):
                 where = f"{self.path}.{name}" if name else self.path
                 if model is not None and not frozen.is_frozen(model, where):
                     self.bypass, self.fingerprint = True, fingerprint  # thawed inside: it trains now
@@ -181,7 +184,7 @@ def _input_grads_hint(model: nn.Module | None) -> str:
         "(enable_input_require_grads, called by gradient_checkpointing_enable and by the Trainer with "
         "gradient_checkpointing=True). A cached frozen prefix needs no input gradient, and non-reentrant "
         "checkpointing (the default) works without it: call model.disable_input_require_grads() after "
-        "checkpointing is enabled (with the Trainer: in a TrainerCallback's on_train_begin)."
+        "checkpointing is enabled (frozen.integrations.hf.FreezeCallback does it for the Trainer)."
     )
 
 

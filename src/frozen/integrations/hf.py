@@ -26,7 +26,11 @@ and adds gradual unfreezing:
   (``on_pre_optimizer_step``) the callback averages across ranks the gradients of the
   parameters thawed after wrapping — the ones DDP's reducer does not hold — exactly
   what DDP would have done for them;
-* checkpoints resume exactly: see :mod:`frozen.integrations._hf_resume`.
+* checkpoints resume exactly: see :mod:`frozen.integrations._hf_resume`;
+* with activation (gradient) checkpointing, non-reentrant (the default), and a part cached by
+  :func:`frozen.cache`, it removes the hook the ``Trainer`` installed with
+  ``enable_input_require_grads`` (logged once): that hook makes the embeddings' output
+  require grad, which a cached frozen prefix refuses, and only reentrant checkpointing needs it.
 
 Importing this module imports ``transformers``; ``import frozen`` does not.
 """
@@ -44,6 +48,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from .. import thaw
+from .._cache import cache_stats
 from .._errors import FrozenError
 from .._query import trainable_ids
 from .._tree import named_parameters
@@ -137,6 +142,7 @@ class FreezeCallback(TrainerCallback):
             return
         model = self._model = unwrap_model(model)
         self.plan.freeze(model)  # a model passed via model_init is only created now
+        _release_input_grads(model, args)
         if optimizer is None:
             return
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -236,3 +242,22 @@ class FreezeCallback(TrainerCallback):
         group["params"][:] = [p for p in group["params"] if path_of[id(p)] in self._decay]
         options = {k: v for k, v in group.items() if k not in ("params", PARKED, "param_names")}
         optimizer.add_param_group({**options, "name": f"{name}/no_decay", "weight_decay": 0.0, "params": rest})
+
+
+def _release_input_grads(model: nn.Module, args: Any) -> None:
+    """Remove the Trainer's ``enable_input_require_grads`` hook where a cached prefix would refuse its input.
+
+    The Trainer turns the hook on with gradient checkpointing so that *reentrant* checkpointing
+    sees an input that requires grad; non-reentrant checkpointing (transformers' default) does
+    not need it, and a frozen cached prefix must not take an input that requires grad
+    (docs/cache.md). Reentrant runs keep it: they need it, and the cache says why it refuses.
+    """
+    # transformers 5 renamed gradient_checkpointing(_kwargs) to activation_checkpointing(_kwargs)
+    renamed = hasattr(args, "activation_checkpointing")
+    enabled = args.activation_checkpointing if renamed else getattr(args, "gradient_checkpointing", False)
+    options = args.activation_checkpointing_kwargs if renamed else getattr(args, "gradient_checkpointing_kwargs", None)
+    if not enabled or (options or {}).get("use_reentrant", False):
+        return
+    if getattr(model, "_require_grads_hooks", None) and cache_stats(model):
+        model.disable_input_require_grads()  # type: ignore[operator]
+        logger.info("frozen: removed enable_input_require_grads (non-reentrant checkpointing, a cached prefix)")
