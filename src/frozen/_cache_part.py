@@ -87,20 +87,7 @@ class Part:
     @torch.compiler.disable
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.counts["calls"] += 1
-        if _under_torch_func():
-            # vmap/grad wrap inputs and substituted parameters per transform level: no key or
-            # snapshot is meaningful there. Run plainly and leave the stored entries alone.
-            self.counts["bypassed"] += 1
-            self.counts["forwards"] += 1
-            return self.forward(*args, **kwargs)
-        modules = self.fingerprint.modules if self.fingerprint is not None else list(self.module.modules())
-        shards = sharded_sources(self.model(), self.path, modules)
-        if shards is None:  # FSDP2 state unreadable: no snapshot can be trusted, so never cache
-            self.fingerprint = None
-            self.handle.store.drop(keep=lambda key: not key.startswith(self.prefix))
-        elif self.fingerprint is None or not self.fingerprint.matches(self.module, shards):
-            self._revalidate(ModuleState(self.module, shards))
-        if self.bypass or shards is None:
+        if not self._cacheable_now():
             self.counts["bypassed"] += 1
             self.counts["forwards"] += 1
             return self.forward(*args, **kwargs)
@@ -128,6 +115,22 @@ class Part:
         for n, leaf in enumerate(leaves):
             remember(leaf, derive(self.token, keys.keys, n))
         return output
+
+    def _cacheable_now(self) -> bool:
+        """Check the part against its snapshot (dropping stale entries); whether this call may use the cache."""
+        if _under_torch_func():
+            # vmap/grad wrap inputs and substituted parameters per transform level: no key or
+            # snapshot is meaningful there. Run plainly and leave the stored entries alone.
+            return False
+        modules = self.fingerprint.modules if self.fingerprint is not None else list(self.module.modules())
+        shards = sharded_sources(self.model(), self.path, modules)
+        if shards is None:  # FSDP2 state unreadable: no snapshot can be trusted, so never cache
+            self.fingerprint = None
+            self.handle.store.drop(keep=lambda key: not key.startswith(self.prefix))
+            return False
+        if self.fingerprint is None or not self.fingerprint.matches(self.module, shards):
+            self._revalidate(ModuleState(self.module, shards))
+        return not self.bypass
 
     def _compute(self, args: tuple, kwargs: dict, keys: list[bytes]) -> tuple[Any, Any, list, list]:
         """Run the part on (a subset of) the batch and store each sample's rows.
