@@ -28,7 +28,7 @@ from torch import nn
 
 from ._cache_key import CacheError, call_keys, derive, remember
 from ._cache_out import assemble, flatten, rebuild
-from ._call import keeps_training_flag
+from ._call import keeps_training_flag, under_torch_func
 from ._fsdp_sources import sharded_sources, watch_loads
 from ._query import trainable_ids
 from ._tensor_state import ModuleState
@@ -118,7 +118,7 @@ class Part:
 
     def _cacheable_now(self) -> bool:
         """Check the part against its snapshot (dropping stale entries); whether this call may use the cache."""
-        if _under_torch_func():
+        if under_torch_func():
             # vmap/grad wrap inputs and substituted parameters per transform level: no key or
             # snapshot is meaningful there. Run plainly and leave the stored entries alone.
             return False
@@ -189,13 +189,6 @@ def _input_grads_hint(model: nn.Module | None) -> str:
         "checkpointing (the default) works without it: call model.disable_input_require_grads() after "
         "checkpointing is enabled (frozen.integrations.hf.FreezeCallback does it for the Trainer)."
     )
-
-
-def _under_torch_func() -> bool:
-    """Whether a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``...) is running this call."""
-    functorch = getattr(torch._C, "_functorch", None)
-    peek = getattr(functorch, "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
 
 
 def _trainable_inside(model: nn.Module, module: nn.Module) -> bool:

@@ -39,6 +39,7 @@ __all__ = [
     "keeps_training_flag",
     "restore_slots",
     "slots_intact",
+    "under_torch_func",
 ]
 
 # (owner, name, parameter): a parameter slot and the Parameter it holds when settled.
@@ -83,9 +84,14 @@ def restore_slots(swapped: Swapped) -> None:
         owner._parameters[name] = value
 
 
+def under_torch_func() -> bool:
+    """Whether a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``...) is running this call."""
+    return torch._C._functorch.maybe_current_level() is not None
+
+
 def _differentiating() -> bool:
     """Whether a gradient could be taken now: autograd on, or inside a ``torch.func`` transform."""
-    return torch.is_grad_enabled() or torch._C._functorch.maybe_current_level() is not None
+    return torch.is_grad_enabled() or under_torch_func()
 
 
 class GuardedForward:

@@ -24,6 +24,7 @@ part, or inside the part, are found: shard the model you cached or made lean, or
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -33,18 +34,15 @@ from torch import nn
 
 __all__ = ["sharded_sources", "watch_loads"]
 
-_FSDP_CLASS: list[Any] = []  # FSDPModule, or None where torch has no distributed package; looked up once
 
-
+@functools.cache
 def _fsdp_module_class() -> Any:
-    if not _FSDP_CLASS:
-        found = None
-        if torch.distributed.is_available():
-            from torch.distributed.fsdp import FSDPModule
+    """``FSDPModule``, or ``None`` where torch was built without its distributed package (looked up once)."""
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.fsdp import FSDPModule
 
-            found = FSDPModule
-        _FSDP_CLASS.append(found)
-    return _FSDP_CLASS[0]
+    return FSDPModule
 
 
 def _path_modules(root: nn.Module | None, path: str) -> list[nn.Module]:
