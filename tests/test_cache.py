@@ -297,6 +297,51 @@ def test_every_input_is_part_of_the_key_and_structures_are_rebuilt() -> None:
     assert handle.stats()["0"]["hits"] == 5 and handle.stats()["0"]["misses"] == 13 + 3
 
 
+class Inverted(nn.Module):
+    """``~mask``: logical not for a bool mask, bitwise not for a uint8 one (the same bytes, other results)."""
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        return (~mask).float()
+
+
+def test_rows_with_the_same_bytes_in_another_dtype_are_other_samples() -> None:
+    # A bool row is hashed as its bytes; so is a uint8 row of 0s and 1s. Keyed by the bytes alone,
+    # the bool call was answered with the uint8 call's output (254 where 0 is right).
+    model = frozen.freeze(nn.Sequential(Inverted()), "0")
+    handle = cache(model, "0")
+    as_bytes = torch.tensor([[1, 0], [0, 1]], dtype=torch.uint8)
+    assert torch.equal(model(as_bytes), torch.tensor([[254.0, 255.0], [255.0, 254.0]]))
+    assert torch.equal(model(as_bytes.bool()), torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    assert handle.stats()["0"]["hits"] == 0 and handle.stats()["0"]["misses"] == 4
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "blake2b"])
+def test_either_row_hash_keys_samples_and_a_switch_never_matches_old_entries(algorithm: str) -> None:
+    # Rows are hashed with whichever of SHA-256 and BLAKE2b this machine runs faster (timed once):
+    # each must key samples alone, and one's keys never answer for the other's.
+    from frozen import _cache_key
+
+    chosen = _cache_key.row_hash()
+    other = "blake2b" if algorithm == "sha256" else "sha256"
+    try:
+        _cache_key.row_hash(force=other)
+        model = frozen.freeze(nn.Sequential(nn.Sequential(nn.Linear(3, 2))), "0")
+        calls = _count_forwards(model[0])
+        handle = cache(model, "0")
+        data = torch.randn(4, 3)
+        model(data)
+        _cache_key.row_hash(force=algorithm)
+        keys = _cache_key.call_keys((data,), {}, "0").keys
+        assert len(set(keys)) == 4 and all(len(k) == 16 for k in keys)
+        assert _cache_key.call_keys((data.clone(),), {}, "0").keys == keys  # content, not identity
+        model(data.clone())  # the other algorithm's entries: not these keys
+        model(data[[2, 0]].clone())
+        assert handle.stats()["0"]["misses"] == 8 and handle.stats()["0"]["hits"] == 2 and calls == [2]
+        torch.testing.assert_close(model(data), model[0].forward(data), rtol=0, atol=0)
+    finally:
+        _cache_key.row_hash(force=chosen)
+
+
 def test_chained_bert_prefix_hits_and_returns_model_outputs() -> None:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
