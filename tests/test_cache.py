@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from counting import count_runs
 from quiet_loads import load_quietly
 from torch import nn
 from torch._dynamo.testing import CompileCounter
@@ -42,10 +43,7 @@ class Probe(nn.Module):
 
 def _count_forwards(module: nn.Module) -> list[int]:
     """Count the real runs of ``module``'s computation (its first child runs only then)."""
-    calls = [0]
-    first = next(iter(module.children()))
-    first.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    return calls
+    return count_runs(next(iter(module.children())))
 
 
 def _train_probe(use_cache: bool, epochs: int = 3, compiler: Any = None) -> tuple[list[float], Probe, list[int], dict]:

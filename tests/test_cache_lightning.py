@@ -13,6 +13,7 @@ from __future__ import annotations
 import lightning
 import pytest
 import torch
+from counting import count_runs
 from lightning_runs import QUIET, trainer
 from torch import nn
 
@@ -33,10 +34,9 @@ class Probe(lightning.LightningModule):
         self.head = nn.Linear(16, 3)
         self.keys = keys  # None: no cache; "content" or "ids"
         self.handle: frozen.CacheHandle | None = None
-        self.backbone_runs = 0
         self.validation_losses: list[float] = []
         self.runs_after_validation: list[int] = []  # sanity check, then each epoch
-        self.backbone[0].register_forward_hook(lambda *_: setattr(self, "backbone_runs", self.backbone_runs + 1))
+        self.runs = count_runs(self.backbone[0])
 
     def on_fit_start(self) -> None:  # after FreezeCallback.setup froze the backbone
         if self.keys is not None:
@@ -63,7 +63,7 @@ class Probe(lightning.LightningModule):
         self.validation_losses.append(self._loss(batch).item())
 
     def on_validation_epoch_end(self) -> None:
-        self.runs_after_validation.append(self.backbone_runs)
+        self.runs_after_validation.append(self.runs[0])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(frozen.trainable(self), lr=0.05)
@@ -86,7 +86,7 @@ def _fit(keys: str | None) -> tuple[Probe, lightning.Trainer, torch.utils.data.D
 def test_cached_backbone_in_lightning_trains_the_head_as_uncached_and_runs_once(keys: str) -> None:
     (plain, plain_run, validation), (cached, cached_run, _) = _fit(None), _fit(keys)
     sanity = 2  # Lightning's sanity check: two validation batches before training
-    assert plain.backbone_runs == sanity + EPOCHS * (SAMPLES + VALIDATION) // BATCH
+    assert plain.runs[0] == sanity + EPOCHS * (SAMPLES + VALIDATION) // BATCH
     # Epoch 1 computes what the sanity check did not store; from then on every sample hits.
     assert 0 < cached.runs_after_validation[1] <= sanity + SAMPLES // BATCH
     assert cached.runs_after_validation[1:] == [cached.runs_after_validation[1]] * EPOCHS
@@ -100,10 +100,10 @@ def test_cached_backbone_in_lightning_trains_the_head_as_uncached_and_runs_once(
     # trainer.validate runs under torch.inference_mode: what it stores are inference tensors.
     plain_run.validate(plain, validation, verbose=False)
     handle = frozen.cache(cached, "backbone", budget="1MB")
-    cached.keys, cached.handle, runs = keys, handle, cached.backbone_runs
+    cached.keys, cached.handle, runs = keys, handle, cached.runs[0]
     for _ in range(2):
         cached_run.validate(cached, validation, verbose=False)
-    assert cached.backbone_runs == runs + VALIDATION // BATCH  # the first validate only
+    assert cached.runs[0] == runs + VALIDATION // BATCH  # the first validate only
     want = plain.validation_losses[-VALIDATION // BATCH :]
     got = cached.validation_losses[-2 * VALIDATION // BATCH :]
     torch.testing.assert_close(torch.tensor(got), torch.tensor(want * 2), **TOL)

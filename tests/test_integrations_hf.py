@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from counting import count_runs
 from tiny_models import RandomTokens, tiny_bert
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -185,10 +186,7 @@ def test_the_cache_recipe_inside_the_trainer_replays_the_frozen_prefix(tmp_path,
             model, tmp_path / str(cached), [FreezeCallback(*frozen_parts)], epochs=3,
             activation_checkpointing=checkpointing,
         )  # fmt: skip
-        runs_of_prefix = [0]
-        model.bert.encoder.layer[0].attention.register_forward_hook(
-            lambda *_, count=runs_of_prefix: count.__setitem__(0, count[0] + 1)
-        )
+        runs_of_prefix = count_runs(model.bert.encoder.layer[0].attention)
         if cached:
             frozen.cache(trainer.model, *cached_parts)
         before = {k: v.clone() for k, v in model.bert.encoder.layer[0].state_dict().items()}

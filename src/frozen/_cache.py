@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from ._cache_hooks import INNER_HOOKS, refuse_inner_hooks
 from ._cache_key import CacheError, sample_keys
 from ._cache_part import Part
 from ._cache_store import STORES, Store, parse_budget
@@ -37,8 +38,9 @@ class CacheHandle:
         budget: the most bytes the stored outputs may take.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, inner_hooks: str = "refuse") -> None:
         self._store = store
+        self.inner_hooks = inner_hooks  # "refuse" or "skip" forward hooks inside a part (_cache_hooks.py)
         self.parts: dict[str, Part] = {}
         self._ids: ContextVar[list[bytes] | None] = ContextVar(f"frozen_cache_ids_{id(self)}", default=None)
 
@@ -144,11 +146,16 @@ def _module_at(model: nn.Module, path: str, function: str) -> nn.Module:
 
 
 def cache(
-    model: nn.Module, *paths: str, budget: int | str = "1GB", store: str = "cpu", path: str | None = None
+    model: nn.Module,
+    *paths: str,
+    budget: int | str = "1GB",
+    store: str = "cpu",
+    path: str | None = None,
+    inner_hooks: str = "refuse",
 ) -> CacheHandle:
     """Cache the outputs of the frozen parts at ``paths`` per sample; return a :class:`CacheHandle`.
 
-    Each sample is keyed by a BLAKE2b hash of all its tensor inputs (rows of dimension 0)
+    Each sample is keyed by a 128-bit hash of all its tensor inputs (rows of dimension 0)
     and the call's other arguments, so shuffled batches hit; a batch with misses runs the
     part on the missing samples only. Entries are dropped whenever the part changes
     (thaw, ``load_state_dict``, ``.to()``, ``frozen.load_state``); while a part is thawed
@@ -164,6 +171,11 @@ def cache(
         store: ``"cpu"`` (default), ``"device"`` (where the part computes) or ``"disk"``
             (a memory-mapped temporary file of ``budget`` bytes).
         path: for ``store="disk"``, the directory of that file (default: the system's temp dir).
+        inner_hooks: ``"refuse"`` (default): a part with forward hooks on modules inside it is
+            refused, at this call and at any later call, because a hit does not run those
+            modules and so skips their hooks (a feature captured by one would be another
+            batch's); hooks on the part itself run on a hit. ``"skip"``: allowed, and hits
+            skip them (for hooks that count or profile real runs). See ``docs/cache.md``.
 
     Returns:
         The handle: ``.stats()``, ``.clear()``, ``.paths``, ``.samples(ids)``.
@@ -171,8 +183,9 @@ def cache(
     Raises:
         TypeError: ``model`` is not a module.
         frozen.UnknownPathError: no module has a given path.
-        frozen.CacheError: a part is not frozen, trains through a tied weight, or is cached
-            already; ``store``/``path`` are invalid. At call time: inputs that require grad,
+        frozen.CacheError: a part is not frozen, trains through a tied weight, is cached
+            already, or has forward hooks inside it (a hit would skip them: cache the hooked
+            module as a part of its own); ``store``/``path`` are invalid. At call time: inputs that require grad,
             outputs that are not per-sample, a part that runs in training behaviour.
         frozen.FrozenError: ``budget`` is not a positive size.
         Nothing is changed when an error is raised.
@@ -190,6 +203,11 @@ def cache(
     size = parse_budget(budget)
     if store not in STORES:
         raise CacheError(f"frozen.cache(..., store={store!r}): expected one of {STORES}. Use store='cpu'.")
+    if inner_hooks not in INNER_HOOKS:
+        raise CacheError(
+            f"frozen.cache(..., inner_hooks={inner_hooks!r}): expected one of {INNER_HOOKS}. Use 'refuse' (the "
+            f"default), or 'skip' when hooks inside the part may be skipped by a hit."
+        )
     if path is not None and (store != "disk" or not os.path.isdir(path)):
         raise CacheError(
             f"frozen.cache(..., path={path!r}): expected an existing directory, with store='disk' (got "
@@ -203,7 +221,9 @@ def cache(
             raise CacheError(
                 f"frozen.cache(model, {p!r}): that part is cached already. Call frozen.uncache(model, {p!r}) first."
             )
-    handle = CacheHandle(Store(store, size, path))
+        if inner_hooks == "refuse":
+            refuse_inner_hooks(module, p)
+    handle = CacheHandle(Store(store, size, path), inner_hooks)
     for index, (p, module) in enumerate(zip(paths, modules, strict=True)):
         part = Part(handle, model, module, p, index)
         handle.parts[p] = part

@@ -7,8 +7,9 @@ samples it has not seen, as one smaller batch.
 
 Nothing in the core calls this module. Instead, each call compares a snapshot of the
 part -- every parameter and buffer (object, storage object, ``_version``, dtype, device,
-``requires_grad``; see ``_tensor_state.py``) and every submodule's ``training`` flag --
-with the one its entries were computed under. ``thaw`` (flags), ``load_state_dict`` and
+``requires_grad``; see ``_tensor_state.py``), every submodule's ``training`` flag and
+forward hooks -- with the one its entries were computed under (a hook inside the part is
+refused, ``_cache_hooks.py``). ``thaw`` (flags), ``load_state_dict`` and
 in-place updates (``_version``), ``.to()``/``.half()``/``.cuda()`` (new storage objects)
 and ``frozen.load_state`` all change it, and the part's entries are dropped before any
 is returned. Under FSDP2 the snapshot also covers the sharded parameters, and a
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._cache_hooks import hook_marks, refuse_inner_hooks
 from ._cache_key import CacheError, call_keys, derive, remember
 from ._cache_out import assemble, flatten, rebuild
 from ._call import keeps_training_flag, under_torch_func
@@ -64,6 +66,7 @@ class Part:
         self.model = weakref.ref(model)
         self.own_forward = module.__dict__.get("forward")  # restored by uncache
         self.fingerprint: ModuleState | None = None
+        self.hooks: tuple = ()  # the forward hooks on the part's modules at the fingerprint (_cache_hooks.py)
         self.bypass = False
         self.token = os.urandom(16)
         self.counts = dict.fromkeys(COUNTERS, 0)
@@ -128,8 +131,10 @@ class Part:
             self.fingerprint = None
             self.handle.store.drop(keep=lambda key: not key.startswith(self.prefix))
             return False
-        if self.fingerprint is None or not self.fingerprint.matches(self.module, shards):
+        hooks = hook_marks(modules)
+        if self.fingerprint is None or not self.fingerprint.matches(self.module, shards) or hooks != self.hooks:
             self._revalidate(ModuleState(self.module, shards))
+            self.hooks = hooks  # reached only if no hook inside was refused
         return not self.bypass
 
     def _compute(self, args: tuple, kwargs: dict, keys: list[bytes]) -> tuple[Any, Any, list, list]:
@@ -175,6 +180,8 @@ class Part:
                     f"a cached part must run in inference behaviour. Freeze it with mode='eval' (the default), "
                     f"or stop caching it: frozen.uncache(model, {self.path!r})."
                 )
+        if self.handle.inner_hooks == "refuse":
+            refuse_inner_hooks(self.module, self.path)  # raised again at every call until the hook is gone
         self.bypass, self.fingerprint = False, fingerprint
 
 
