@@ -185,8 +185,9 @@ def cache(
         frozen.UnknownPathError: no module has a given path.
         frozen.CacheError: a part is not frozen, trains through a tied weight, is cached
             already, or has forward hooks inside it (a hit would skip them: cache the hooked
-            module as a part of its own); ``store``/``path`` are invalid. At call time: inputs that require grad,
-            outputs that are not per-sample, a part that runs in training behaviour.
+            module as a part of its own); ``store``/``path``/``inner_hooks`` are invalid. At
+            call time: inputs that require grad, outputs that are not per-sample, a part that
+            runs in training behaviour or draws random numbers, a forward hook added inside.
         frozen.FrozenError: ``budget`` is not a positive size.
         Nothing is changed when an error is raised.
 

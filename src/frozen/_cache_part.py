@@ -15,7 +15,8 @@ and ``frozen.load_state`` all change it, and the part's entries are dropped befo
 is returned. Under FSDP2 the snapshot also covers the sharded parameters, and a
 ``load_state_dict`` post-hook drops the entries after any load (``_fsdp_sources.py``).
 Writes through ``.data`` into the same storage are invisible to torch itself: call
-``handle.clear()`` after those.
+``handle.clear()`` after those. A computation that advances torch's default generators
+is refused before anything is stored: a part that samples is not a function of its inputs.
 """
 
 from __future__ import annotations
@@ -145,8 +146,17 @@ class Part:
         synchronising copy per leaf instead of one per sample).
         """
         self.counts["forwards"] += 1
+        devices = {a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+        before = _generator_marks(devices)
         with torch.no_grad():
             output = self.forward(*args, **kwargs)
+        if not _same_marks(before, _generator_marks(devices)):
+            raise CacheError(
+                f"frozen.cache: the part at {self.path!r} drew random numbers in its forward (torch's default "
+                f"generator advanced), so its output is not a function of its inputs: a cached output would "
+                f"replay one draw forever. Make it deterministic in inference (e.g. return a posterior's mean, not "
+                f"a sample), draw the noise outside the part, or do not cache it: frozen.uncache(model, {self.path!r})."
+            )
         spec, leaves = flatten(output, len(keys), self.path)
         staged = self.handle.store.stage(leaves)
         for j, key in enumerate(keys):
@@ -201,6 +211,22 @@ def _input_grads_hint(model: nn.Module | None) -> str:
 def _trainable_inside(model: nn.Module, module: nn.Module) -> bool:
     ids = trainable_ids(model)
     return any(id(p) in ids for p in module.parameters())
+
+
+def _generator_marks(devices: set[torch.device]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """What a random draw on ``devices`` advances: the CPU generator's state, each CUDA device's Philox offset.
+
+    Read around a part's computation (~5 us, misses only): a frozen part that samples in
+    inference (a VAE encoder returning a posterior sample, noise layers) is not a function
+    of its inputs, and cached it would replay one draw forever. Draws from a generator the
+    part creates or is given are not seen.
+    """
+    cuda = sorted(d.index if d.index is not None else torch.cuda.current_device() for d in devices if d.type == "cuda")
+    return torch.default_generator.get_state(), tuple(torch.cuda.default_generators[i].get_offset() for i in cuda)
+
+
+def _same_marks(a: tuple[torch.Tensor, tuple[int, ...]], b: tuple[torch.Tensor, tuple[int, ...]]) -> bool:
+    return a[1] == b[1] and torch.equal(a[0], b[0])
 
 
 def _subset(args: tuple, kwargs: dict, batched: list, rows: list[int]) -> tuple[tuple, dict]:

@@ -1,4 +1,4 @@
-"""Forward hooks inside a cached part: a hit would skip them, so they are refused (or skipped on request)."""
+"""What a hit cannot reproduce: forward hooks inside a part (refused, or skipped on request) and random draws."""
 
 from __future__ import annotations
 
@@ -125,3 +125,28 @@ def test_machinery_hooks_inside_are_allowed_and_flop_counting_keeps_the_entries(
         torch.testing.assert_close(model(x), want, rtol=0, atol=0)
     assert runs == [1] and handle.stats()["0"]["hits"] == 6 and handle.stats()["0"]["invalidations"] == 0
     assert counter.get_total_flops() == 2 * 6 * 4  # the trained head only: the cached part did not run
+
+
+class Sampling(nn.Module):
+    """A frozen encoder that returns a posterior sample, drawn in inference too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mean = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.mean(x)
+        return mean + 0.1 * torch.randn_like(mean)
+
+
+def test_a_part_that_draws_random_numbers_is_refused_and_stores_nothing() -> None:
+    # Cached, it replayed its first draw forever: two calls on the same input returned the same "sample".
+    model = frozen.freeze(nn.Sequential(Sampling(), nn.Linear(2, 1)), "0")
+    handle = cache(model, "0")
+    x = torch.randn(4, 3)
+    for _ in range(2):
+        with pytest.raises(CacheError, match=r"part at '0' drew random numbers.*frozen\.uncache\(model, '0'\)"):
+            model(x)
+    assert handle.stats()["0"]["entries"] == 0
+    frozen.uncache(model, "0")
+    assert not torch.equal(model(x), model(x))  # what the cache would have hidden
