@@ -126,6 +126,33 @@ def test_fold_follows_every_change_of_conv_or_norm() -> None:
     assert model[1][0][0].weight.grad is not None and model[1][0][1].weight.grad is not None
 
 
+def test_hooks_on_a_convolution_or_its_norm_see_what_they_see_without_lean() -> None:
+    # Folded, the convolution returns BatchNorm's output: a feature hook on it captured the normalised
+    # values, and a hook that returned a new tensor had the norm applied twice. Hooked, the pair is not folded.
+    model, reference = frozen.freeze(_middle(), "1"), frozen.freeze(_middle(), "1")
+    lean(model, "1")
+    x = torch.randn(2, 3, 16, 16)
+    seen: dict[str, list[torch.Tensor]] = {"lean": [], "plain": []}
+    for name, net in (("lean", model), ("plain", reference)):
+        net[1][0][0].register_forward_hook(lambda _m, _i, out, key=name: seen[key].append(out.detach()))
+        net[1][1][1].register_forward_pre_hook(lambda _m, args, key=name: seen[key].append(args[0].detach()))
+        net[1][2][0].register_forward_hook(lambda _m, _i, out: out * 2)  # replaces the output
+    out = model(x)
+    torch.testing.assert_close(out, reference(x), **TOL)
+    for got, want in zip(seen["lean"], seen["plain"], strict=True):
+        torch.testing.assert_close(got, want, **TOL)
+    assert [conv.__dict__["forward"].folding for conv in (model[1][0][0], model[1][1][0], model[1][2][0])] == [
+        False,
+        False,
+        False,
+    ]
+    assert model[1][3][0].__dict__["forward"].folding  # not hooked: folded
+    handles = [m._forward_hooks.popitem() for m in (model[1][0][0], model[1][2][0])]
+    model[1][1][1]._forward_pre_hooks.clear()
+    model(x)  # the hooks are gone: folded at the next call
+    assert handles and all(model[1][i][0].__dict__["forward"].folding for i in range(6))
+
+
 def test_a_new_storage_at_the_old_address_refolds() -> None:
     # What the allocator does after .half().float(): param.data replaced (``_version`` unchanged) by a
     # storage at the freed address. Built here without the allocator's luck: two storages over one buffer.

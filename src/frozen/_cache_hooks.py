@@ -30,7 +30,7 @@ from torch.nn.modules import module as module_globals
 
 from ._cache_key import CacheError
 
-__all__ = ["INNER_HOOKS", "hook_marks", "refuse_inner_hooks"]
+__all__ = ["INNER_HOOKS", "hook_marks", "observed_globally", "refuse_inner_hooks"]
 
 INNER_HOOKS = ("refuse", "skip")  # frozen.cache(..., inner_hooks=): refuse hooks inside a part, or let hits skip them
 _SKIPPABLE = ("frozen.", "torch.distributed.", "torch.nn.utils.prune", "torch.utils.module_tracker")
@@ -42,11 +42,19 @@ def _unwrapped(hook: Any) -> Any:
     return hook
 
 
-def _skippable(hook: Any) -> bool:
+def machinery_hook(hook: Any) -> bool:
     """Whether ``hook`` is machinery a run that does not happen needs nothing from (see the module docstring)."""
     hook = _unwrapped(hook)
     defined_in = getattr(hook, "__module__", None) or type(hook).__module__
     return isinstance(defined_in, str) and defined_in.startswith(_SKIPPABLE)
+
+
+def observed_globally() -> tuple[int, ...]:
+    """The ids of the global forward (pre-)hooks that are not machinery: each sees every module's values."""
+    pre, post = module_globals._global_forward_pre_hooks, module_globals._global_forward_hooks
+    if not (pre or post):
+        return ()
+    return tuple(i for hooks in (pre, post) for i, hook in hooks.items() if not machinery_hook(hook))
 
 
 def hook_marks(modules: list[nn.Module]) -> tuple:
@@ -56,11 +64,7 @@ def hook_marks(modules: list[nn.Module]) -> tuple:
     hooks. Exempt global hooks are left out: ``FlopCounterMode`` adds and removes some at
     every use, and counting them would drop the part's entries each time.
     """
-    marks: list[Any] = []
-    pre, post = module_globals._global_forward_pre_hooks, module_globals._global_forward_hooks
-    if pre or post:
-        counted = tuple(tuple(i for i, hook in hooks.items() if not _skippable(hook)) for hooks in (pre, post))
-        marks += [counted] if any(counted) else []
+    marks: list[Any] = [observed] if (observed := observed_globally()) else []
     for index, m in enumerate(modules[1:], 1):  # not the root's: they run on a hit, and may come and go freely
         if m._forward_pre_hooks or m._forward_hooks:
             marks.append((index, tuple(m._forward_pre_hooks), tuple(m._forward_hooks)))
@@ -79,12 +83,12 @@ def _observing_hooks(module: nn.Module) -> list[tuple[str, str, Any]]:
         ("global forward pre-hook", module_globals._global_forward_pre_hooks),
         ("global forward hook", module_globals._global_forward_hooks),
     ):
-        found += [("", kind, hook) for hook in hooks.values() if not _skippable(hook)]
+        found += [("", kind, hook) for hook in hooks.values() if not machinery_hook(hook)]
     for name, sub in module.named_modules():
         if not name:
             continue  # the root's own hooks run on a hit, around the cached forward
         for kind, hooks in (("forward pre-hook", sub._forward_pre_hooks), ("forward hook", sub._forward_hooks)):
-            found += [(name, kind, hook) for hook in hooks.values() if not _skippable(hook)]
+            found += [(name, kind, hook) for hook in hooks.values() if not machinery_hook(hook)]
     return found
 
 

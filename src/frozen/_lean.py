@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._cache_hooks import observed_globally
 from ._cache_part import Passthrough
 from ._call import GuardedForward
 from ._checks import check_model
@@ -71,7 +72,7 @@ class LeanConv:
         """``(plain, folding, (weight, bias))`` for the modules as they are now."""
         conv = self.conv
         plain = any(p.requires_grad for p in conv.parameters())
-        folding = not plain and self.norm is not None and foldable(self.norm)
+        folding = not plain and self.norm is not None and foldable(self.norm) and not any(_watchers(conv, self.norm))
         return plain, folding, fold(conv, self.norm) if folding else (conv.weight, conv.bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +94,7 @@ class LeanConv:
             return type(conv).forward(conv, x)
         else:
             tensors, flags = state_of(conv, self.norm) if self.norm is not None else state_of(conv)
+            flags += _watchers(conv, self.norm) if self.norm is not None else ()
             shards = sharded_sources(self.root(), self.path, [conv] if self.norm is None else [conv, self.norm])
             tensors += shards if shards is not None else []
             if shards is None or self.state is None or not self.state.matches(tensors, flags):
@@ -126,6 +128,17 @@ class LeanNorm:
         if last is not None and last[0]() is x and x._version == last[1]:
             return x  # the convolution already applied this normalisation
         return type(self.norm).forward(self.norm, x)
+
+
+def _watchers(conv: nn.Module, norm: nn.Module) -> tuple[tuple[int, ...], ...]:
+    """Ids of the hooks that see the convolution's output or the norm's input: folding would change both.
+
+    Folded, the convolution returns the *normalised* output: a forward hook on it (or a
+    pre-hook on the norm) captured BatchNorm's output instead of the convolution's, and one
+    that returned a new tensor had the norm applied twice. With such a hook, no fold: the
+    convolution stays lean (input gradient only) and the norm runs as itself.
+    """
+    return tuple(conv._forward_hooks), tuple(norm._forward_pre_hooks), observed_globally()
 
 
 def _eligible(conv: nn.Module) -> bool:
