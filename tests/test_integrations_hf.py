@@ -113,6 +113,38 @@ def test_resume_from_any_checkpoint_before_or_after_a_stage_is_bit_identical(tmp
         assert optimizer_ids(trainer) == {id(p) for p in frozen.trainable(resumed)}
 
 
+def test_a_cached_run_resumed_before_or_after_a_thaw_inside_the_cache_matches_the_straight_one(tmp_path):
+    # The cache recipe with a schedule that thaws the cached layers one by one, resumed as users resume: a
+    # fresh model and cache, the Trainer loads the checkpoint and FreezeCallback replays the stages.
+    def callback() -> FreezeCallback:
+        return FreezeCallback(
+            "bert.embeddings", "bert.encoder",
+            unfreeze=[frozen.schedule.Stage(1, ("bert.encoder.layer.1",)), frozen.schedule.Stage(2, ("bert.encoder.layer.0",))],
+        )  # fmt: skip
+
+    def run(where, resume_from=None) -> tuple:
+        model = tiny_bert()
+        trainer = make_trainer(model, where, [callback()], **RUN)
+        handle = frozen.cache(trainer.model, "bert.encoder.layer.0", "bert.encoder.layer.1")
+        embeddings = snapshot(model, "bert.embeddings")
+        trainer.train(resume_from_checkpoint=resume_from)
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in embeddings.items())
+        return model, handle.stats()
+
+    straight, stats = run(tmp_path)  # 4 steps per epoch: layer 1 thaws at step 4, layer 0 at step 8
+    assert stats["bert.encoder.layer.0"]["hits"] == 16 and stats["bert.encoder.layer.1"]["hits"] == 0  # epoch 2
+    plain = tiny_bert()
+    make_trainer(plain, tmp_path / "plain", [callback()], **RUN).train()
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(straight.state_dict()[name], value, rtol=1.3e-6, atol=1e-5)
+    for step in (4, 6, 10):  # before stage 1, after stage 1 (mid-epoch), after stage 2
+        resumed, stats = run(tmp_path / f"resume-{step}", str(tmp_path / f"checkpoint-{step}"))
+        for name, value in straight.state_dict().items():
+            torch.testing.assert_close(resumed.state_dict()[name], value, rtol=1.3e-6, atol=1e-5, msg=f"{step} {name}")
+        if step == 10:  # both layers train after the resume: nothing was taken from the cache
+            assert stats["bert.encoder.layer.0"]["hits"] == 0 and stats["bert.encoder.layer.0"]["bypassed"] == 2
+
+
 def test_thawed_parameters_follow_the_trainers_decay_rule_and_arguments(tmp_path):
     model = tiny_bert()
     trainer = make_trainer(model, tmp_path, [two_stage_callback()], epochs=3, weight_decay=0.05)
