@@ -19,7 +19,7 @@ from torch import nn
 
 from ._cache_hooks import INNER_HOOKS, refuse_inner_hooks
 from ._cache_key import CacheError, sample_keys
-from ._cache_part import Part
+from ._cache_part import GRAD_INPUTS, Part
 from ._cache_store import STORES, Store, parse_budget
 from ._checks import check_model
 from ._errors import UnknownPathError, closest
@@ -38,9 +38,10 @@ class CacheHandle:
         budget: the most bytes the stored outputs may take.
     """
 
-    def __init__(self, store: Store, inner_hooks: str = "refuse") -> None:
+    def __init__(self, store: Store, inner_hooks: str = "refuse", grad_inputs: str = "refuse") -> None:
         self._store = store
         self.inner_hooks = inner_hooks  # "refuse" or "skip" forward hooks inside a part (_cache_hooks.py)
+        self.grad_inputs = grad_inputs  # "refuse" or "pass" (run plainly) calls whose inputs require grad
         self.parts: dict[str, Part] = {}
         self._ids: ContextVar[list[bytes] | None] = ContextVar(f"frozen_cache_ids_{id(self)}", default=None)
 
@@ -152,6 +153,7 @@ def cache(
     store: str = "cpu",
     path: str | None = None,
     inner_hooks: str = "refuse",
+    grad_inputs: str = "refuse",
 ) -> CacheHandle:
     """Cache the outputs of the frozen parts at ``paths`` per sample; return a :class:`CacheHandle`.
 
@@ -176,6 +178,11 @@ def cache(
             modules and so skips their hooks (a feature captured by one would be another
             batch's); hooks on the part itself run on a hit. ``"skip"``: allowed, and hits
             skip them (for hooks that count or profile real runs). See ``docs/cache.md``.
+        grad_inputs: ``"refuse"`` (default): a call whose tensor inputs require grad is refused
+            (a cached part is a prefix). ``"pass"``: such a call runs the part plainly, a
+            white box that passes gradients to its inputs (counted as ``bypassed``), while
+            calls on constant inputs use the cache -- a perceptual loss whose feature network
+            sees generated images (gradients cross it) and target images (cached).
 
     Returns:
         The handle: ``.stats()``, ``.clear()``, ``.paths``, ``.samples(ids)``.
@@ -185,9 +192,10 @@ def cache(
         frozen.UnknownPathError: no module has a given path.
         frozen.CacheError: a part is not frozen, trains through a tied weight, is cached
             already, or has forward hooks inside it (a hit would skip them: cache the hooked
-            module as a part of its own); ``store``/``path``/``inner_hooks`` are invalid. At
-            call time: inputs that require grad, outputs that are not per-sample, a part that
-            runs in training behaviour or draws random numbers, a forward hook added inside.
+            module as a part of its own); ``store``/``path``/``inner_hooks``/``grad_inputs`` are
+            invalid. At call time: inputs that require grad (unless ``grad_inputs="pass"``),
+            outputs that are not per-sample, a part that runs in training behaviour or draws
+            random numbers, a forward hook added inside.
         frozen.FrozenError: ``budget`` is not a positive size.
         Nothing is changed when an error is raised.
 
@@ -204,6 +212,11 @@ def cache(
     size = parse_budget(budget)
     if store not in STORES:
         raise CacheError(f"frozen.cache(..., store={store!r}): expected one of {STORES}. Use store='cpu'.")
+    if grad_inputs not in GRAD_INPUTS:
+        raise CacheError(
+            f"frozen.cache(..., grad_inputs={grad_inputs!r}): expected one of {GRAD_INPUTS}. Use 'refuse' (the "
+            f"default), or 'pass' to run calls whose inputs require grad plainly."
+        )
     if inner_hooks not in INNER_HOOKS:
         raise CacheError(
             f"frozen.cache(..., inner_hooks={inner_hooks!r}): expected one of {INNER_HOOKS}. Use 'refuse' (the "
@@ -224,7 +237,7 @@ def cache(
             )
         if inner_hooks == "refuse":
             refuse_inner_hooks(module, p)
-    handle = CacheHandle(Store(store, size, path), inner_hooks)
+    handle = CacheHandle(Store(store, size, path), inner_hooks, grad_inputs)
     for index, (p, module) in enumerate(zip(paths, modules, strict=True)):
         part = Part(handle, model, module, p, index)
         handle.parts[p] = part

@@ -148,8 +148,9 @@ def _check_arguments(named: list[tuple[int | str, Any]], where: str) -> None:
         if isinstance(value, torch.Tensor) and value.requires_grad:
             raise CacheError(
                 f"frozen.cache: the part at {where!r} received argument {name!r} that requires grad; a cached part "
-                f"must be a frozen prefix (its inputs constant). Cache a part earlier in the model, or stop caching "
-                f"it: frozen.uncache(model, {where!r})."
+                f"must be a frozen prefix (its inputs constant). Cache a part earlier in the model; or, if the part "
+                f"also runs on constant inputs (a perceptual loss's feature net on targets), cache it with "
+                f"grad_inputs='pass' to run such calls plainly; or stop caching it: frozen.uncache(model, {where!r})."
             )
         if not isinstance(value, (torch.Tensor, *_STATIC)):
             raise CacheError(

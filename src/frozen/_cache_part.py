@@ -36,9 +36,10 @@ from ._fsdp_sources import sharded_sources, watch_loads
 from ._query import trainable_ids
 from ._tensor_state import ModuleState
 
-__all__ = ["COUNTERS", "Part", "Passthrough"]
+__all__ = ["COUNTERS", "GRAD_INPUTS", "Part", "Passthrough"]
 
 COUNTERS = ("calls", "hits", "misses", "forwards", "invalidations", "bypassed")
+GRAD_INPUTS = ("refuse", "pass")  # frozen.cache(..., grad_inputs=): a call whose inputs require grad
 
 
 class Passthrough:
@@ -91,6 +92,12 @@ class Part:
     @torch.compiler.disable
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.counts["calls"] += 1
+        if self.handle.grad_inputs == "pass" and _any_requires_grad(args, kwargs):
+            # The part used as a frozen middle (a perceptual loss on generated images): a white box,
+            # run plainly; calls on constant inputs (the targets) still use the cache.
+            self.counts["bypassed"] += 1
+            self.counts["forwards"] += 1
+            return self.forward(*args, **kwargs)
         if not self._cacheable_now():
             self.counts["bypassed"] += 1
             self.counts["forwards"] += 1
@@ -211,6 +218,10 @@ def _input_grads_hint(model: nn.Module | None) -> str:
 def _trainable_inside(model: nn.Module, module: nn.Module) -> bool:
     ids = trainable_ids(model)
     return any(id(p) in ids for p in module.parameters())
+
+
+def _any_requires_grad(args: tuple, kwargs: dict) -> bool:
+    return any(isinstance(a, torch.Tensor) and a.requires_grad for a in (*args, *kwargs.values()))
 
 
 def _generator_marks(devices: set[torch.device]) -> tuple[torch.Tensor, tuple[int, ...]]:

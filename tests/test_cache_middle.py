@@ -1,0 +1,65 @@
+"""A cached part that gradients also cross: ``grad_inputs="pass"`` (a perceptual loss's feature network)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from counting import count_runs
+from torch import nn
+
+import frozen
+from frozen._cache import CacheError, cache
+
+TOL = {"rtol": 1.3e-6, "atol": 1e-5}  # as in test_cache.py: replayed rows against a fresh forward
+
+
+class SuperResolution(nn.Module):
+    """A trained upsampler judged by a frozen VGG-style feature net on its output and on the target."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.generator = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(3, 3, 3, padding=1))
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+
+    def loss(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        return (self.features(self.generator(low)) - self.features(high)).square().mean()
+
+
+def _train(grad_inputs: str | None) -> tuple[list[float], SuperResolution, list[int], dict]:
+    model = frozen.freeze(SuperResolution(), "features")
+    before = {k: v.clone() for k, v in model.features.state_dict().items()}
+    runs = count_runs(model.features[0])
+    handle = cache(model, "features", grad_inputs=grad_inputs) if grad_inputs else None
+    optimizer = torch.optim.AdamW(frozen.trainable(model), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    low, high = torch.randn(16, 3, 4, 4, generator=g), torch.randn(16, 3, 8, 8, generator=g)
+    losses = []
+    for epoch in range(3):
+        for rows in torch.randperm(16, generator=torch.Generator().manual_seed(epoch)).split(4):
+            loss = model.loss(low[rows], high[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            assert all(p.grad is None for p in model.features.parameters())
+            optimizer.step()
+            losses.append(loss.item())
+    assert all(torch.equal(v, before[k]) for k, v in model.features.state_dict().items())
+    return losses, model, runs, handle.stats()["features"] if handle else {}
+
+
+def test_a_perceptual_loss_caches_the_targets_features_and_trains_the_generator_as_uncached() -> None:
+    plain_losses, plain, plain_runs, _ = _train(None)
+    losses, model, runs, stats = _train("pass")
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(plain_losses), **TOL)
+    for name, value in plain.generator.state_dict().items():
+        torch.testing.assert_close(model.generator.state_dict()[name], value, **TOL)
+    # 12 steps: every generated batch runs the net (a white box), the targets only in epoch 1
+    assert plain_runs == [24] and runs == [12 + 4]
+    assert (stats["bypassed"], stats["misses"], stats["hits"]) == (12, 16, 32)
+
+
+def test_by_default_a_call_whose_inputs_require_grad_is_refused_and_names_grad_inputs() -> None:
+    with pytest.raises(CacheError, match=r"'features' received argument 0 that requires grad.*grad_inputs='pass'"):
+        _train("refuse")
+    with pytest.raises(CacheError, match=r"grad_inputs='always'.*expected one of \('refuse', 'pass'\)"):
+        cache(frozen.freeze(SuperResolution(), "features"), "features", grad_inputs="always")
