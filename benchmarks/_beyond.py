@@ -33,7 +33,7 @@ from ._harness import Workload
 from ._registry import Bar, Scenario, Setup
 from ._variants import apply_variant, frozen_keys
 
-__all__ = ["SCENARIOS"]
+__all__ = ["IDS", "REPLAY", "SCENARIOS", "cache_figures"]
 
 CACHED = ("ideal", "freeze", "cache (fill)", "cache")
 REPLAY = "replay (bound)"
@@ -88,7 +88,7 @@ def _language_model(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.
     return model(input_ids=batch[0], labels=batch[0]).loss
 
 
-def _cache_figures(model: nn.Module) -> Callable[[], dict[str, float | int | str]]:
+def cache_figures(model: nn.Module) -> Callable[[], dict[str, float | int | str]]:
     def figures() -> dict[str, float | int | str]:
         stats = cache_stats(model)
         if not stats:
@@ -150,7 +150,7 @@ def _cached_builder(
             return out
 
         return Workload(step, model, optimizer, frozen_keys(model, parts(setup), variant), probe=probe,
-                        figures=_cache_figures(model))  # fmt: skip
+                        figures=cache_figures(model))  # fmt: skip
 
     return build
 

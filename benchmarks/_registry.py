@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # only for annotations: _harness imports nothing from here
 __all__ = ["Setup", "Bar", "Scenario", "scenarios", "load_errors", "BUILTIN_MODULES", "EXTENSION_MODULES", "AA"]
 
 BUILTIN_MODULES = ("benchmarks._scenarios", "benchmarks._users", "benchmarks._checkpointing")
-EXTENSION_MODULES = ("benchmarks._selectors", "benchmarks._beyond", "benchmarks._rows")
+EXTENSION_MODULES = ("benchmarks._selectors", "benchmarks._beyond", "benchmarks._perceptual", "benchmarks._rows")
 AA = " (A/A)"  # suffix of the A/A control's variant name
 
 
