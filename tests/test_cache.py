@@ -427,6 +427,11 @@ def test_changing_the_part_invalidates_it(change: str) -> None:
     got = model(x)
     assert calls == [2]
     torch.testing.assert_close(got, _plain(model, x))
+    model(x)  # invalidated once: the new snapshot stands (hooks were once compared over the replaced tree)
+    if change == "load_state":  # the loaded state thawed 0.0 inside the part: it trains, uncached
+        assert calls == [3] and cache_stats(model)["0"]["bypassed"] == 2
+    else:
+        assert calls == [2] and cache_stats(model)["0"]["invalidations"] == 1
 
 
 def test_a_precision_round_trip_invalidates_even_when_the_allocator_reuses_the_address() -> None:

@@ -11,13 +11,14 @@ runs them around the cached ``forward``, on the replayed output.
 So :func:`frozen.cache` refuses a part with forward hooks inside it, and a call refuses a
 part that gained one since (:func:`hook_marks`, compared at every call like the part's
 tensors). ``inner_hooks="skip"`` lets hits skip them instead, for hooks that count or
-profile the runs that really happen. Exempt are hooks that only keep the machinery of a run in order
-and have nothing to do when the modules do not run: frozen's own (lower-precision
-boundaries, row carriers), FSDP2's and the other ``torch.distributed`` hooks (gather and
-free the shards of a unit that runs), ``torch.nn.utils.prune`` (recomputes a pruned
-weight from parameters the snapshot covers) and ``torch.utils.module_tracker`` (records
-which modules run, as ``FlopCounterMode`` does). Global module hooks
-(``register_module_forward_hook``) fire for every module, so they count as inside.
+profile the runs that really happen. Exempt are hooks that only keep the machinery of a
+run in order and have nothing to do when the modules do not run: frozen's own
+(lower-precision boundaries, row carriers), FSDP2's and the other ``torch.distributed``
+hooks (gather and free the shards of a unit that runs), ``torch.nn.utils.prune``
+(recomputes a pruned weight from parameters the snapshot covers) and
+``torch.utils.module_tracker`` (records which modules run, as ``FlopCounterMode`` does).
+Global module hooks (``register_module_forward_hook``) fire for every module, so they
+count as inside. :func:`frozen.lean` asks the same of global hooks (:func:`observed_globally`).
 """
 
 from __future__ import annotations

@@ -139,10 +139,14 @@ class Part:
             self.fingerprint = None
             self.handle.store.drop(keep=lambda key: not key.startswith(self.prefix))
             return False
-        hooks = hook_marks(modules)
-        if self.fingerprint is None or not self.fingerprint.matches(self.module, shards) or hooks != self.hooks:
+        if (
+            self.fingerprint is None
+            or not self.fingerprint.matches(self.module, shards)
+            or hook_marks(modules) != self.hooks
+        ):
             self._revalidate(ModuleState(self.module, shards))
-            self.hooks = hooks  # reached only if no hook inside was refused
+            assert self.fingerprint is not None  # set by _revalidate, which raises for a hook it refuses
+            self.hooks = hook_marks(self.fingerprint.modules)  # over the module list the next call compares
         return not self.bypass
 
     def _compute(self, args: tuple, kwargs: dict, keys: list[bytes]) -> tuple[Any, Any, list, list]:
