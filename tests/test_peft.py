@@ -74,3 +74,37 @@ def test_report_tells_who_froze_each_part():
     assert rows[BASE + "bert.encoder.layer.0.attention.self.query.base_layer"].frozen_by == "peft"
     assert rows[BASE + "bert.encoder.layer.1.attention.self.query.base_layer"].frozen_by == "peft"
     assert rows[BASE + "classifier.modules_to_save.default"].frozen_by == "hand"
+
+
+def test_a_cached_frozen_prefix_below_the_lora_layers_trains_exactly_as_uncached():
+    # LoRA only in layer 1 (layers_to_transform): the embeddings and layer 0 below it are a frozen prefix,
+    # cached through PEFT's wrappers; shuffled epochs replay them and the adapters train as without the cache.
+    ids = torch.randint(0, 50, (16, 8), generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(1))
+    runs = []
+    for cached in (False, True):
+        torch.manual_seed(0)
+        model = frozen.freeze(tiny_bert(), "bert.embeddings", "bert.encoder.layer.0")
+        config = LoraConfig(
+            task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["query", "value"], layers_to_transform=[1]
+        )
+        peft_model = get_peft_model(model, config)
+        peft_model.get_submodule(BASE + "classifier.modules_to_save.default").requires_grad_(False)
+        handle = frozen.cache(peft_model, BASE + "bert.embeddings", BASE + "bert.encoder.layer.0") if cached else None
+        optimizer = torch.optim.AdamW(frozen.trainable(peft_model), lr=1e-2)
+        losses = []
+        for epoch in range(3):
+            for rows in torch.randperm(16, generator=torch.Generator().manual_seed(epoch)).split(4):
+                loss = peft_model(input_ids=ids[rows], labels=labels[rows]).loss
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+        adapters = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" in n}
+        runs.append((losses, adapters, handle.stats() if handle else None))
+    (plain_losses, plain_adapters, _), (losses, adapters, stats) = runs
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(plain_losses), rtol=1.3e-6, atol=1e-5)
+    assert adapters.keys() == plain_adapters.keys() and all("layer.1." in n for n in adapters)
+    for name, value in plain_adapters.items():
+        torch.testing.assert_close(adapters[name], value, rtol=1.3e-6, atol=1e-5)
+    assert stats[BASE + "bert.encoder.layer.0"]["hits"] == 32 and stats[BASE + "bert.encoder.layer.0"]["forwards"] == 4
