@@ -8,6 +8,7 @@ import pytest
 import torch
 from quiet_loads import load_quietly
 from torch import nn
+from torch.nn import functional as F
 
 import frozen
 from frozen._fold import InputGradConvJvp
@@ -411,3 +412,47 @@ def test_a_compiled_lean_middle_under_autocast_matches_the_eager_one() -> None:
     # within bfloat16's resolution (torch.testing's default for it); measured bit-identical here
     for compiled_value, eager_value in zip(results[0], results[1], strict=True):
         torch.testing.assert_close(compiled_value, eager_value, rtol=1.6e-2, atol=1e-5)
+
+
+def _gan(use_lean: bool) -> tuple[list[float], nn.Module, list[bool]]:
+    """Alternating GAN steps: D thawed and trained (BatchNorm in training), then frozen while G trains through it."""
+    torch.manual_seed(0)
+    generator = nn.Sequential(nn.Linear(8, 3 * 8 * 8), nn.Unflatten(1, (3, 8, 8)), nn.Tanh())
+    blocks = [nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()) for c in (3, 8)]
+    model = nn.ModuleDict({"G": generator, "D": nn.Sequential(*blocks, nn.Flatten(), nn.Linear(8 * 64, 1))})
+    optimizers = {name: torch.optim.SGD(model[name].parameters(), lr=1e-2) for name in ("G", "D")}
+    real = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    losses, folded = [], []
+    frozen.freeze(model, "D")
+    if use_lean:
+        lean(model, "D.0", "D.1")
+    for step in range(4):
+        z = torch.randn(16, 8, generator=torch.Generator().manual_seed(step))
+        frozen.thaw(model, "D")
+        model.train()
+        loss_d = F.softplus(-model["D"](real)).mean() + F.softplus(model["D"](model["G"](z).detach())).mean()
+        optimizers["D"].zero_grad(set_to_none=True)
+        loss_d.backward()
+        optimizers["D"].step()
+        optimizers["D"].zero_grad(set_to_none=True)
+        frozen.freeze(model, "D")  # eval: the running statistics the D step just updated, folded anew
+        before = copy.deepcopy(model["D"].state_dict())
+        loss_g = F.softplus(-model["D"](model["G"](z))).mean()
+        optimizers["G"].zero_grad(set_to_none=True)
+        loss_g.backward()
+        optimizers["G"].step()
+        assert all(p.grad is None for p in model["D"].parameters())  # G's backward crossed D: no D gradient
+        assert all(torch.equal(v, model["D"].state_dict()[k]) for k, v in before.items())
+        folded.append(use_lean and model["D"][0][0].__dict__["forward"].folding)
+        losses += [loss_d.item(), loss_g.item()]
+    return losses, model, folded
+
+
+def test_a_lean_discriminator_toggled_every_step_trains_the_generator_as_the_plain_one() -> None:
+    # With SGD (Adam's first steps turn float-rounding differences of near-zero gradients into whole steps).
+    plain_losses, plain, _ = _gan(False)
+    losses, model, folded = _gan(True)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(plain_losses), **TOL)
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, **TOL)
+    assert folded == [True] * 4
