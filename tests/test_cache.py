@@ -519,6 +519,20 @@ def test_copies_run_uncached_with_the_same_outputs() -> None:
         assert cache_stats(clone) == {} and clone(x).shape[0] == 5
 
 
+def test_a_part_frozen_by_a_frozen_wrapper_hits_without_settling_by_hand() -> None:
+    # Unsettled, the Frozen wrapper detached its parameters and switched its module to eval at every
+    # call; the snapshot took each call for a changed part: invalidated every time, never a hit.
+    torch.manual_seed(0)
+    model = nn.Sequential(frozen.Frozen(nn.Sequential(nn.Linear(3, 4), nn.ReLU())), nn.Linear(4, 1)).train()
+    reference = copy.deepcopy(model)
+    calls = _count_forwards(model[0])
+    handle = cache(model, "0")
+    x = torch.randn(6, 3)
+    for rows in (torch.arange(6), torch.randperm(6), torch.randperm(6)):
+        torch.testing.assert_close(model(x[rows]), reference(x[rows]), **TOL)
+    assert calls == [1] and handle.stats()["0"]["hits"] == 12 and handle.stats()["0"]["invalidations"] == 0
+
+
 def test_features_compute_a_backbone_once_over_a_loader() -> None:
     torch.manual_seed(0)
     backbone = Probe().backbone  # features() runs it in eval mode whatever its mode, then restores it

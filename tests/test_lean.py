@@ -154,6 +154,25 @@ def test_hooks_on_a_convolution_or_its_norm_see_what_they_see_without_lean() -> 
     assert handles and all(model[1][i][0].__dict__["forward"].folding for i in range(6))
 
 
+def test_a_middle_frozen_by_a_frozen_wrapper_folds_once_without_settling_by_hand(monkeypatch) -> None:
+    # Unsettled, the Frozen wrapper's per-call detaching gave the convolution new parameter tensors at
+    # every call: it refolded (a float64 computation) at every call.
+    import frozen._lean as lean_module
+
+    folds = []
+    fold = lean_module.fold
+    monkeypatch.setattr(lean_module, "fold", lambda *args: folds.append(1) or fold(*args))
+    torch.manual_seed(0)
+    middle = _middle()[1]
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), frozen.Frozen(middle), nn.Flatten(), nn.Linear(8 * 256, 4))
+    reference = copy.deepcopy(model)
+    lean(model, "1")
+    x = torch.randn(2, 3, 16, 16)
+    for _ in range(3):
+        torch.testing.assert_close(model(x), reference(x), **TOL)
+    assert len(folds) == 6  # each of the 6 pairs once
+
+
 def test_a_new_storage_at_the_old_address_refolds() -> None:
     # What the allocator does after .half().float(): param.data replaced (``_version`` unchanged) by a
     # storage at the freed address. Built here without the allocator's luck: two storages over one buffer.

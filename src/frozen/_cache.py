@@ -24,6 +24,7 @@ from ._cache_store import STORES, Store, parse_budget
 from ._checks import check_model
 from ._errors import UnknownPathError, closest
 from ._query import trainable_ids
+from ._settle import settle
 from ._tree import iter_module_uses
 
 __all__ = ["CacheError", "CacheHandle", "cache", "cache_stats", "uncache"]
@@ -184,6 +185,10 @@ def cache(
             calls on constant inputs use the cache -- a perceptual loss whose feature network
             sees generated images (gradients cross it) and target images (cached).
 
+    The model is settled first (:func:`frozen.settle`, as ``freeze`` and ``thaw`` do): a
+    ``Frozen(...)`` wrapper that is not settled detaches its parameters at every call, which
+    would make every call look like a changed part.
+
     Returns:
         The handle: ``.stats()``, ``.clear()``, ``.paths``, ``.samples(ids)``.
 
@@ -237,6 +242,10 @@ def cache(
             )
         if inner_hooks == "refuse":
             refuse_inner_hooks(module, p)
+    # As freeze and thaw do: unsettled, a Frozen(...) wrapper detaches its parameters and switches
+    # its module to eval at every call, which the part's snapshot sees as a changed part -- every
+    # call invalidated and recomputed, no hit ever.
+    settle(model)
     handle = CacheHandle(Store(store, size, path), inner_hooks, grad_inputs)
     for index, (p, module) in enumerate(zip(paths, modules, strict=True)):
         part = Part(handle, model, module, p, index)

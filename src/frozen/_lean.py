@@ -178,6 +178,7 @@ def lean(model: nn.Module, *paths: str) -> nn.Module:
     is folded into it (outputs and input gradients equal up to float rounding, ~1e-7
     relative in float32). ``Linear`` needs nothing: torch already saves only the weight
     when the weight needs no gradient. A module thawed later runs its plain forward.
+    The model is settled first (:func:`frozen.settle`), as ``freeze`` and ``thaw`` do.
 
     Raises:
         TypeError: ``model`` is not a module.
@@ -206,6 +207,7 @@ def lean(model: nn.Module, *paths: str) -> nn.Module:
                 f"frozen.lean(model, {path!r}): the part at {path!r} is not frozen; a lean backward drops the weight "
                 f"gradient, so only frozen parts can be lean. Freeze it first: frozen.freeze(model, {path!r})."
             )
+    frozen.settle(model)  # unsettled, a Frozen(...) wrapper's per-call detaching refolded at every call
     plans = [item for path in paths or ("",) for item in _plan(model, path)]
     for conv, norm, where in plans:
         existing = conv.__dict__.get("forward")
