@@ -5,9 +5,10 @@ what only a card exercises: cuDNN convolutions in a lean middle (the transposed
 convolution as input gradient, output padding included), a bf16 frozen part that keeps
 its storage type across ``.to()`` moves between devices, cache stores on the device, on
 the host and on disk with a device move invalidating them, autocast switched off inside
-a frozen wrapper, a lean middle under autocast and ``torch.func``, and a compiled step. Every check trains with real steps and asserts
-frozen tensors bit-identical, frozen gradients ``None`` and trainable tensors changed.
-It prints one line per check and exits 1 if any fails.
+a frozen wrapper, a lean middle under autocast and ``torch.func``, a cached part that
+draws on the card refused and ``grad_inputs="pass"``, and a compiled step. Every check
+trains with real steps and asserts frozen tensors bit-identical, frozen gradients ``None``
+and trainable tensors changed. It prints one line per check and exits 1 if any fails.
 """
 
 from __future__ import annotations
@@ -174,6 +175,47 @@ def cache_stores_on_cuda_hit_and_invalidate() -> str:
             frozen.uncache(model)
         results.append(store)
     return f"stores {', '.join(results)}: shuffled batch hit, exact, half-seen batch assembled, a move invalidated"
+
+
+class _Sampling(nn.Module):
+    """A frozen part that draws on the card (a posterior sample): not a function of its inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mean = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.mean(x)
+        return mean + 0.1 * torch.randn_like(mean)
+
+
+@check
+def cache_refuses_card_draws_and_passes_gradient_inputs() -> str:
+    model = frozen.freeze(nn.Sequential(_Sampling(), nn.Linear(16, 4)).to(CUDA), "0")
+    frozen.cache(model, "0", store="device")
+    try:
+        model(torch.randn(8, 16, device=CUDA))
+    except frozen.CacheError as error:
+        assert "drew random numbers" in str(error), error
+    else:
+        raise AssertionError("a part drawing from the card's generator was cached")
+    # A perceptual loss: generated inputs (gradients cross the part) run plainly, targets are replayed.
+    model = frozen.freeze(_mlp().to(CUDA), "0")
+    before = copy.deepcopy(model[0].state_dict())
+    handle = frozen.cache(model, "0", store="device", grad_inputs="pass")
+    generator = nn.Linear(16, 16).to(CUDA)
+    optimizer = torch.optim.AdamW(generator.parameters(), lr=1e-2)
+    z, targets = torch.randn(8, 16, device=CUDA), torch.randn(8, 16, device=CUDA)
+    start = generator.weight.detach().clone()
+    for _ in range(3):
+        optimizer.zero_grad(set_to_none=True)
+        (model[0](generator(z)) - model[0](targets)).square().mean().backward()
+        optimizer.step()
+    stats = handle.stats()["0"]
+    assert (stats["bypassed"], stats["misses"], stats["hits"]) == (3, 8, 16), stats
+    _frozen_kept(model, "0", before)
+    assert not torch.equal(generator.weight, start), "the generator did not train through the cached part"
+    return "a card draw refused; grad_inputs='pass': generated inputs crossed the part, targets hit"
 
 
 @check

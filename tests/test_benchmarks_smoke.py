@@ -116,4 +116,4 @@ def test_the_gpu_check_script_passes_its_dry_run_on_cpu():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     passed = done.stdout.count("\n  ok   ")
-    assert passed >= 6 and f"{passed} of {passed} checks passed" in done.stdout, done.stdout
+    assert passed >= 7 and f"{passed} of {passed} checks passed" in done.stdout, done.stdout

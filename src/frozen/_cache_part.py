@@ -228,20 +228,22 @@ def _any_requires_grad(args: tuple, kwargs: dict) -> bool:
     return any(isinstance(a, torch.Tensor) and a.requires_grad for a in (*args, *kwargs.values()))
 
 
-def _generator_marks(devices: set[torch.device]) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """What a random draw on ``devices`` advances: the CPU generator's state, each CUDA device's Philox offset.
+def _generator_marks(devices: set[torch.device]) -> list[torch.Tensor]:
+    """What a random draw on ``devices`` advances: the CPU generator's state, each CUDA device's (seed, offset).
 
     Read around a part's computation (~5 us, misses only): a frozen part that samples in
     inference (a VAE encoder returning a posterior sample, noise layers) is not a function
     of its inputs, and cached it would replay one draw forever. Draws from a generator the
     part creates or is given are not seen.
     """
-    cuda = sorted(d.index if d.index is not None else torch.cuda.current_device() for d in devices if d.type == "cuda")
-    return torch.default_generator.get_state(), tuple(torch.cuda.default_generators[i].get_offset() for i in cuda)
+    cuda = sorted(
+        {d.index if d.index is not None else torch.cuda.current_device() for d in devices if d.type == "cuda"}
+    )
+    return [torch.default_generator.get_state(), *(torch.cuda.get_rng_state(i) for i in cuda)]  # host reads, no sync
 
 
-def _same_marks(a: tuple[torch.Tensor, tuple[int, ...]], b: tuple[torch.Tensor, tuple[int, ...]]) -> bool:
-    return a[1] == b[1] and torch.equal(a[0], b[0])
+def _same_marks(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _subset(args: tuple, kwargs: dict, batched: list, rows: list[int]) -> tuple[tuple, dict]:
