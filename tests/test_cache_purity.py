@@ -150,3 +150,31 @@ def test_a_part_that_draws_random_numbers_is_refused_and_stores_nothing() -> Non
     assert handle.stats()["0"]["entries"] == 0
     frozen.uncache(model, "0")
     assert not torch.equal(model(x), model(x))  # what the cache would have hidden
+
+
+class Residual(nn.Module):
+    """``x + body(x)`` where the body starts with an in-place ReLU: it rewrites ``x`` before the sum reads it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def test_a_part_that_writes_into_its_input_is_refused() -> None:
+    # Cached, a hit skipped the in-place ReLU on the caller's tensor: the residual sum read the raw input and
+    # the second identical call returned another value.
+    torch.manual_seed(0)
+    model = frozen.freeze(nn.Sequential(Residual()), "0")
+    want = model(torch.ones(4, 3).neg())
+    handle = cache(model, "0.body")
+    with pytest.raises(CacheError, match=r"part at '0\.body' modified its input argument 0 in place.*inplace"):
+        model(torch.ones(4, 3).neg())
+    assert handle.stats()["0.body"]["entries"] == 0
+    model[0].body[0].inplace = False  # the fix it names
+    got = [model(torch.ones(4, 3).neg()) for _ in range(2)]
+    assert not torch.equal(got[0], want)  # out of place, the residual now adds the raw input: a different model
+    torch.testing.assert_close(got[1], got[0], rtol=0, atol=0)
+    assert handle.stats()["0.body"]["hits"] == 4

@@ -199,8 +199,8 @@ def cache(
             already, or has forward hooks inside it (a hit would skip them: cache the hooked
             module as a part of its own); ``store``/``path``/``inner_hooks``/``grad_inputs`` are
             invalid. At call time: inputs that require grad (unless ``grad_inputs="pass"``),
-            outputs that are not per-sample, a part that runs in training behaviour or draws
-            random numbers, a forward hook added inside.
+            outputs that are not per-sample, a part that runs in training behaviour, draws
+            random numbers or writes into its inputs, a forward hook added inside.
         frozen.FrozenError: ``budget`` is not a positive size.
         Nothing is changed when an error is raised.
 

@@ -16,7 +16,8 @@ is returned. Under FSDP2 the snapshot also covers the sharded parameters, and a
 ``load_state_dict`` post-hook drops the entries after any load (``_fsdp_sources.py``).
 Writes through ``.data`` into the same storage are invisible to torch itself: call
 ``handle.clear()`` after those. A computation that advances torch's default generators
-is refused before anything is stored: a part that samples is not a function of its inputs.
+or writes into its inputs is refused before anything is stored: a part that samples is
+not a function of its inputs, and a hit cannot repeat a write its caller may read.
 """
 
 from __future__ import annotations
@@ -157,11 +158,21 @@ class Part:
         synchronising copy per leaf instead of one per sample).
         """
         self.counts["forwards"] += 1
-        devices = {a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
-        before = _generator_marks(devices)
+        inputs = [(n, a) for n, a in (*enumerate(args), *kwargs.items()) if isinstance(a, torch.Tensor)]
+        before = _generator_marks({a.device for _, a in inputs})
+        versions = [None if a.is_inference() else a._version for _, a in inputs]
         with torch.no_grad():
             output = self.forward(*args, **kwargs)
-        if not _same_marks(before, _generator_marks(devices)):
+        written = [n for (n, a), v in zip(inputs, versions, strict=True) if v is not None and a._version != v]
+        if written:
+            raise CacheError(
+                f"frozen.cache: the part at {self.path!r} modified its input argument {written[0]!r} in place (an "
+                f"nn.ReLU(inplace=True) or an in-place op first?): a hit does not, so its caller would see other "
+                f"values than without the cache (a residual connection adding that input, say). Make that operation "
+                f"out of place, cache a part that starts after it, or do not cache it: "
+                f"frozen.uncache(model, {self.path!r})."
+            )
+        if not _same_marks(before, _generator_marks({a.device for _, a in inputs})):
             raise CacheError(
                 f"frozen.cache: the part at {self.path!r} drew random numbers in its forward (torch's default "
                 f"generator advanced), so its output is not a function of its inputs: a cached output would "
