@@ -6,7 +6,8 @@ dataset. The net is a frozen *middle* for the generated images (their gradients 
 and a frozen *prefix* for the targets (data): ``frozen.cache(..., grad_inputs="pass")``
 runs the first plainly and replays the second from the second epoch on. ``replay (bound)``
 is the hand-written alternative, every target's features precomputed once and indexed by
-row: the best any cache of the target branch can do.
+row: the best any cache of the target branch can do. ``cache + lean`` makes the net lean
+as well, for the generated images that cross it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from frozen._cache import cache
+from frozen._lean import lean
 
 from . import _models
 from ._beyond import IDS, REPLAY, cache_figures
@@ -28,7 +30,8 @@ from ._variants import apply_variant, frozen_keys
 
 __all__ = ["SCENARIOS"]
 
-_VARIANTS = ("ideal", "freeze", "cache (fill)", "cache", IDS, REPLAY)
+LEAN = "cache + lean"  # the targets cached, and the generated images cross a lean net
+_VARIANTS = ("ideal", "freeze", "cache (fill)", "cache", IDS, REPLAY, LEAN)
 
 
 class _SuperResolution(nn.Module):
@@ -65,6 +68,8 @@ def _build(variant: str, setup: Setup) -> Workload:
     handle = None
     if variant.startswith("cache"):
         handle = cache(model, "features", budget="4GB", store="device", grad_inputs="pass")
+    if variant == LEAN:
+        lean(model, "features")
     table = None
     if variant == REPLAY:
         with torch.no_grad():
@@ -72,7 +77,7 @@ def _build(variant: str, setup: Setup) -> Workload:
     first = epochs.next()  # the probe's batch: the same samples in every variant
     epochs.queue.clear()
     epochs.generator.manual_seed(0)
-    if variant in ("cache", IDS):  # epochs 2+: one pass over the targets (epoch 1's order) filled the store
+    if variant in ("cache", IDS, LEAN):  # epochs 2+: one pass over the targets (epoch 1's order) filled the store
         with torch.no_grad():
             for _ in range(len(epochs)):
                 _, high = epochs.next()
@@ -115,7 +120,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         "store on the device; `cache (fill)` is epoch 1 (store emptied before each step), `cache` epochs 2+ "
         "(filled at build time), `cache (ids)` the same keyed by dataset rows. `replay (bound)` = every "
         "target's features precomputed once and indexed by row: the hand-written alternative, and the best "
-        "any cache of the target branch can do.",
+        'any cache of the target branch can do. `cache + lean` adds `frozen.lean(model, "features")`: the '
+        "generated images cross input-gradient-only convolutions whose ReLUs run in place.",
         build=_build,
         variants=_VARIANTS,
         bars=(
