@@ -118,48 +118,53 @@ class LeanConv:
         return y
 
 
-class LeanNorm:
-    """The ``forward`` of a BatchNorm folded into the convolution before it: identity on that output."""
+class _AfterConv:
+    """The ``forward`` of a module right after a lean convolution: a shortcut on that output (see subclasses).
 
-    def __init__(self, norm: nn.Module, conv: LeanConv) -> None:
-        self.norm, self.conv = norm, conv
-
-    def __reduce__(self) -> tuple:
-        return (Passthrough, (self.norm,))
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        last = self.conv.last
-        if last is not None and last[0]() is x and x._version == last[1]:
-            return x  # the convolution already applied this normalisation
-        return type(self.norm).forward(self.norm, x)
-
-
-class LeanReLU:
-    """The ``forward`` of a ReLU right after a lean convolution (and its folded norm): in place on that output.
-
-    The convolution's output is saved by nobody (its backward keeps the weight, torch's
-    own convolution its input), so the ReLU may overwrite it instead of allocating a new
-    tensor: one full-size allocation and write less per block (the benchmarks' 6-block
-    middle: 0.931x instead of 0.940x the ideal's step time on a quiet machine, more where
-    memory bandwidth is contended). Only for the very tensor the convolution just returned, unchanged, and
-    only while no hook could hold it (a forward hook or pre-hook on any of the modules, or
-    a global one): a tensor a hook kept would change under it.
+    ``fresh``: ``x`` is the very tensor the convolution recorded, unchanged since; else ``plain``.
     """
 
-    def __init__(self, relu: nn.Module, conv: LeanConv) -> None:
-        self.relu, self.conv = relu, conv
+    def __init__(self, module: nn.Module, conv: LeanConv) -> None:
+        self.module, self.conv = module, conv
 
     def __reduce__(self) -> tuple:
-        return (Passthrough, (self.relu,))
+        return (Passthrough, (self.module,))
+
+    def plain(self, x: torch.Tensor) -> torch.Tensor:
+        return type(self.module).forward(self.module, x)
+
+    @staticmethod
+    def fresh(mark: tuple[weakref.ref, int] | None, x: torch.Tensor) -> bool:
+        return mark is not None and mark[0]() is x and x._version == mark[1]
+
+
+class LeanNorm(_AfterConv):
+    """The ``forward`` of a BatchNorm folded into the convolution before it: identity on that output."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        produced = self.conv.produced
-        if produced is not None and produced[0]() is x and x._version == produced[1] and not self._watched():
+        if self.fresh(self.conv.last, x):
+            return x  # the convolution already applied this normalisation
+        return self.plain(x)
+
+
+class LeanReLU(_AfterConv):
+    """The ``forward`` of a ReLU right after a lean convolution (and its folded norm): in place on that output.
+
+    Nobody saved the convolution's output (its backward keeps the weight, torch's own
+    convolution its input), so the ReLU overwrites it: one allocation and write less per
+    block (benchmarks' middle: 0.931x instead of 0.940x the ideal, quiet machine). Not
+    while a hook could hold it (a forward hook or pre-hook on any of the modules, or a
+    global one): a tensor a hook kept would change under it.
+    """
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fresh(self.conv.produced, x) and not self._watched():
             return torch.relu_(x)
-        return type(self.relu).forward(self.relu, x)
+        return self.plain(x)
 
     def _watched(self) -> bool:
-        modules = (self.conv.conv, self.relu) if self.conv.norm is None else (self.conv.conv, self.conv.norm, self.relu)
+        conv = self.conv
+        modules = (conv.conv, self.module) if conv.norm is None else (conv.conv, conv.norm, self.module)
         return any(m._forward_hooks or m._forward_pre_hooks for m in modules) or bool(observed_globally())
 
 
