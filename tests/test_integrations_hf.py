@@ -233,3 +233,23 @@ def test_the_cache_recipe_inside_the_trainer_replays_the_frozen_prefix(tmp_path,
     stats = frozen.cache_stats(cached_model)["bert.encoder.layer.0"]
     assert (stats["misses"], stats["hits"]) == (16, 32)
     assert not getattr(cached_model, "_require_grads_hooks", None)  # removed by FreezeCallback, with checkpointing
+
+
+def test_frozen_rows_in_the_trainer_with_weight_decay_resume_bit_identically(tmp_path):
+    # Rows (new-token fine-tuning) inside the Trainer's callback order, its AdamW with weight decay, and its
+    # checkpoints: the frozen rows stay bit-identical, and a run resumed anywhere ends where the straight one did.
+    embeddings = "bert.embeddings.word_embeddings.weight"
+
+    def run(where, resume_from=None):
+        model = tiny_bert()
+        start = model.state_dict()[embeddings].clone()
+        callback = FreezeCallback(frozen.Rows(embeddings, trainable=range(40, 50)))
+        make_trainer(model, where, [callback], **RUN).train(resume_from_checkpoint=resume_from)
+        end = model.state_dict()[embeddings]
+        assert torch.equal(end[:40], start[:40]) and not torch.equal(end[40:], start[40:])
+        return model.state_dict()
+
+    straight = run(tmp_path)
+    for step in (4, 6, 10):
+        resumed = run(tmp_path / f"resume-{step}", str(tmp_path / f"checkpoint-{step}"))
+        assert all(torch.equal(v, resumed[k]) for k, v in straight.items()), step
