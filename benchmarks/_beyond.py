@@ -119,20 +119,17 @@ def _cached_builder(
         handle = cache(model, *cached(setup), budget="4GB", store="device") if variant.startswith("cache") else None
         if variant == REPLAY:
             replay(model, [model.get_submodule(p) for p in cached(setup)], epochs, loss_fn)
-        first = epochs.next()  # the probe's batch: the same samples in every variant
-        epochs.queue.clear()
-        epochs.generator.manual_seed(0)
+        first = epochs.first_batch()
 
         def keyed() -> AbstractContextManager:
             return handle.samples(epochs.host_rows) if variant == IDS and handle is not None else nullcontext()
 
+        def fill(batch: tuple[torch.Tensor, ...]) -> None:
+            with keyed():
+                loss_fn(model, batch)
+
         if variant in ("cache", IDS):  # epochs 2+: one pass over the dataset (epoch 1's order) filled the store
-            with torch.no_grad():
-                for _ in range(len(epochs)):
-                    batch_ = epochs.next()
-                    with keyed():
-                        loss_fn(model, batch_)
-            epochs.generator.manual_seed(0)
+            epochs.fill(fill)
 
         def step() -> None:
             if variant == "cache (fill)" and handle is not None:

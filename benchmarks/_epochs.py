@@ -14,13 +14,15 @@ from torch import nn
 
 __all__ = ["Epochs", "replay"]
 
+_SEED = 0  # epoch 1's order, in every variant
+
 
 class Epochs:
     """Batches of a fixed dataset, reshuffled each epoch with a seeded generator (same order in every variant)."""
 
     def __init__(self, data: Sequence[torch.Tensor], batch: int) -> None:
         self.data, self.batch = data, batch
-        self.generator = torch.Generator().manual_seed(0)
+        self.generator = torch.Generator().manual_seed(_SEED)
         self.queue: list[torch.Tensor] = []
         self.rows = torch.arange(0)  # the dataset rows of the last batch, on the data's device
         self.host_rows = self.rows  # the same on the CPU, as a DataLoader gives indices (no device copy)
@@ -36,6 +38,27 @@ class Epochs:
         self.rows = self.host_rows.to(self.data[0].device)
         return tuple(t[self.rows] for t in self.data)
 
+    def rewind(self) -> None:
+        """Back to the start of epoch 1: the same batches in the same order again."""
+        self.queue.clear()
+        self.generator.manual_seed(_SEED)
+
+    def first_batch(self) -> tuple[torch.Tensor, ...]:
+        """Epoch 1's first batch (a probe's: the same samples in every variant); then rewind."""
+        batch = self.next()
+        self.rewind()
+        return batch
+
+    def fill(self, run: Callable[[tuple[torch.Tensor, ...]], object]) -> None:
+        """``run`` each batch of epoch 1 without gradients (a cache's filling pass, a recording); then rewind.
+
+        ``rows`` / ``host_rows`` name each batch's dataset rows while ``run`` sees it.
+        """
+        with torch.no_grad():
+            for _ in range(len(self)):
+                run(self.next())
+        self.rewind()
+
 
 def replay(
     model: nn.Module,
@@ -50,9 +73,7 @@ def replay(
     """
     recorded: list[torch.Tensor] = []
     hook = chain[-1].register_forward_hook(lambda _m, _a, out: recorded.append(out))
-    with torch.no_grad():
-        for _ in range(len(epochs)):
-            loss_fn(model, epochs.next())
+    epochs.fill(lambda batch: loss_fn(model, batch))
     hook.remove()
     order = torch.cat([torch.as_tensor(rows) for rows in _epoch_rows(epochs)])
     table = torch.empty_like(torch.cat(recorded))
@@ -60,10 +81,9 @@ def replay(
     chain[0].__dict__["forward"] = lambda *args, **kwargs: table[epochs.rows]
     for part in chain[1:]:
         part.__dict__["forward"] = lambda hidden, *args, **kwargs: hidden
-    epochs.generator.manual_seed(0)
 
 
 def _epoch_rows(epochs: Epochs) -> list[torch.Tensor]:
     """The row order of the first epoch (what the recording pass saw), from the same seeded generator."""
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(_SEED)
     return list(torch.randperm(len(epochs.data[0]), generator=generator).split(epochs.batch))

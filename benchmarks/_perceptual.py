@@ -74,16 +74,14 @@ def _build(variant: str, setup: Setup) -> Workload:
     if variant == REPLAY:
         with torch.no_grad():
             table = model.features(epochs.data[1])  # every target's features, indexed by dataset row
-    first = epochs.next()  # the probe's batch: the same samples in every variant
-    epochs.queue.clear()
-    epochs.generator.manual_seed(0)
+    first = epochs.first_batch()
+
+    def fill(batch: tuple[torch.Tensor, ...]) -> None:
+        with handle.samples(epochs.host_rows) if variant == IDS and handle else nullcontext():
+            model.features(batch[1])  # the targets
+
     if variant in ("cache", IDS, LEAN):  # epochs 2+: one pass over the targets (epoch 1's order) filled the store
-        with torch.no_grad():
-            for _ in range(len(epochs)):
-                _, high = epochs.next()
-                with handle.samples(epochs.host_rows) if variant == IDS and handle else nullcontext():
-                    model.features(high)
-        epochs.generator.manual_seed(0)
+        epochs.fill(fill)
 
     def step() -> None:
         if variant == "cache (fill)" and handle is not None:

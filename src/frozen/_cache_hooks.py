@@ -50,12 +50,24 @@ def machinery_hook(hook: Any) -> bool:
     return isinstance(defined_in, str) and defined_in.startswith(_SKIPPABLE)
 
 
+def _global_hooks() -> list[tuple[str, int, Any]]:
+    """``(kind, id, hook)`` of the global forward (pre-)hooks that are not machinery: each sees every module."""
+    return [
+        (kind, i, hook)
+        for kind, hooks in (
+            ("global forward pre-hook", module_globals._global_forward_pre_hooks),
+            ("global forward hook", module_globals._global_forward_hooks),
+        )
+        for i, hook in hooks.items()
+        if not machinery_hook(hook)
+    ]
+
+
 def observed_globally() -> tuple[int, ...]:
     """The ids of the global forward (pre-)hooks that are not machinery: each sees every module's values."""
-    pre, post = module_globals._global_forward_pre_hooks, module_globals._global_forward_hooks
-    if not (pre or post):
-        return ()
-    return tuple(i for hooks in (pre, post) for i, hook in hooks.items() if not machinery_hook(hook))
+    if not (module_globals._global_forward_pre_hooks or module_globals._global_forward_hooks):
+        return ()  # the usual case, checked at every call: no list built
+    return tuple(i for _, i, _ in _global_hooks())
 
 
 def hook_marks(modules: list[nn.Module]) -> tuple:
@@ -79,12 +91,7 @@ def _named(hook: Any) -> str:
 
 def _observing_hooks(module: nn.Module) -> list[tuple[str, str, Any]]:
     """``(module path inside the part or "", kind, hook)`` of every hook a hit would skip that is not exempt."""
-    found: list[tuple[str, str, Any]] = []
-    for kind, hooks in (
-        ("global forward pre-hook", module_globals._global_forward_pre_hooks),
-        ("global forward hook", module_globals._global_forward_hooks),
-    ):
-        found += [("", kind, hook) for hook in hooks.values() if not machinery_hook(hook)]
+    found: list[tuple[str, str, Any]] = [("", kind, hook) for kind, _, hook in _global_hooks()]
     for name, sub in module.named_modules():
         if not name:
             continue  # the root's own hooks run on a hit, around the cached forward

@@ -93,13 +93,10 @@ class Part:
     @torch.compiler.disable
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.counts["calls"] += 1
-        if self.handle.grad_inputs == "pass" and _any_requires_grad(args, kwargs):
-            # The part used as a frozen middle (a perceptual loss on generated images): a white box,
-            # run plainly; calls on constant inputs (the targets) still use the cache.
-            self.counts["bypassed"] += 1
-            self.counts["forwards"] += 1
-            return self.forward(*args, **kwargs)
-        if not self._cacheable_now():
+        # grad_inputs="pass": the part used as a frozen middle (a perceptual loss on generated images)
+        # runs plainly, a white box; calls on constant inputs (the targets) still use the cache.
+        passed = self.handle.grad_inputs == "pass" and _any_requires_grad(args, kwargs)
+        if passed or not self._cacheable_now():
             self.counts["bypassed"] += 1
             self.counts["forwards"] += 1
             return self.forward(*args, **kwargs)
@@ -159,7 +156,8 @@ class Part:
         """
         self.counts["forwards"] += 1
         inputs = [(n, a) for n, a in (*enumerate(args), *kwargs.items()) if isinstance(a, torch.Tensor)]
-        before = _generator_marks({a.device for _, a in inputs})
+        devices = {a.device for _, a in inputs}
+        before = _generator_marks(devices)
         versions = [None if a.is_inference() else a._version for _, a in inputs]
         with torch.no_grad():
             output = self.forward(*args, **kwargs)
@@ -172,7 +170,7 @@ class Part:
                 f"out of place, cache a part that starts after it, or do not cache it: "
                 f"frozen.uncache(model, {self.path!r})."
             )
-        if not _same_marks(before, _generator_marks({a.device for _, a in inputs})):
+        if not _same_marks(before, _generator_marks(devices)):
             raise CacheError(
                 f"frozen.cache: the part at {self.path!r} drew random numbers in its forward (torch's default "
                 f"generator advanced), so its output is not a function of its inputs: a cached output would "
