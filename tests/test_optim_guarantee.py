@@ -97,11 +97,11 @@ def test_frozen_mid_training_never_moves_after_sync(cls, kwargs, how, record_pro
     model = make_model()
     optimizer = cls(model.parameters(), **kwargs)  # holds everything, builds momentum for everything
     train(model, optimizer, steps=3)
-    # Freeze the first layer mid-training; its .grad still holds the last (stale) gradient.
-    freeze_first_layer(model, how)
+    # Freeze the first layer mid-training; the freeze drops its last (stale) gradient.
     assert all(p.grad is not None for p in model[0].parameters())
+    freeze_first_layer(model, how)
+    assert all(p.grad is None for p in model[0].parameters())
     frozen.optim.sync(optimizer, model)
-    assert all(p.grad is None for p in model[0].parameters())  # sync cleared the stale gradients
     before = snapshot(model[0].parameters())
     trained_before = snapshot(model[3].parameters())
     train(model, optimizer, steps=6, set_to_none=False)
@@ -111,18 +111,42 @@ def test_frozen_mid_training_never_moves_after_sync(cls, kwargs, how, record_pro
     assert_state_only_for(optimizer, kwargs, frozen.trainable(model), record_property)
 
 
+@pytest.mark.parametrize("how", ["freeze", "wrapper"])
+@pytest.mark.parametrize("cls, kwargs", CASES)
+def test_frozen_between_backward_and_step_never_moves_even_without_sync(cls, kwargs, how):
+    # The optimizer still holds the frozen layer (no sync) and has momentum / moments for it;
+    # the freeze comes after backward, before step, and later steps zero gradients in place.
+    model = make_model()
+    optimizer = cls(model.parameters(), **kwargs)
+    train(model, optimizer, steps=3)
+    optimizer.zero_grad(set_to_none=False)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    freeze_first_layer(model, how)
+    before = snapshot(model[0].parameters())
+    trained_before = snapshot(model[3].parameters())
+    optimizer.step()
+    train(model, optimizer, steps=3, set_to_none=False)
+    assert all(torch.equal(a, p) for a, p in zip(before, model[0].parameters()))
+    assert all(p.grad is None for p in model[0].parameters())
+    assert not any(torch.equal(a, p) for a, p in zip(trained_before, model[3].parameters()))
+
+
 @pytest.mark.parametrize("cls, kwargs", [c for c in CASES if "adamw" in c.id or "sgd-momentum" in c.id])
-def test_without_sync_weight_decay_and_momentum_move_frozen_weights(cls, kwargs):
-    # The failure the guarantee prevents: the optimizer still holds the frozen part and a
-    # zero gradient, so weight decay / momentum keep moving it.
+def test_by_hand_a_stale_gradient_moves_frozen_weights_until_sync(cls, kwargs):
+    # The failure the library's freeze avoids: requires_grad_(False) by hand keeps the stale
+    # (here zero) gradient, so weight decay and momentum keep moving the layer; sync clears it.
     model = make_model()
     optimizer = cls(model.parameters(), **kwargs)
     train(model, optimizer, steps=2)
-    model[0] = frozen.Frozen(model[0])
-    frozen.settle(model)
+    model[0].requires_grad_(False)
     before = snapshot(model[0].parameters())
     train(model, optimizer, steps=2, set_to_none=False)
     assert not torch.equal(before[0], model[0].weight)
+    frozen.optim.sync(optimizer, model)
+    assert all(p.grad is None for p in model[0].parameters())
+    after_sync = snapshot(model[0].parameters())
+    train(model, optimizer, steps=2, set_to_none=False)
+    assert all(torch.equal(a, p) for a, p in zip(after_sync, model[0].parameters()))
 
 
 def test_thawed_parameters_train_again_from_fresh_state():

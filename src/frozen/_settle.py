@@ -37,7 +37,10 @@ def settle(model: nn.Module) -> nn.Module:
     that ``torch.func.functional_call`` substituted for frozen ones.
 
     Rules:
-        * a parameter reached only through frozen uses gets ``requires_grad=False``;
+        * a parameter reached only through frozen uses gets ``requires_grad=False``,
+          and its ``.grad`` is set to ``None`` when settle switches it off: an
+          optimizer that still holds it (no :func:`frozen.optim.sync` yet) skips it
+          instead of moving it by a stale gradient, momentum or weight decay;
         * a parameter the library switched off earlier and that is trainable again
           (after ``thaw``, or a new plain use) gets ``requires_grad=True`` back — the
           record follows the parameter object, wherever it moved;
@@ -107,6 +110,10 @@ def _write_flags(model: nn.Module, wanted: set[int]) -> None:
         param = use.param
         if id(param) not in wanted and param.requires_grad:
             param.requires_grad = False  # not requires_grad_(): lazy (uninitialised) parameters refuse methods
+            # A gradient left from before the freeze (frozen between backward and step, or a zero
+            # tensor from zero_grad(set_to_none=False)) would let an optimizer that still holds the
+            # parameter move it by that gradient, momentum or weight decay; with None it skips it.
+            param.grad = None
             set_switched_off(param, True, use.owner, use.name)
         elif id(param) in wanted and not param.requires_grad:
             param.requires_grad = True  # trainable_ids counts it only when the library switched it off
