@@ -1,5 +1,7 @@
 """Cached prefixes, lean middles and frozen rows on 2 real ranks: DDP (all three) and FSDP2 (cache, lean).
 
+A perceptual loss whose feature net is cached with ``grad_inputs="pass"`` runs under DDP too.
+
 One spawn (2 processes, gloo, CPU, file-store rendezvous) runs every scenario and saves
 what each rank saw. Cache and lean train twice on every rank -- with the speed-up and
 without -- and the tests compare the two. Tolerances: the cache replays bit-identical
@@ -115,6 +117,40 @@ def lean_middle_run(rank: int, use_lean: bool, sharded: bool) -> dict:
             "saved_alone": saved_bytes(lean(alone, "1") if use_lean else alone, x)}  # fmt: skip
 
 
+class PerceptualLoss(nn.Module):
+    """A trained upsampler judged by a frozen feature net ("features") on its output and on the target."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.generator = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(3, 3, 3, padding=1))
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        return (self.features(self.generator(low)) - self.features(high)).square().mean()
+
+
+def perceptual_run(rank: int, use_cache: bool) -> dict:
+    """The loss under DDP; with the cache (``grad_inputs="pass"``) the targets' features are stored."""
+    model = frozen.freeze(PerceptualLoss(), "features")
+    start = states(model)
+    handle = frozen.cache(model, "features", grad_inputs="pass") if use_cache else None
+    wrapped = frozen.distributed.wrap(model)
+    optimizer = torch.optim.AdamW(frozen.trainable(model), lr=1e-2)
+    g = torch.Generator().manual_seed(rank)
+    low, high = torch.randn(8, 3, 4, 4, generator=g), torch.randn(8, 3, 8, 8, generator=g)
+    losses = []
+    for epoch in range(3):
+        for rows in torch.randperm(8, generator=torch.Generator().manual_seed(epoch)).split(4):
+            loss = wrapped(low[rows], high[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return {"start": start, "end": states(model), "losses": losses,
+            "stats": handle.stats()["features"] if handle else None}  # fmt: skip
+
+
 def rows_model() -> nn.Module:
     """An embedding whose rows 0-11 are frozen (12-15 train, as new tokens would) under a trainable head."""
     torch.manual_seed(0)
@@ -190,6 +226,7 @@ def worker(rank: int, store: str, out_dir: str) -> None:
     try:
         out = {f"cache_{on}": cached_prefix_run(rank, on) for on in (False, True)}
         out |= {f"rows_{on}": rows_run(rank, on) for on in (False, True)}
+        out |= {f"perceptual_{on}": perceptual_run(rank, on) for on in (False, True)}
         out["sharded_changes"] = sharded_changes_run(rank)
         for sharded in (False, True):
             out |= {f"lean_{sharded}_{on}": lean_middle_run(rank, on, sharded) for on in (False, True)}
@@ -222,6 +259,24 @@ def test_a_cached_prefix_under_ddp_hits_and_trains_like_no_cache(ranks: list[dic
         assert not torch.equal(cached["end"]["3.weight"], cached["start"]["3.weight"])
     for key in ranks[0]["cache_True"]["end"]:
         assert torch.equal(ranks[0]["cache_True"]["end"][key], ranks[1]["cache_True"]["end"][key]), key
+
+
+def test_a_perceptual_loss_under_ddp_caches_the_targets_and_trains_the_generator_as_uncached(ranks) -> None:
+    # grad_inputs="pass": the generated images cross the net (a white box under DDP's reducer), the
+    # targets' features are computed in epoch 1 only.
+    for seen in ranks:
+        plain, cached = seen["perceptual_False"], seen["perceptual_True"]
+        torch.testing.assert_close(torch.tensor(cached["losses"]), torch.tensor(plain["losses"]), **CACHE_TOL)
+        stats = cached["stats"]
+        assert (stats["bypassed"], stats["misses"], stats["hits"]) == (6, 8, 16)
+        for key, value in cached["start"].items():
+            if key.startswith("features."):
+                assert torch.equal(cached["end"][key], value), key
+            else:
+                torch.testing.assert_close(cached["end"][key], plain["end"][key], **CACHE_TOL)
+                assert not torch.equal(cached["end"][key], value), key
+    for key in ranks[0]["perceptual_True"]["end"]:
+        assert torch.equal(ranks[0]["perceptual_True"]["end"][key], ranks[1]["perceptual_True"]["end"][key]), key
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["ddp", "fsdp2"])
