@@ -107,6 +107,23 @@ def test_inner_hooks_skip_lets_hits_skip_hooks_that_count_real_runs() -> None:
         cache(frozen.freeze(nn.Sequential(nn.Linear(2, 2)), "0"), "0", inner_hooks="sometimes")
 
 
+def test_a_changed_module_tree_invalidates_once_and_then_hits() -> None:
+    # The hooks seen at a call are recorded over the part's new module list: recorded over the old
+    # one, a hooked module's shifted position read as a new hook, and the next call dropped the
+    # entries just stored (a second invalidation, a second forward).
+    model = frozen.freeze(nn.Sequential(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), nn.Linear(4, 1)), "0")
+    runs = [0]
+    model[0][1].register_forward_hook(lambda *_: runs.__setitem__(0, runs[0] + 1))
+    cache(model, "0", inner_hooks="skip")
+    x = torch.randn(5, 3)
+    model(x)
+    model[0][0] = frozen.freeze(nn.Sequential(nn.Linear(3, 4), nn.Identity()), "")  # ReLU moves from index 2 to 4
+    model(x)
+    model(x)
+    stats = cache_stats(model)["0"]
+    assert (stats["invalidations"], stats["forwards"], stats["hits"]) == (1, 2, 5) and runs == [2]
+
+
 def test_machinery_hooks_inside_are_allowed_and_flop_counting_keeps_the_entries() -> None:
     # Pruning recomputes a weight from parameters the snapshot covers, freeze(dtype=) casts at a boundary,
     # FlopCounterMode tracks modules with global hooks: none of them has anything to do when nothing runs.
