@@ -9,7 +9,9 @@ deterministic function of its inputs, so across epochs it recomputes the same va
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -64,6 +66,7 @@ def cache(
     path: str | None = None,
     inner_hooks: str = "refuse",
     grad_inputs: str = "refuse",
+    shared: Sequence[str] = (),
 ) -> CacheHandle:
     """Cache the outputs of the frozen parts at ``paths`` per sample; return a :class:`CacheHandle`.
 
@@ -93,6 +96,12 @@ def cache(
             white box that passes gradients to its inputs (counted as ``bypassed``), while
             calls on constant inputs use the cache -- a perceptual loss whose feature network
             sees generated images (gradients cross it) and target images (cached).
+        shared: names of the parts' ``forward`` parameters whose tensors every sample of a
+            call shares, passed by keyword or by position: they are hashed whole and never
+            split, even when their dimension 0 happens to equal the batch size -- e.g.
+            ``shared=("mask",)`` for ``nn.TransformerEncoder`` with a causal mask over a
+            sequence as long as the batch. Every other tensor whose dimension 0 is the
+            batch size is taken as per-sample.
 
     The model is settled first (:func:`frozen.settle`, as ``freeze`` and ``thaw`` do): a
     ``Frozen(...)`` wrapper that is not settled detaches its parameters at every call, which
@@ -106,8 +115,8 @@ def cache(
         frozen.UnknownPathError: no module has a given path.
         frozen.CacheError: a part is not frozen, trains through a tied weight, is cached
             already, or has forward hooks inside it (a hit would skip them: cache the hooked
-            module as a part of its own); ``store``/``path``/``inner_hooks``/``grad_inputs`` are
-            invalid. At call time: inputs that require grad (unless ``grad_inputs="pass"``),
+            module as a part of its own); ``store``/``path``/``inner_hooks``/``grad_inputs``/``shared``
+            are invalid. At call time: inputs that require grad (unless ``grad_inputs="pass"``),
             outputs that are not per-sample, a part that runs in training behaviour, draws
             random numbers or writes into its inputs, a forward hook added inside.
         frozen.FrozenError: ``budget`` is not a positive size.
@@ -144,6 +153,7 @@ def cache(
     if not paths or not all(isinstance(p, str) and p for p in paths) or len(set(paths)) != len(paths):
         raise CacheError(f"frozen.cache(model, *paths): expected distinct non-empty module paths, got {paths!r}.")
     modules = [_module_at(model, p, "frozen.cache") for p in paths]
+    _check_shared(shared, paths, modules)
     for p, module in zip(paths, modules, strict=True):
         if isinstance(module.__dict__.get("forward"), Part):
             raise CacheError(
@@ -155,12 +165,37 @@ def cache(
     # its module to eval at every call, which the part's snapshot sees as a changed part -- every
     # call invalidated and recomputed, no hit ever.
     settle(model)
-    handle = CacheHandle(Store(store, size, path), inner_hooks, grad_inputs)
+    handle = CacheHandle(Store(store, size, path), inner_hooks, grad_inputs, tuple(shared))
     for index, (p, module) in enumerate(zip(paths, modules, strict=True)):
         part = Part(handle, model, module, p, index)
         handle.parts[p] = part
         module.__dict__["forward"] = part
     return handle
+
+
+def _check_shared(shared: Any, paths: tuple[str, ...], modules: list[nn.Module]) -> None:
+    """Refuse ``shared`` unless it is a sequence of names, each a parameter of some part's ``forward``."""
+    if isinstance(shared, str) or not isinstance(shared, Sequence) or not all(isinstance(n, str) for n in shared):
+        raise CacheError(
+            f"frozen.cache(..., shared={shared!r}): expected a tuple of the parts' forward parameter names, "
+            f"e.g. shared=('mask',). Nothing was changed."
+        )
+    accepted: set[str] = set()
+    for module in modules:
+        try:
+            parameters = inspect.signature(type(module).forward).parameters.values()
+        except (TypeError, ValueError):  # no signature to read: any name may be a keyword
+            return
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return  # a **kwargs forward takes any keyword
+        accepted |= {p.name for p in parameters if p.name != "self" and p.kind is not p.VAR_POSITIONAL}
+    unknown = [n for n in shared if n not in accepted]
+    if unknown:
+        raise CacheError(
+            f"frozen.cache(model, {', '.join(map(repr, paths))}, shared={tuple(shared)!r}): no cached part's "
+            f"forward has a parameter {unknown[0]!r}; their parameters: {sorted(accepted)}. Name a parameter "
+            f"of the part's forward. Nothing was changed."
+        )
 
 
 def _cached_parts(model: nn.Module) -> dict[str, Part]:

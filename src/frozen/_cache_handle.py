@@ -1,7 +1,7 @@
 """The handle of one :func:`frozen.cache` call: its parts, their shared store, the sample-id scope, statistics.
 
 Each part's ``forward`` (``_cache_part.Part``) reads from its handle the store, the
-options given to ``cache`` (``inner_hooks``, ``grad_inputs``) and the ids of the
+options given to ``cache`` (``inner_hooks``, ``grad_inputs``, ``shared``) and the ids of the
 innermost :meth:`CacheHandle.samples` block; users read ``stats()`` and call ``clear()``.
 """
 
@@ -30,10 +30,13 @@ class CacheHandle:
         budget: the most bytes the stored outputs may take.
     """
 
-    def __init__(self, store: Store, inner_hooks: str = "refuse", grad_inputs: str = "refuse") -> None:
+    def __init__(
+        self, store: Store, inner_hooks: str = "refuse", grad_inputs: str = "refuse", shared: tuple[str, ...] = ()
+    ) -> None:
         self._store = store
         self.inner_hooks = inner_hooks  # "refuse" or "skip" forward hooks inside a part (_cache_hooks.py)
         self.grad_inputs = grad_inputs  # "refuse" or "pass" (run plainly) calls whose inputs require grad
+        self.shared = shared  # names of forward parameters every sample of a call shares (never split)
         self.parts: dict[str, Part] = {}
         self._ids: ContextVar[list[bytes] | None] = ContextVar(f"frozen_cache_ids_{id(self)}", default=None)
 

@@ -5,7 +5,8 @@ named by the sample's inputs: every tensor argument (positional and keyword) is 
 along dimension 0, each row is hashed with BLAKE2b (128-bit digest) over its bytes,
 shape and dtype, and the row digests of all arguments plus the call's other arguments
 (non-batch tensors hashed whole, plain Python scalars by value) and the autocast state
-make the sample's key.
+make the sample's key. Arguments named in ``frozen.cache(..., shared=)`` are hashed whole
+even when their dimension 0 equals the batch size (a causal mask as long as the batch).
 At 128 bits a collision needs ~2**64 distinct samples: not a practical concern, and
 unlike an explicit sample-id API it cannot be wrong when augmentation changes a sample.
 
@@ -29,7 +30,9 @@ dtypes), and no input byte is read -- no device-to-host copy of a batch on a GPU
 from __future__ import annotations
 
 import hashlib
+import inspect
 import time
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -37,7 +40,7 @@ import torch
 from ._errors import FrozenError
 from ._tensor_state import same_tensor, tensor_entry
 
-__all__ = ["CacheError", "CallKeys", "call_keys", "derive", "remember", "row_hash", "sample_keys"]
+__all__ = ["CacheError", "CallKeys", "call_keys", "derive", "remember", "positional_names", "row_hash", "sample_keys"]
 
 _DIGEST = 16
 _STATIC = (type(None), bool, int, float, str, torch.dtype, torch.device)
@@ -171,13 +174,27 @@ def _autocast_state(named: list[tuple[int | str, Any]]) -> bytes:
     return f"autocast={','.join(on)};".encode()
 
 
-def _context(named: list[tuple[int | str, Any]], batch: int, by_ids: bool) -> Any:
+def positional_names(forward: Callable[..., Any]) -> list[str]:
+    """The names of ``forward``'s parameters that can be passed by position, in order (``self`` left out).
+
+    A call names a positional argument by its index (``call_keys``); these turn indices
+    into parameter names and back. Parameters after ``*args`` have no position.
+    """
+    try:
+        parameters = list(inspect.signature(forward).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (a builtin): keywords only
+        return []
+    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names[1:] if names and names[0] == "self" else names
+
+
+def _context(named: list[tuple[int | str, Any]], batch: int, by_ids: bool, shared: Collection[int | str]) -> Any:
     """The hash of what every sample of the call shares: argument layout, non-batch tensors, scalars, autocast."""
     context = hashlib.blake2b(b"ids;" if by_ids else b"rows;", digest_size=_DIGEST)
     context.update(_autocast_state(named))
     for name, value in named:
         if isinstance(value, torch.Tensor):
-            is_batched = value.dim() > 0 and value.shape[0] == batch
+            is_batched = name not in shared and value.dim() > 0 and value.shape[0] == batch
             context.update(f"{name}:{'rows' if is_batched else 'whole'};".encode())
             if is_batched and by_ids:  # the rows are not read: their shape and dtype stand in the key
                 context.update(f"{value.dtype}{tuple(value.shape[1:])};".encode())
@@ -188,12 +205,19 @@ def _context(named: list[tuple[int | str, Any]], batch: int, by_ids: bool) -> An
     return context
 
 
-def call_keys(args: tuple[Any, ...], kwargs: dict[str, Any], where: str, ids: list[bytes] | None = None) -> CallKeys:
+def call_keys(
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    where: str,
+    ids: list[bytes] | None = None,
+    shared: Collection[int | str] = frozenset(),
+) -> CallKeys:
     """Return one key per sample of the call ``(*args, **kwargs)`` of the part at ``where``.
 
     The batch size is dimension 0 of the first tensor argument with at least one
     dimension; every tensor argument whose dimension 0 has that size is split by sample,
-    other tensors and scalars are part of every sample's key. With ``ids`` (from
+    other tensors and scalars are part of every sample's key. ``shared`` (positions and
+    keyword names, see :func:`positional_names`) are never split. With ``ids`` (from
     :func:`sample_keys`) the batched tensors are not read: their row shapes and dtypes and
     the sample's id stand for their rows. The autocast state of the tensors' devices is in
     every key.
@@ -205,12 +229,13 @@ def call_keys(args: tuple[Any, ...], kwargs: dict[str, Any], where: str, ids: li
     """
     named: list[tuple[int | str, Any]] = [*enumerate(args), *sorted(kwargs.items())]
     _check_arguments(named, where)
-    tensors = [(n, a) for n, a in named if isinstance(a, torch.Tensor)]
+    tensors = [(n, a) for n, a in named if isinstance(a, torch.Tensor) and n not in shared]
     batch = next((t.shape[0] for _, t in tensors if t.dim() > 0), None)
     if batch is None:
         raise CacheError(
-            f"frozen.cache: the part at {where!r} received no tensor with a batch dimension (dimension 0); "
-            f"expected the batch first in at least one tensor argument. Cache a part that takes batches."
+            f"frozen.cache: the part at {where!r} received no tensor with a batch dimension (dimension 0)"
+            f"{' other than its shared arguments' if shared else ''}; expected the batch first in at least one "
+            f"tensor argument. Cache a part that takes batches."
         )
     if ids is not None and len(ids) != batch:
         raise CacheError(
@@ -218,7 +243,7 @@ def call_keys(args: tuple[Any, ...], kwargs: dict[str, Any], where: str, ids: li
             f"{batch}; expected one id per sample. Pass the ids of exactly the batch given to the model."
         )
     batched = [(n, t) for n, t in tensors if t.dim() > 0 and t.shape[0] == batch]
-    context = _context(named, batch, ids is not None)
+    context = _context(named, batch, ids is not None, shared)
     per_argument = [ids] if ids is not None else [_row_digests(t, batch) for _, t in batched]
     keys = []
     for i in range(batch):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ._cache_hooks import hook_marks, refuse_inner_hooks
-from ._cache_key import CacheError, call_keys, derive, remember
+from ._cache_key import CacheError, call_keys, derive, positional_names, remember
 from ._cache_out import assemble, flatten, rebuild
 from ._call import keeps_training_flag, under_torch_func
 from ._fsdp_sources import sharded_sources, watch_loads
@@ -73,6 +73,9 @@ class Part:
         self.bypass = False
         self.token = os.urandom(16)
         self.counts = dict.fromkeys(COUNTERS, 0)
+        self.argument_names = positional_names(type(module).forward)
+        # cache(..., shared=): tensors every sample of a call shares, by keyword and by position
+        self.shared = frozenset(handle.shared) | {i for i, n in enumerate(self.argument_names) if n in handle.shared}
         self.load_hooks = watch_loads(list(module.modules()), self.forget)  # removed by uncache
 
     def forget(self) -> None:
@@ -101,7 +104,7 @@ class Part:
             self.counts["forwards"] += 1
             return self.forward(*args, **kwargs)
         try:
-            keys = call_keys(args, kwargs, self.path, self.handle.current_ids())
+            keys = call_keys(args, kwargs, self.path, self.handle.current_ids(), self.shared)
         except CacheError as error:
             raise CacheError(f"{error}{_input_grads_hint(self.model())}") from None
         store = self.handle.store
@@ -116,7 +119,12 @@ class Part:
             spec = next(f[0] for f in found if f is not None)
             if missing:
                 sub_args, sub_kwargs = _subset(args, kwargs, keys.batched, missing)
-                _, spec, _, staged = self._compute(sub_args, sub_kwargs, [keys.keys[i] for i in missing])
+                try:
+                    _, spec, _, staged = self._compute(sub_args, sub_kwargs, [keys.keys[i] for i in missing])
+                except Exception as error:
+                    if not isinstance(error, CacheError) and len(keys.batched) > 1:
+                        error.add_note(self._split_hint(keys.batched, len(missing)))
+                    raise
                 for j, i in enumerate(missing):  # beside the stored rows, on the store's device
                     rows[i] = tuple(leaf[j] for leaf in staged)
             leaves = assemble(spec, rows)  # type: ignore[arg-type]
@@ -124,6 +132,17 @@ class Part:
         for n, leaf in enumerate(leaves):
             remember(leaf, derive(self.token, keys.keys, n))
         return output
+
+    def _split_hint(self, batched: list[tuple[int | str, torch.Tensor]], missing: int) -> str:
+        """Why a run on the missed samples alone may fail: an argument split by sample that all samples share."""
+        names = [self.argument_names[n] if isinstance(n, int) and n < len(self.argument_names) else n
+                 for n, _ in batched[1:]]  # fmt: skip
+        return (
+            f"frozen.cache: the part at {self.path!r} ran on the {missing} samples of the batch it had not seen, "
+            f"with every tensor argument whose dimension 0 equals the batch size split by sample -- here also "
+            f"{', '.join(map(repr, names))}. If one of them is shared by all samples (an attention mask of a "
+            f"sequence as long as the batch), name it: frozen.cache(model, {self.path!r}, shared=({names[0]!r},))."
+        )
 
     def _cacheable_now(self) -> bool:
         """Check the part against its snapshot (dropping stale entries); whether this call may use the cache."""
