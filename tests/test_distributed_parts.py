@@ -28,6 +28,7 @@ from torch.distributed.fsdp import fully_shard
 import frozen
 import frozen.distributed
 from frozen._lean import lean
+from frozen._rows import frozen_rows
 
 WORLD = 2
 CACHE_TOL = {"rtol": 1.3e-6, "atol": 1e-5}
@@ -175,6 +176,28 @@ def rows_run(rank: int, distributed: bool) -> dict:
     return {"start": start, "end": states(model)}
 
 
+def rows_sharded_run() -> dict:
+    """Frozen rows meet FSDP2: sharded after the freeze, or frozen once sharded. Both refused, clearly."""
+    refusals = {}
+    model = rows_model()
+    fully_shard(model)  # its parameters become DTensor shards, each holding some rows
+    for when, action in (("building the optimizer", lambda: frozen.trainable(model)),
+                         ("forward", lambda: model(torch.zeros(2, 4, dtype=torch.long)))):  # fmt: skip
+        try:
+            action()
+        except frozen.FrozenError as error:
+            refusals[when] = str(error)
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Embedding(16, 8), nn.Flatten(), nn.Linear(8 * 4, 2))
+    fully_shard(plain)
+    try:
+        frozen.freeze(plain, frozen.Rows("0.weight", trainable=range(12, 16)))
+    except frozen.FrozenError as error:
+        refusals["freeze"] = str(error)
+    refusals["after the refused freeze"] = str(frozen_rows(plain))
+    return refusals
+
+
 def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -228,6 +251,7 @@ def worker(rank: int, store: str, out_dir: str) -> None:
         out |= {f"rows_{on}": rows_run(rank, on) for on in (False, True)}
         out |= {f"perceptual_{on}": perceptual_run(rank, on) for on in (False, True)}
         out["sharded_changes"] = sharded_changes_run(rank)
+        out["rows_sharded"] = rows_sharded_run()
         for sharded in (False, True):
             out |= {f"lean_{sharded}_{on}": lean_middle_run(rank, on, sharded) for on in (False, True)}
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -303,6 +327,16 @@ def test_frozen_rows_under_ddp_stay_bit_identical_and_the_rest_trains_like_one_p
             torch.testing.assert_close(value, alone[key], rtol=1e-6, atol=1e-6)
     for key in ranks[0]["rows_True"]["end"]:
         assert torch.equal(ranks[0]["rows_True"]["end"][key], ranks[1]["rows_True"]["end"][key]), key
+
+
+def test_frozen_rows_under_fsdp2_are_refused_with_the_fix_not_left_to_fail_in_the_optimizer(ranks) -> None:
+    # Before: AdamW's step raised "Sharding propagation failed for aten.lerp_" from inside torch.
+    for seen in ranks:
+        refusals = seen["rows_sharded"]
+        for when in ("building the optimizer", "forward", "freeze"):
+            assert "'0.weight' is managed by FSDP2's fully_shard (sharded)" in refusals[when], when
+            assert "freeze the whole parameter under FSDP2, or train with DDP" in refusals[when], when
+        assert refusals["after the refused freeze"] == "{}"
 
 
 @pytest.mark.parametrize("part", ["cache", "lean"])

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import frozen
-from frozen import _rows, _rows_step
+from frozen import _rows, _rows_carrier, _rows_step
 from frozen._rows import Rows, freeze_rows, frozen_rows, thaw_rows
 from frozen._rows_state import load_rows_state, rows_state
 
@@ -366,7 +366,7 @@ def test_a_copy_of_the_model_keeps_its_frozen_rows(how: str) -> None:
 def test_thawing_rows_removes_their_carriers_from_the_model_and_its_later_copies() -> None:
     model = frozen.freeze(_Tied(), Rows("emb.weight", [0, 1]))
     carriers = [h for m in (model.emb, model.out) for h in m._forward_pre_hooks.values()]
-    assert len(carriers) == 2 and all(isinstance(h, _rows.RowsCarrier) for h in carriers)
+    assert len(carriers) == 2 and all(isinstance(h, _rows_carrier.RowsCarrier) for h in carriers)
     frozen.thaw(model, "emb.weight")
     assert not model.emb._forward_pre_hooks and not model.out._forward_pre_hooks
     assert frozen_rows(copy.deepcopy(model)) == {}

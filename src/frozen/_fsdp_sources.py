@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["sharded_sources", "watch_loads"]
+__all__ = ["manages_parameter", "sharded_sources", "watch_loads"]
 
 
 @functools.cache
@@ -65,6 +65,33 @@ def _groups(owner: Any) -> list[Any]:
         group = getattr(state, "_fsdp_param_group", None)
         groups = [group] if group is not None else []
     return list(groups)
+
+
+def manages_parameter(module: nn.Module, name: str) -> bool:
+    """Whether FSDP2 manages the parameter ``name`` registered on ``module`` (``False`` when unreadable).
+
+    Inside ``forward`` that slot holds FSDP2's unsharded parameter, a plain ``Parameter``
+    that looks like any other; row freezing must refuse it (``_rows_carrier.py``). The
+    FSDP2 units are found through torch's composable-state registry, as no public API
+    maps a module to the unit that manages it.
+    """
+    fsdp_module = _fsdp_module_class()
+    if fsdp_module is None or not torch.distributed.is_initialized():
+        return False
+    try:
+        from torch.distributed._composable_state import _module_state_mapping
+
+        owners = [m for m in list(_module_state_mapping) if isinstance(m, fsdp_module)]
+        for owner in owners:
+            for group in _groups(owner):
+                for param in group.fsdp_params:
+                    info = param._module_info
+                    slots = zip((info.module, *info.shared_modules), (info.param_name, *info.shared_param_names))
+                    if any(m is module and n == name for m, n in slots):
+                        return True
+    except (ImportError, AttributeError, AssertionError, TypeError):
+        return False
+    return False
 
 
 def sharded_sources(root: nn.Module | None, path: str, modules: Sequence[nn.Module]) -> list[torch.Tensor] | None:

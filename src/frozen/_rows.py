@@ -19,12 +19,12 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ._checks import check_model
 from ._errors import FrozenError, UnknownPathError, closest
+from ._rows_carrier import refuse_sharded, restore_carried, sync_carriers
 from ._rows_step import Layout, set_layout
-from ._tree import iter_module_uses, iter_param_uses, named_parameters
+from ._tree import iter_param_uses, named_parameters
 
 __all__ = [
     "Rows",
-    "RowsCarrier",
     "RowsRecord",
     "check_rows",
     "freeze_rows",
@@ -130,60 +130,8 @@ def resolve_param(model: nn.Module, path: object, function: str) -> tuple[str, n
         raise FrozenError(f"{function}: {path!r} is a scalar parameter and has no rows; freeze it whole.")
     if isinstance(owner, nn.Embedding) and owner.sparse:
         raise FrozenError(f"{function}: {path!r} has sparse gradients (nn.Embedding(sparse=True)); use sparse=False.")
+    refuse_sharded(param, path, function)
     return next(p for p, q in named_parameters(model) if q is param), param
-
-
-class RowsCarrier:
-    """A forward pre-hook on each module holding a row-frozen parameter: carries the rows into copies.
-
-    ``deepcopy`` and pickle rebuild parameters as new objects, without the identity record
-    and the gradient hook, so a copy would silently train every row. Module hooks travel
-    with the module: on a copy's first eager forward, or its first ``frozen.trainable`` /
-    :func:`frozen_rows` query, the carrier finds its slot's parameter unrecorded and
-    freezes the same rows on it. On the original it finds its own record and does nothing.
-    Under ``torch.compile`` the hook is a no-op (traced away, no graph break): a compiled
-    copy gets its rows when its optimizer is built from ``frozen.trainable``.
-    """
-
-    def __init__(self, name: str, path: str, mask: torch.Tensor) -> None:
-        self.name, self.path, self.mask = name, path, mask
-
-    def __call__(self, module: nn.Module, _args: object) -> None:
-        if torch.compiler.is_compiling():  # traced: no side effects, no graph break (frozen.trainable restores)
-            return
-        param = module._parameters.get(self.name)
-        if not isinstance(param, nn.Parameter):  # absent, or a tensor torch.func's functional_call put there
-            return
-        record = _RECORDS.get(param)
-        if record is not None and record.mask is self.mask:
-            return
-        if param.dim() == 0 or param.shape[0] != len(self.mask):
-            raise FrozenError(
-                f"frozen rows of {self.path!r}: the parameter there now has shape {tuple(param.shape)}, but "
-                f"{len(self.mask)} rows were frozen; expected the same number of rows. Freeze its rows again "
-                f"(frozen.freeze(model, frozen.Rows({self.path!r}, ...))) or thaw them: frozen.thaw(model, {self.path!r})."
-            )
-        apply_mask(param, self.path, self.mask)
-
-
-def _sync_carriers(model: nn.Module, param: nn.Parameter, record: RowsRecord | None) -> None:
-    """Put one :class:`RowsCarrier` (or none, if no row is frozen) on every module that holds ``param``."""
-    for use in iter_param_uses(model):
-        if use.param is not param:
-            continue
-        hooks = use.owner._forward_pre_hooks
-        for key in [k for k, h in hooks.items() if isinstance(h, RowsCarrier) and h.name == use.name]:
-            del hooks[key]
-        if record is not None:
-            use.owner.register_forward_pre_hook(RowsCarrier(use.name, record.path, record.mask))
-
-
-def restore_carried(model: nn.Module) -> None:
-    """Freeze the rows that carriers hold on a copied model's parameters (see :class:`RowsCarrier`)."""
-    for use in iter_module_uses(model):
-        for hook in list(use.module._forward_pre_hooks.values()):
-            if isinstance(hook, RowsCarrier):
-                hook(use.module, ())
 
 
 def apply_mask(param: nn.Parameter, path: str, mask: torch.Tensor, model: nn.Module | None = None) -> RowsRecord | None:
@@ -194,7 +142,7 @@ def apply_mask(param: nn.Parameter, path: str, mask: torch.Tensor, model: nn.Mod
     if not bool(mask.any()):
         set_layout(param, None)
         if model is not None:
-            _sync_carriers(model, param, None)
+            sync_carriers(model, param, None)
         return None
     frozen = mask.nonzero().flatten()
     all_frozen = bool(mask.all())
@@ -209,7 +157,7 @@ def apply_mask(param: nn.Parameter, path: str, mask: torch.Tensor, model: nn.Mod
     set_layout(param, layout)
     _RECORDS[param] = record
     if model is not None:
-        _sync_carriers(model, param, record)
+        sync_carriers(model, param, record)
     return record
 
 
