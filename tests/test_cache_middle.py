@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from counting import count_runs
+from tiny_models import SuperResolution
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -12,21 +13,6 @@ import frozen
 from frozen._cache import CacheError, cache
 
 TOL = {"rtol": 1.3e-6, "atol": 1e-5}  # as in test_cache.py: replayed rows against a fresh forward
-
-
-class SuperResolution(nn.Module):
-    """A trained upsampler judged by a frozen VGG-style feature net on its output and on the target."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.generator = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(3, 3, 3, padding=1))
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
-
-    def loss(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-        return (self.features(self.generator(low)) - self.features(high)).square().mean()
-
-    forward = loss  # for torch.func.functional_call
 
 
 def _train(

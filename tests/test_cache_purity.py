@@ -94,11 +94,17 @@ def test_a_hook_added_inside_after_caching_is_refused_at_the_next_call_until_rem
     assert len(seen) == 1 and handle.stats()["0"]["hits"] == 5
 
 
-def test_inner_hooks_skip_lets_hits_skip_hooks_that_count_real_runs() -> None:
+def _counted_inside(index: int) -> tuple[nn.Sequential, list[int]]:
+    """A cached part "0" = Linear-ReLU whose module ``index`` has a hook counting its runs (``inner_hooks="skip"``)."""
     model = frozen.freeze(nn.Sequential(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), nn.Linear(4, 1)), "0")
     runs = [0]
-    model[0][0].register_forward_hook(lambda *_: runs.__setitem__(0, runs[0] + 1))
+    model[0][index].register_forward_hook(lambda *_: runs.__setitem__(0, runs[0] + 1))
     cache(model, "0", inner_hooks="skip")
+    return model, runs
+
+
+def test_inner_hooks_skip_lets_hits_skip_hooks_that_count_real_runs() -> None:
+    model, runs = _counted_inside(0)
     x = torch.randn(5, 3)
     model(x)
     model(x[[3, 1]])
@@ -111,10 +117,7 @@ def test_a_changed_module_tree_invalidates_once_and_then_hits() -> None:
     # The hooks seen at a call are recorded over the part's new module list: recorded over the old
     # one, a hooked module's shifted position read as a new hook, and the next call dropped the
     # entries just stored (a second invalidation, a second forward).
-    model = frozen.freeze(nn.Sequential(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), nn.Linear(4, 1)), "0")
-    runs = [0]
-    model[0][1].register_forward_hook(lambda *_: runs.__setitem__(0, runs[0] + 1))
-    cache(model, "0", inner_hooks="skip")
+    model, runs = _counted_inside(1)
     x = torch.randn(5, 3)
     model(x)
     model[0][0] = frozen.freeze(nn.Sequential(nn.Linear(3, 4), nn.Identity()), "")  # ReLU moves from index 2 to 4

@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tiny_models import SuperResolution
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 
@@ -118,22 +119,9 @@ def lean_middle_run(rank: int, use_lean: bool, sharded: bool) -> dict:
             "saved_alone": saved_bytes(lean(alone, "1") if use_lean else alone, x)}  # fmt: skip
 
 
-class PerceptualLoss(nn.Module):
-    """A trained upsampler judged by a frozen feature net ("features") on its output and on the target."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.generator = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(3, 3, 3, padding=1))
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
-
-    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-        return (self.features(self.generator(low)) - self.features(high)).square().mean()
-
-
 def perceptual_run(rank: int, use_cache: bool) -> dict:
     """The loss under DDP; with the cache (``grad_inputs="pass"``) the targets' features are stored."""
-    model = frozen.freeze(PerceptualLoss(), "features")
+    model = frozen.freeze(SuperResolution(), "features")
     start = states(model)
     handle = frozen.cache(model, "features", grad_inputs="pass") if use_cache else None
     wrapped = frozen.distributed.wrap(model)
@@ -269,18 +257,23 @@ def ranks(tmp_path_factory) -> list[dict]:
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
 
 
+def assert_trained_like(run: dict, plain: dict, frozen_prefix: str, tol: dict) -> None:
+    """Tensors under ``frozen_prefix`` bit-identical to the start; every other one changed, and as in ``plain``."""
+    for key, value in run["start"].items():
+        if key.startswith(frozen_prefix):
+            assert torch.equal(run["end"][key], value), key
+        else:
+            torch.testing.assert_close(run["end"][key], plain["end"][key], **tol)
+            assert not torch.equal(run["end"][key], value), key
+
+
 def test_a_cached_prefix_under_ddp_hits_and_trains_like_no_cache(ranks: list[dict]) -> None:
     for seen in ranks:
         plain, cached = seen["cache_False"], seen["cache_True"]
         torch.testing.assert_close(torch.tensor(cached["losses"]), torch.tensor(plain["losses"]), **CACHE_TOL)
         assert cached["stats"]["hits"] == 32 and cached["stats"]["forwards"] == 2  # epochs 2-3: no forward
         assert cached["stats"]["invalidations"] == 0  # DDP's buffer broadcast left the prefix unchanged
-        for key, value in cached["start"].items():
-            if key.startswith("0."):
-                assert torch.equal(cached["end"][key], value), key
-            else:
-                torch.testing.assert_close(cached["end"][key], plain["end"][key], **CACHE_TOL)
-        assert not torch.equal(cached["end"]["3.weight"], cached["start"]["3.weight"])
+        assert_trained_like(cached, plain, "0.", CACHE_TOL)
     for key in ranks[0]["cache_True"]["end"]:
         assert torch.equal(ranks[0]["cache_True"]["end"][key], ranks[1]["cache_True"]["end"][key]), key
 
@@ -293,12 +286,7 @@ def test_a_perceptual_loss_under_ddp_caches_the_targets_and_trains_the_generator
         torch.testing.assert_close(torch.tensor(cached["losses"]), torch.tensor(plain["losses"]), **CACHE_TOL)
         stats = cached["stats"]
         assert (stats["bypassed"], stats["misses"], stats["hits"]) == (6, 8, 16)
-        for key, value in cached["start"].items():
-            if key.startswith("features."):
-                assert torch.equal(cached["end"][key], value), key
-            else:
-                torch.testing.assert_close(cached["end"][key], plain["end"][key], **CACHE_TOL)
-                assert not torch.equal(cached["end"][key], value), key
+        assert_trained_like(cached, plain, "features.", CACHE_TOL)
     for key in ranks[0]["perceptual_True"]["end"]:
         assert torch.equal(ranks[0]["perceptual_True"]["end"][key], ranks[1]["perceptual_True"]["end"][key]), key
 
@@ -307,12 +295,7 @@ def test_a_perceptual_loss_under_ddp_caches_the_targets_and_trains_the_generator
 def test_a_lean_middle_trains_like_the_plain_one_and_saves_less(ranks: list[dict], sharded: bool) -> None:
     for seen in ranks:
         plain, leaned = seen[f"lean_{sharded}_False"], seen[f"lean_{sharded}_True"]
-        for key, value in leaned["start"].items():
-            if key.startswith("1."):
-                assert torch.equal(leaned["end"][key], value), key
-            else:
-                torch.testing.assert_close(leaned["end"][key], plain["end"][key], **LEAN_TOL)
-                assert not torch.equal(leaned["end"][key], value), key
+        assert_trained_like(leaned, plain, "1.", LEAN_TOL)
         # The wrapper keeps the lean saving whole: the middle saves only its ReLUs' outputs, as in
         # one process (0.63x of the plain model here, whose stem input and head input stay).
         assert leaned["saved"] == leaned["saved_alone"] <= 0.65 * plain["saved_alone"] <= 0.65 * plain["saved"]

@@ -1,13 +1,20 @@
-"""Small real models built from transformers configs (no weights downloaded), shared by the tests."""
+"""Small real models built from transformers configs (no weights downloaded), and small torch ones, shared by the tests."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import BertForSequenceClassification
 
 
 def tiny_bert(*, layers: int = 2, vocab: int = 50) -> BertForSequenceClassification:
     """A seeded two-label BERT classifier, hidden size 16, ``layers`` layers."""
+    from transformers import BertConfig, BertForSequenceClassification  # not for the torch-only models below
+
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=vocab,
@@ -34,3 +41,18 @@ class RandomTokens(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+class SuperResolution(nn.Module):
+    """A trained upsampler judged by a frozen VGG-style feature net (``features``) on its output and on the target."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.generator = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(3, 3, 3, padding=1))
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+
+    def loss(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        return (self.features(self.generator(low)) - self.features(high)).square().mean()
+
+    forward = loss  # for DDP and torch.func.functional_call
