@@ -180,7 +180,7 @@ def test_the_relu_after_a_lean_convolution_runs_in_place_unless_a_hook_could_hol
 def test_a_middle_frozen_by_a_frozen_wrapper_folds_once_without_settling_by_hand(monkeypatch) -> None:
     # Unsettled, the Frozen wrapper's per-call detaching gave the convolution new parameter tensors at
     # every call: it refolded (a float64 computation) at every call.
-    import frozen._lean as lean_module
+    import frozen._lean_forward as lean_module
 
     folds = []
     fold = lean_module.fold
@@ -364,13 +364,9 @@ def test_lean_middle_under_torch_func_matches_the_plain_frozen_middle(monkeypatc
     # the input-gradient-only convolution needs the setup_context form, a vmap rule and a jvp for these.
     from torch.func import functional_call, grad, jacfwd, jacrev, vmap
 
-    from frozen import _lean
-
     applied = [0]
     plain_apply = InputGradConvJvp.apply
-    monkeypatch.setattr(
-        _lean.InputGradConvJvp, "apply", lambda *a: applied.__setitem__(0, applied[0] + 1) or plain_apply(*a)
-    )
+    monkeypatch.setattr(InputGradConvJvp, "apply", lambda *a: applied.__setitem__(0, applied[0] + 1) or plain_apply(*a))
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     results = []
     for leaned in (False, True):

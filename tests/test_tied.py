@@ -54,7 +54,9 @@ def test_after_settle_only_the_tied_parameters_are_detached_at_the_frozen_use():
     with pytest.warns(frozen.TiedParameterWarning, match="'teacher' shares parameters"):
         model = frozen.settle(Siamese(encoder_first=True))
     plan = model.teacher._plan
-    detached = [(owner is model.encoder, name) for i, (owner, name, _) in enumerate(plan.slots) if i in plan.detach]
+    detached = [
+        (owner is model.encoder._parameters, name) for i, (owner, name, _) in enumerate(plan.slots) if i in plan.detach
+    ]
     assert detached == [(True, "weight"), (True, "bias")]
     only_frozen = frozen.settle(nn.Sequential(frozen.Frozen(nn.Linear(2, 2)), nn.Linear(2, 1)))
     assert only_frozen[0]._plan.direct and not only_frozen[0]._plan.detach

@@ -7,6 +7,7 @@ innermost :meth:`CacheHandle.samples` block; users read ``stats()`` and call ``c
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -37,7 +38,9 @@ class CacheHandle:
         self.inner_hooks = inner_hooks  # "refuse" or "skip" forward hooks inside a part (_cache_hooks.py)
         self.grad_inputs = grad_inputs  # "refuse" or "pass" (run plainly) calls whose inputs require grad
         self.shared = shared  # names of forward parameters every sample of a call shares (never split)
-        self.parts: dict[str, Part] = {}
+        # Weak: each part is held by its module (its forward); a part holding the handle and the
+        # handle the part kept both, and the stored rows, in a cycle after the model was deleted.
+        self.parts: weakref.WeakValueDictionary[str, Part] = weakref.WeakValueDictionary()
         self._ids: ContextVar[list[bytes] | None] = ContextVar(f"frozen_cache_ids_{id(self)}", default=None)
 
     @contextmanager

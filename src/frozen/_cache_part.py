@@ -32,7 +32,7 @@ from torch import nn
 from ._cache_hooks import hook_marks, refuse_inner_hooks
 from ._cache_key import CacheError, call_keys, derive, positional_names, remember
 from ._cache_out import assemble, flatten, rebuild
-from ._call import keeps_training_flag, under_torch_func
+from ._call import ModuleRef, keeps_training_flag, under_torch_func
 from ._fsdp_sources import sharded_sources, watch_loads
 from ._query import trainable_ids
 from ._tensor_state import ModuleState
@@ -52,19 +52,20 @@ class Passthrough:
     """
 
     def __init__(self, module: nn.Module, own: Any = None) -> None:
-        self.module, self.own = module, own
+        self.module_ref, self.own = ModuleRef(module), own  # weak: held in the module's own __dict__
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.own is not None:
             return self.own(*args, **kwargs)
-        return type(self.module).forward(self.module, *args, **kwargs)
+        module = self.module_ref()
+        return type(module).forward(module, *args, **kwargs)
 
 
 class Part:
     """The ``forward`` of one cached part: look up each sample, compute only the misses."""
 
     def __init__(self, handle: Any, model: nn.Module, module: nn.Module, path: str, index: int) -> None:
-        self.handle, self.module, self.path = handle, module, path
+        self.handle, self.module_ref, self.path = handle, ModuleRef(module), path  # weak: in the module's __dict__
         self.prefix = index.to_bytes(4, "little")
         self.model = weakref.ref(model)
         self.own_forward = module.__dict__.get("forward")  # restored by uncache
@@ -77,6 +78,10 @@ class Part:
         # cache(..., shared=): tensors every sample of a call shares, by keyword and by position
         self.shared = frozenset(handle.shared) | {i for i, n in enumerate(self.argument_names) if n in handle.shared}
         self.load_hooks = watch_loads(list(module.modules()), self.forget)  # removed by uncache
+
+    @property
+    def module(self) -> nn.Module:
+        return self.module_ref()
 
     def forget(self) -> None:
         """Distrust the snapshot: the next call drops this part's entries (after a load; see ``_fsdp_sources.py``)."""

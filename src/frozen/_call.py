@@ -21,6 +21,7 @@ This module is handed what it needs (slots, storage types); it never looks anyth
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from torch import nn
 
 __all__ = [
     "GuardedForward",
+    "ModuleRef",
     "Slots",
     "UsePlan",
     "call_frozen",
@@ -39,12 +41,42 @@ __all__ = [
     "keeps_training_flag",
     "restore_slots",
     "slots_intact",
+    "slots_of",
     "under_torch_func",
 ]
 
-# (owner, name, parameter): a parameter slot and the Parameter it holds when settled.
-Slots = tuple[tuple[nn.Module, str, Any], ...]
-Swapped = list[tuple[nn.Module, str, Any]]
+# (owner's ``_parameters`` dict, name, parameter): a parameter slot and the Parameter it holds
+# when settled. The dict, not the module: a guard on a module that held the module itself would
+# keep it in a reference cycle (see ModuleRef).
+Slots = tuple[tuple[dict[str, Any], str, Any], ...]
+Swapped = list[tuple[dict[str, Any], str, Any]]
+
+
+def slots_of(modules: Any) -> Slots:
+    """The parameter slots of ``modules`` (each module's own parameters, in order)."""
+    return tuple((m._parameters, n, p) for m in modules for n, p in m._parameters.items() if p is not None)
+
+
+class ModuleRef:
+    """A weak reference to the module a stand-in sits on, that copies and pickles as the module.
+
+    Stand-ins live in their module's ``__dict__`` (``forward``, ``train``, ``_apply``); holding
+    the module strongly made every frozen module a reference cycle, freed only when Python's
+    cycle collector ran -- a deleted model's frozen weights stayed allocated (on the card) until
+    then, while a model frozen by hand was freed at once. ``deepcopy`` and pickle rebuild the
+    reference to the copied module (``__reduce__``), so a copy's stand-ins serve the copy.
+    """
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, module: nn.Module | None) -> None:
+        self._ref = weakref.ref(module) if module is not None else None
+
+    def __call__(self) -> Any:
+        return self._ref() if self._ref is not None else None
+
+    def __reduce__(self) -> tuple:
+        return (ModuleRef, (self(),))
 
 
 def keeps_training_flag(module: nn.Module) -> bool:
@@ -69,19 +101,19 @@ def detach_slots(slots: Slots, detach: frozenset[int] | None) -> Swapped:
     """
     swapped: Swapped = []
     for index, (owner, name, param) in enumerate(slots):
-        current = owner._parameters.get(name)
+        current = owner.get(name)
         if current is None:
             continue
         if current is not param or ((detach is None or index in detach) and current.requires_grad):
             swapped.append((owner, name, current))
-            owner._parameters[name] = current.detach()  # type: ignore[assignment]  # an alias, for one call
+            owner[name] = current.detach()  # an alias, for one call
     return swapped
 
 
 def restore_slots(swapped: Swapped) -> None:
     """Undo :func:`detach_slots`."""
     for owner, name, value in reversed(swapped):
-        owner._parameters[name] = value
+        owner[name] = value
 
 
 def under_torch_func() -> bool:
@@ -104,7 +136,7 @@ class GuardedForward:
     """
 
     def __init__(self, module: nn.Module, slots: Slots, detach: frozenset[int], inner: Any) -> None:
-        self.module, self.slots, self.detach, self.inner = module, slots, detach, inner
+        self.module_ref, self.slots, self.detach, self.inner = ModuleRef(module), slots, detach, inner
         self.active = True  # False once thawed while something else wrapped this stand-in
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -130,7 +162,8 @@ class GuardedForward:
         """The forward this stands in for."""
         if self.inner is not None:
             return self.inner(*args, **kwargs)
-        return type(self.module).forward(self.module, *args, **kwargs)
+        module = self.module_ref()
+        return type(module).forward(module, *args, **kwargs)
 
 
 @dataclass(eq=False)
@@ -158,7 +191,7 @@ class UsePlan:
 def slots_intact(slots: Slots) -> bool:
     """Whether every slot still holds its own parameter (nothing substituted)."""
     for owner, name, param in slots:
-        if owner._parameters.get(name) is not param:
+        if owner.get(name) is not param:
             return False
     return True
 
@@ -167,8 +200,7 @@ def call_frozen(plan: UsePlan | None, module: nn.Module, mode: str, args: tuple,
     """Call ``module`` as a frozen use; ``plan=None`` computes everything live (unsettled)."""
     if plan is None:
         modules = tuple(module.modules())
-        slots: Slots = tuple((m, n, p) for m in modules for n, p in m._parameters.items() if p is not None)
-        plan = UsePlan(slots, frozenset(), modules)
+        plan = UsePlan(slots_of(modules), frozenset(), modules)
         detach: frozenset[int] | None = None
     else:
         detach = plan.detach

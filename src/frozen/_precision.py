@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._call import caller_dtype, cast_floating
+from ._call import ModuleRef, caller_dtype, cast_floating
 from ._record import ABSENT, Storage, record_of, set_storage
 
 __all__ = [
@@ -66,10 +66,10 @@ class KeepStorage:
     """
 
     def __init__(self, module: nn.Module) -> None:
-        self.module = module
+        self.module_ref = ModuleRef(module)  # weak: held in the module's own __dict__
 
     def __call__(self, fn: Any, recurse: bool = True) -> nn.Module:
-        module = self.module
+        module = self.module_ref()
         type(module)._apply(module, fn, recurse)
         record = record_of(module)
         storage = None if record is None else record.storage

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ._call import GuardedForward, Slots, keeps_training_flag
+from ._call import GuardedForward, ModuleRef, Slots, keeps_training_flag
 
 __all__ = [
     "KEY",
@@ -108,7 +108,6 @@ class Storage:
 class Record:
     """All that ``frozen`` knows about one module. Written only through this module's functions."""
 
-    module: nn.Module
     mode: str | None = None  # "eval"/"inherit" when frozen in place, else None
     tied: str = "freeze"  # the tied policy it was frozen with
     requested_training: bool = True  # the mode last asked of it; thaw gives it back
@@ -148,7 +147,7 @@ def ensure_record(module: nn.Module) -> Record:
     """The record of ``module``, created empty if it has none."""
     record = module.__dict__.get(KEY)
     if record is None:
-        record = module.__dict__[KEY] = Record(module)
+        record = module.__dict__[KEY] = Record()
     return record
 
 
@@ -174,10 +173,10 @@ class StayInEval:
     """
 
     def __init__(self, module: nn.Module) -> None:
-        self.module = module
+        self.module_ref = ModuleRef(module)  # weak: held in the module's own __dict__
 
     def __call__(self, mode: bool = True) -> nn.Module:
-        module = self.module
+        module = self.module_ref()
         type(module).train(module, mode)
         record = record_of(module)
         if record is not None:

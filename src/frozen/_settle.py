@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from ._call import Slots, UsePlan, keeps_training_flag
+from ._call import UsePlan, keeps_training_flag, slots_of
 from ._checks import check_model
 from ._errors import FrozenError, TiedParameterError, TiedParameterWarning
 from ._query import trainable_ids
@@ -137,7 +137,7 @@ def _plan_wrappers(
         if not isinstance(wrapper, Frozen):
             continue
         region = list(use.module.modules())
-        slots: Slots = tuple((m, n, p) for m in region for n, p in m._parameters.items() if p is not None)
+        slots = slots_of(region)
         detach = frozenset(i for i, (_, _, p) in enumerate(slots) if id(p) in wanted)
         pinned: list[nn.Module] = []
         switch: tuple[nn.Module, ...] = ()
@@ -198,7 +198,7 @@ def _guard_roots(uses: list[ModuleUse], wanted: set[int]) -> None:
         record = record_of(use.module)
         if record is not None and record.frozen_slots and not use.frozen:
             entry = guards.setdefault(id(use.module), (use.module, []))
-            entry[1].extend((use.module, n, use.module._parameters[n]) for n in record.frozen_slots)
+            entry[1].extend((use.module._parameters, n, use.module._parameters[n]) for n in record.frozen_slots)
     for module, slot_list in guards.values():
         slots = tuple({(id(o), n): (o, n, p) for o, n, p in slot_list if p is not None}.values())
         install_guard(module, slots, frozenset(i for i, (_, _, p) in enumerate(slots) if id(p) in wanted))
@@ -218,14 +218,14 @@ def _inside_wrapper(use: ModuleUse, parents: dict[str, ModuleUse]) -> bool:
     return False
 
 
-def _region_slots(root: nn.Module) -> list[tuple[nn.Module, str, Any]]:
+def _region_slots(root: nn.Module) -> list[tuple[dict[str, Any], str, Any]]:
     """Parameter slots of the modules frozen in place under ``root``, stopping at unfrozen ones."""
-    slots: list[tuple[nn.Module, str, Any]] = []
+    slots: list[tuple[dict[str, Any], str, Any]] = []
     stack = [root]
     while stack:
         module = stack.pop()
         if isinstance(module, Frozen) or not is_marked(module):
             continue  # a wrapper guards itself; an unmarked module (adapter, excluded norm) trains
-        slots.extend((module, n, p) for n, p in module._parameters.items() if p is not None)
+        slots.extend(slots_of((module,)))
         stack.extend(reversed([c for c in module._modules.values() if c is not None]))
     return slots

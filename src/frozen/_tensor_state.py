@@ -96,24 +96,35 @@ class ModuleState:
     still the tree) and then reads the modules' own parameter and buffer dicts directly.
     """
 
-    __slots__ = ("children", "modules", "tensors", "training")
+    __slots__ = ("children", "refs", "tensors", "training")
 
     def __init__(self, module: nn.Module, extra: Sequence[torch.Tensor] = ()) -> None:
-        self.modules = list(module.modules())
-        self.children = [tuple(m._modules.values()) for m in self.modules]
-        self.training = [m.training for m in self.modules]
-        self.tensors = TensorState([*own_tensors(self.modules), *extra], ())
+        modules = list(module.modules())
+        # Weak: the snapshot lives in a stand-in on the root module (a cached part), and a strong
+        # reference back to the root would keep the whole part in a reference cycle.
+        self.refs = [weakref.ref(m) for m in modules]
+        self.children = [tuple(m._modules.values()) for m in modules]  # children never hold their parent
+        self.training = [m.training for m in modules]
+        self.tensors = TensorState([*own_tensors(modules), *extra], ())
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        """The recorded tree's modules, root first (those still alive)."""
+        return [m for m in (ref() for ref in self.refs) if m is not None]
 
     def matches(self, module: nn.Module, extra: Sequence[torch.Tensor] = ()) -> bool:
         """Whether ``module`` is the recorded tree, with the same flags and unchanged tensors.
 
         ``extra``: tensors the values also come from (an FSDP2 part's shards, ``_fsdp_sources.py``).
         """
-        if not self.modules or self.modules[0] is not module:
+        if not self.refs or self.refs[0]() is not module:
             return False
-        for m, children, training in zip(self.modules, self.children, self.training, strict=True):
-            if m.training is not training:
+        modules = []
+        for ref, children, training in zip(self.refs, self.children, self.training, strict=True):
+            m = ref()
+            if m is None or m.training is not training:
                 return False
             if tuple(m._modules.values()) != children:  # modules compare by identity
                 return False
-        return self.tensors.matches([*own_tensors(self.modules), *extra], ())
+            modules.append(m)
+        return self.tensors.matches([*own_tensors(modules), *extra], ())
