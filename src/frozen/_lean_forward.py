@@ -75,8 +75,9 @@ class LeanConv:
         """``(plain, folding, (weight, bias))`` for the modules as they are now."""
         conv = self.conv
         plain = any(p.requires_grad for p in conv.parameters())
-        folding = not plain and self.norm is not None and foldable(self.norm) and not any(_watchers(conv, self.norm))
-        return plain, folding, fold(conv, self.norm) if folding else (conv.weight, conv.bias)
+        norm = self.norm
+        folding = not plain and norm is not None and foldable(norm) and not any(_watchers(conv, norm))
+        return plain, folding, fold(conv, norm) if folding else (conv.weight, conv.bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.own, GuardedForward):  # the guard this replaced: its slots still detach
@@ -96,9 +97,10 @@ class LeanConv:
             # version counter: the norm could not tell it unchanged, so it normalises by itself.
             return type(conv).forward(conv, x)
         else:
-            tensors, flags = state_of(conv, self.norm) if self.norm is not None else state_of(conv)
-            flags += _watchers(conv, self.norm) if self.norm is not None else ()
-            shards = sharded_sources(self.root(), self.path, [conv] if self.norm is None else [conv, self.norm])
+            norm = self.norm
+            tensors, flags = state_of(conv, norm) if norm is not None else state_of(conv)
+            flags += _watchers(conv, norm) if norm is not None else ()
+            shards = sharded_sources(self.root(), self.path, [conv] if norm is None else [conv, norm])
             tensors += shards if shards is not None else []
             if shards is None or self.state is None or not self.state.matches(tensors, flags):
                 self.plain, self.folding, self.weights = self._decide()
