@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import frozen
+from frozen._cache_part import Part
 from frozen._lean import lean
 
 
@@ -135,6 +136,12 @@ def _weak_refs(model: nn.Module) -> list[weakref.ref]:
     return [weakref.ref(t) for t in (*model.modules(), *model.parameters())]
 
 
+def _stored_rows(model: nn.Module) -> list[torch.Tensor]:
+    """The rows the model's caches hold (read from the stores directly)."""
+    parts = [part for m in model.modules() if isinstance(part := m.__dict__.get("forward"), Part)]
+    return [row for part in parts for meta, _, _ in part.handle.store._entries.values() for row in meta]
+
+
 @pytest.mark.parametrize("build", BUILDS.values(), ids=BUILDS.keys())
 def test_a_model_is_freed_by_reference_counting_alone(build: Callable[[], nn.Module]) -> None:
     with collector_off():
@@ -167,3 +174,16 @@ def test_copies_still_work_and_are_freed_too(build: Callable[[], nn.Module]) -> 
     loaded = torch.load(buffer, weights_only=False)
     _use(loaded)
     assert [p.requires_grad for p in loaded.parameters()] == [p.requires_grad for p in original.parameters()]
+
+
+@pytest.mark.parametrize("build", [_cached, _bert], ids=["cache", "BERT cached"])
+def test_a_deleted_cached_model_gives_back_its_stored_rows(build: Callable[[], nn.Module]) -> None:
+    # The handle and its parts referred to each other: the store outlived the model.
+    with collector_off():
+        model = build()
+        _use(model)
+        rows = [weakref.ref(row) for row in _stored_rows(model)]
+        assert rows
+        del model
+        alive = sum(r() is not None for r in rows)
+    assert alive == 0
