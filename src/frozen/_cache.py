@@ -9,7 +9,6 @@ deterministic function of its inputs, so across epochs it recomputes the same va
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +17,7 @@ from torch import nn
 
 from ._cache_handle import CacheHandle
 from ._cache_hooks import INNER_HOOKS, refuse_inner_hooks
-from ._cache_key import CacheError
+from ._cache_key import CacheError, forward_parameters
 from ._cache_part import GRAD_INPUTS, Part
 from ._cache_store import STORES, Store, parse_budget
 from ._checks import check_model
@@ -182,13 +181,10 @@ def _check_shared(shared: Any, paths: tuple[str, ...], modules: list[nn.Module])
         )
     accepted: set[str] = set()
     for module in modules:
-        try:
-            parameters = inspect.signature(type(module).forward).parameters.values()
-        except (TypeError, ValueError):  # no signature to read: any name may be a keyword
-            return
-        if any(p.kind is p.VAR_KEYWORD for p in parameters):
-            return  # a **kwargs forward takes any keyword
-        accepted |= {p.name for p in parameters if p.name != "self" and p.kind is not p.VAR_POSITIONAL}
+        names = forward_parameters(type(module).forward)[1]
+        if names is None:
+            return  # that forward takes any keyword
+        accepted |= names
     unknown = [n for n in shared if n not in accepted]
     if unknown:
         raise CacheError(

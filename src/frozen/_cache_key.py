@@ -40,7 +40,7 @@ import torch
 from ._errors import FrozenError
 from ._tensor_state import same_tensor, tensor_entry
 
-__all__ = ["CacheError", "CallKeys", "call_keys", "derive", "remember", "positional_names", "row_hash", "sample_keys"]
+__all__ = ["CacheError", "CallKeys", "call_keys", "derive", "remember", "forward_parameters", "row_hash", "sample_keys"]
 
 _DIGEST = 16
 _STATIC = (type(None), bool, int, float, str, torch.dtype, torch.device)
@@ -174,18 +174,21 @@ def _autocast_state(named: list[tuple[int | str, Any]]) -> bytes:
     return f"autocast={','.join(on)};".encode()
 
 
-def positional_names(forward: Callable[..., Any]) -> list[str]:
-    """The names of ``forward``'s parameters that can be passed by position, in order (``self`` left out).
+def forward_parameters(forward: Callable[..., Any]) -> tuple[list[str], set[str] | None]:
+    """``forward``'s parameters (``self`` left out): those passed by position, in order, and every name.
 
-    A call names a positional argument by its index (``call_keys``); these turn indices
-    into parameter names and back. Parameters after ``*args`` have no position.
+    A call names a positional argument by its index (``call_keys``); the first list turns
+    indices into parameter names. The set is ``None`` when any keyword is taken (``**kwargs``,
+    or no signature to read). Parameters after ``*args`` have no position.
     """
     try:
-        parameters = list(inspect.signature(forward).parameters.values())
-    except (TypeError, ValueError):  # no signature to read (a builtin): keywords only
-        return []
-    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return names[1:] if names and names[0] == "self" else names
+        parameters = [p for p in inspect.signature(forward).parameters.values() if p.name != "self"]
+    except (TypeError, ValueError):  # no signature to read (a builtin)
+        return [], None
+    positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return positional, None
+    return positional, {p.name for p in parameters if p.kind is not p.VAR_POSITIONAL}
 
 
 def _context(named: list[tuple[int | str, Any]], batch: int, by_ids: bool, shared: Collection[int | str]) -> Any:
@@ -217,7 +220,7 @@ def call_keys(
     The batch size is dimension 0 of the first tensor argument with at least one
     dimension; every tensor argument whose dimension 0 has that size is split by sample,
     other tensors and scalars are part of every sample's key. ``shared`` (positions and
-    keyword names, see :func:`positional_names`) are never split. With ``ids`` (from
+    keyword names, see :func:`forward_parameters`) are never split. With ``ids`` (from
     :func:`sample_keys`) the batched tensors are not read: their row shapes and dtypes and
     the sample's id stand for their rows. The autocast state of the tensors' devices is in
     every key.

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ._cache_hooks import hook_marks, refuse_inner_hooks
-from ._cache_key import CacheError, call_keys, derive, positional_names, remember
+from ._cache_key import CacheError, call_keys, derive, forward_parameters, remember
 from ._cache_out import assemble, flatten, rebuild
 from ._call import ModuleRef, keeps_training_flag, under_torch_func
 from ._fsdp_sources import sharded_sources, watch_loads
@@ -74,7 +74,7 @@ class Part:
         self.bypass = False
         self.token = os.urandom(16)
         self.counts = dict.fromkeys(COUNTERS, 0)
-        self.argument_names = positional_names(type(module).forward)
+        self.argument_names = forward_parameters(type(module).forward)[0]
         # cache(..., shared=): tensors every sample of a call shares, by keyword and by position
         self.shared = frozenset(handle.shared) | {i for i, n in enumerate(self.argument_names) if n in handle.shared}
         self.load_hooks = watch_loads(list(module.modules()), self.forget)  # removed by uncache
@@ -155,7 +155,8 @@ class Part:
             # vmap/grad wrap inputs and substituted parameters per transform level: no key or
             # snapshot is meaningful there. Run plainly and leave the stored entries alone.
             return False
-        modules = self.fingerprint.modules if self.fingerprint is not None else list(self.module.modules())
+        recorded = self.fingerprint.live() if self.fingerprint is not None else None
+        modules = recorded if recorded is not None else list(self.module.modules())
         shards = sharded_sources(self.model(), self.path, modules)
         if shards is None:  # FSDP2 state unreadable: no snapshot can be trusted, so never cache
             self.fingerprint = None
@@ -163,12 +164,13 @@ class Part:
             return False
         if (
             self.fingerprint is None
-            or not self.fingerprint.matches(self.module, shards)
+            or recorded is None
+            or not self.fingerprint.matches(self.module, shards, recorded)
             or hook_marks(modules) != self.hooks
         ):
-            self._revalidate(ModuleState(self.module, shards))
-            assert self.fingerprint is not None  # set by _revalidate, which raises for a hook it refuses
-            self.hooks = hook_marks(self.fingerprint.modules)  # over the module list the next call compares
+            fingerprint = ModuleState(self.module, shards)
+            self._revalidate(fingerprint)
+            self.hooks = hook_marks(fingerprint.live() or [])  # over the module list the next call compares
         return not self.bypass
 
     def _compute(self, args: tuple, kwargs: dict, keys: list[bytes]) -> tuple[Any, Any, list, list]:

@@ -107,24 +107,25 @@ class ModuleState:
         self.training = [m.training for m in modules]
         self.tensors = TensorState([*own_tensors(modules), *extra], ())
 
-    @property
-    def modules(self) -> list[nn.Module]:
-        """The recorded tree's modules, root first (those still alive)."""
-        return [m for m in (ref() for ref in self.refs) if m is not None]
+    def live(self) -> list[nn.Module] | None:
+        """The recorded tree's modules, root first; ``None`` once one of them is gone."""
+        modules = [ref() for ref in self.refs]
+        return None if any(m is None for m in modules) else modules  # type: ignore[return-value]
 
-    def matches(self, module: nn.Module, extra: Sequence[torch.Tensor] = ()) -> bool:
+    def matches(
+        self, module: nn.Module, extra: Sequence[torch.Tensor] = (), live: list[nn.Module] | None = None
+    ) -> bool:
         """Whether ``module`` is the recorded tree, with the same flags and unchanged tensors.
 
         ``extra``: tensors the values also come from (an FSDP2 part's shards, ``_fsdp_sources.py``).
+        ``live``: :meth:`live`, when the caller has already read it (one call, one dereference).
         """
-        if not self.refs or self.refs[0]() is not module:
+        modules = self.live() if live is None else live
+        if modules is None or modules[0] is not module:
             return False
-        modules = []
-        for ref, children, training in zip(self.refs, self.children, self.training, strict=True):
-            m = ref()
-            if m is None or m.training is not training:
+        for m, children, training in zip(modules, self.children, self.training, strict=True):
+            if m.training is not training:
                 return False
             if tuple(m._modules.values()) != children:  # modules compare by identity
                 return False
-            modules.append(m)
         return self.tensors.matches([*own_tensors(modules), *extra], ())
