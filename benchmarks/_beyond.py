@@ -24,8 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import frozen
-from frozen._cache import cache, cache_stats
-from frozen._lean import lean
+from frozen._cache.api import cache, cache_stats
+from frozen._lean.api import lean
 
 from . import _models
 from ._epochs import Epochs, replay

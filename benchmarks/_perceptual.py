@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from frozen._cache import cache
-from frozen._lean import lean
+from frozen._cache.api import cache
+from frozen._lean.api import lean
 
 from . import _models
 from ._beyond import IDS, REPLAY, cache_figures

@@ -8,7 +8,7 @@ rows, as after adding tokens). Variants:
 * ``rows``: ``freeze_rows(model, Rows("transformer.wte.weight", trainable=new))`` -- the
   optimizer steps over a view of the trainable rows;
 * ``rows-scattered``: the same number of rows, scattered (a gathered copy each step);
-* ``separate``: the separate-tensor reference of ``tests/test_rows.py`` -- the trainable
+* ``separate``: the separate-tensor reference of ``tests/rows/test_rows.py`` -- the trainable
   rows are their own parameter, the rest a constant, the weight assembled each forward.
 
 Tiny mode (smoke test) shrinks the vocabulary and width.
@@ -23,7 +23,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import frozen
-from frozen._rows import Rows, freeze_rows
+from frozen._rows.rows import Rows, freeze_rows
 
 from ._harness import Workload
 from ._registry import Bar, Scenario, Setup
@@ -125,7 +125,7 @@ SCENARIOS = (
             "tokens; AdamW(lr=1e-3, weight_decay=0.01). `rows`: the last 502 rows (1 %) train, the rest are frozen "
             "with frozen.Rows (optimizer steps see a view of the trainable rows); `rows-scattered`: 502 scattered "
             "rows (a gathered copy); `separate`: the trainable rows as their own parameter, the weight assembled "
-            "with index_copy each forward (the exactness reference of tests/test_rows.py); `whole`: every row trains."
+            "with index_copy each forward (the exactness reference of tests/rows/test_rows.py); `whole`: every row trains."
         ),
         build=_build,
         variants=("whole", "rows", "rows-scattered", "separate"),

@@ -5,7 +5,7 @@ The model is deep and wide: ``blocks`` is a ``ModuleList`` of chains, each 30 le
 parameter uses per module, paths up to 32 segments deep. Each variant is one selector
 kind; its step is one ``frozen.select`` call (what ``freeze`` / ``thaw`` resolve
 before changing anything). The reference ``walk`` is the floor every selector pays:
-listing the module uses and parameter uses once (``frozen._tree``).
+listing the module uses and parameter uses once (``frozen._core.tree``).
 
 Linear time shows as a constant ``× walk`` ratio and a constant ``µs per use`` figure
 across the three sizes (before issue 12 the type and predicate selectors were
@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 import frozen
-from frozen._tree import iter_module_uses, iter_param_uses
+from frozen._core.tree import iter_module_uses, iter_param_uses
 
 from ._harness import Workload
 from ._registry import Bar, Scenario, Setup

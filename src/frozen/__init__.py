@@ -12,9 +12,12 @@ from ._cache import CacheError as CacheError
 from ._cache import CacheHandle as CacheHandle
 from ._cache import cache as cache
 from ._cache import cache_stats as cache_stats
+from ._cache import features as features
 from ._cache import uncache as uncache
-from ._compiled import RecompileWarning as RecompileWarning
-from ._compiled import reserve_recompiles as reserve_recompiles
+from ._core import Frozen as Frozen
+from ._core import RecompileWarning as RecompileWarning
+from ._core import reserve_recompiles as reserve_recompiles
+from ._core import settle as settle
 from ._errors import FrozenError as FrozenError
 from ._errors import InvalidModeError as InvalidModeError
 from ._errors import NonScalarLossError as NonScalarLossError
@@ -22,25 +25,22 @@ from ._errors import SelectorError as SelectorError
 from ._errors import TiedParameterError as TiedParameterError
 from ._errors import TiedParameterWarning as TiedParameterWarning
 from ._errors import UnknownPathError as UnknownPathError
-from ._features import features as features
 from ._freeze import freeze as freeze
-from ._freeze_state import load_state as load_state
-from ._freeze_state import state as state
-from ._freezing import freezing as freezing
-from ._grad import grad as grad
+from ._freeze import freezing as freezing
+from ._freeze import grad as grad
+from ._freeze import is_frozen as is_frozen
+from ._freeze import load_state as load_state
+from ._freeze import named_trainable as named_trainable
+from ._freeze import state as state
+from ._freeze import thaw as thaw
+from ._freeze import trainable as trainable
 from ._lean import lean as lean
 from ._lean import unlean as unlean
-from ._query import is_frozen as is_frozen
-from ._query import named_trainable as named_trainable
-from ._query import trainable as trainable
 from ._report import Report as Report
 from ._report import report as report
 from ._rows import Rows as Rows
 from ._select import params as params
 from ._select import select as select
-from ._settle import settle as settle
-from ._thaw import thaw as thaw
-from ._wrapper import Frozen as Frozen
 
 __version__ = "0.1.0"
 

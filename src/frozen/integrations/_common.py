@@ -11,8 +11,8 @@ from torch import nn
 from .. import freeze
 from .._checks import check_mode
 from .._errors import FrozenError
-from .._schedule import GradualUnfreezing, Stage
-from ..optim._sync import STATE_POLICIES, sync
+from ..optim import STATE_POLICIES, sync
+from ..schedule import GradualUnfreezing, Stage
 from ._schedulers import extend_scheduler
 
 __all__ = ["FreezePlan", "unwrap_optimizer", "unwrap_model", "extend_scheduler", "UNITS"]

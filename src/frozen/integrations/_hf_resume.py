@@ -21,9 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..optim._checkpoint import PATHS_KEY, STASH
-from ..optim._checkpoint import STASH_PREFIX as _PREFIX
-from ..optim._sync import paths_by_id
+from ..optim import PATHS_KEY, STASH, paths_by_id
+from ..optim import STASH_PREFIX as _PREFIX
 
 __all__ = ["install", "take"]
 

@@ -49,11 +49,9 @@ from transformers import Trainer, TrainerCallback
 
 from .. import thaw
 from .._cache import cache_stats
+from .._core import named_parameters, trainable_ids
 from .._errors import FrozenError
-from .._query import trainable_ids
-from .._tree import named_parameters
-from ..optim import load_state_dict
-from ..optim._groups import PARKED
+from ..optim import PARKED, load_state_dict
 from ..schedule import Stage
 from ._common import FreezePlan, extend_scheduler, unwrap_model, unwrap_optimizer
 from ._hf_resume import install, take

@@ -35,9 +35,9 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback
 from torch.nn.parallel import DistributedDataParallel
 
-from .._distributed import rewrap
+from .._core import iter_module_uses
 from .._errors import SelectorError
-from .._tree import iter_module_uses
+from ..distributed import rewrap
 from ..schedule import Stage
 from ._common import FreezePlan
 
@@ -116,7 +116,7 @@ class FreezeCallback(Callback):
         the start of epoch ``unfreeze_at`` into a group named ``"backbone"`` at
         ``lr_ratio`` times the first group's rate, then multiplies that rate by
         ``growth`` at each later epoch start, capped at the first group's rate. The rates
-        equal Lightning's epoch for epoch (``tests/test_integrations_lightning.py``).
+        equal Lightning's epoch for epoch (``tests/integrations/test_integrations_lightning.py``).
 
         Example:
             >>> from frozen.integrations.lightning import FreezeCallback

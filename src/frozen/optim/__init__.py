@@ -18,3 +18,11 @@ from ._sync import state_nbytes as state_nbytes
 from ._sync import sync as sync
 
 __all__ = ["param_groups", "sync", "state_dict", "load_state_dict", "state_nbytes"]
+
+# For frozen's own packages (not public API): checkpoint keys and the parked-group name.
+from ._checkpoint import PATHS_KEY as PATHS_KEY  # noqa: E402
+from ._checkpoint import STASH as STASH  # noqa: E402
+from ._checkpoint import STASH_PREFIX as STASH_PREFIX  # noqa: E402
+from ._groups import PARKED as PARKED  # noqa: E402
+from ._sync import STATE_POLICIES as STATE_POLICIES  # noqa: E402
+from ._sync import paths_by_id as paths_by_id  # noqa: E402

@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 from .._checks import check_model, check_optimizer
+from .._core import named_parameters, trainable_ids
 from .._errors import FrozenError
-from .._query import trainable_ids
-from .._tree import named_parameters
 from ._sync import paths_by_id
 
 __all__ = ["state_dict", "load_state_dict", "PATHS_KEY", "STASH", "STASH_PREFIX"]

@@ -16,10 +16,9 @@ from typing import Any
 from torch import nn
 
 from .._checks import check_model
+from .._core import iter_module_uses, iter_param_uses, trainable_ids
 from .._errors import FrozenError, SelectorError, closest
-from .._query import trainable_ids
 from .._select import NORM_TYPES, compile_pattern
-from .._tree import iter_module_uses, iter_param_uses
 
 __all__ = ["param_groups", "PARKED", "is_norm_layer"]
 

@@ -9,10 +9,9 @@ import torch
 from torch import nn
 
 from .._checks import check_model, check_optimizer
-from .._distributed import local_nbytes
+from .._core import named_parameters, trainable_ids
 from .._errors import FrozenError
-from .._query import trainable_ids
-from .._tree import named_parameters
+from ..distributed import local_nbytes
 from ._groups import PARKED
 
 __all__ = ["sync", "state_nbytes", "paths_by_id", "NEW_GROUP_NAME", "KEPT", "STATE_POLICIES"]
@@ -245,7 +244,7 @@ def state_nbytes(optimizer: torch.optim.Optimizer) -> int:
 
     State kept aside for frozen parameters (``sync(..., state="keep")``) is counted too:
     it is memory the optimizer holds. A sharded tensor (FSDP2's ``DTensor``) counts
-    what this rank holds (``frozen._distributed.local_nbytes``).
+    what this rank holds (``frozen.distributed._ddp.local_nbytes``).
 
     Example:
         >>> import torch, frozen

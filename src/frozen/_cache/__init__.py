@@ -1,0 +1,24 @@
+"""Caching a frozen part's outputs (docs/cache.md).
+
+This face is the package's contract: siblings import these names from here, never a module inside.
+"""
+
+from .api import CacheError as CacheError
+from .api import CacheHandle as CacheHandle
+from .api import cache as cache
+from .api import cache_stats as cache_stats
+from .api import uncache as uncache
+from .features import features as features
+from .hooks import observed_globally as observed_globally
+from .part import Passthrough as Passthrough
+
+__all__ = [
+    "CacheError",
+    "CacheHandle",
+    "Passthrough",
+    "cache",
+    "cache_stats",
+    "features",
+    "observed_globally",
+    "uncache",
+]

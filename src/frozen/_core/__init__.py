@@ -1,0 +1,74 @@
+"""The core of frozen: the record on a module, what happens at a frozen use, the walk over a model's uses, the Frozen wrapper, settling flags.
+
+This face is the package's contract: siblings import these names from here, never a module inside.
+"""
+
+from .call import GuardedForward as GuardedForward
+from .call import ModuleRef as ModuleRef
+from .call import keeps_training_flag as keeps_training_flag
+from .call import under_torch_func as under_torch_func
+from .compiled import RecompileWarning as RecompileWarning
+from .compiled import reserve_recompiles as reserve_recompiles
+from .precision import floating_tensors as floating_tensors
+from .precision import lower_precision as lower_precision
+from .precision import restore_precision as restore_precision
+from .record import LOCK as LOCK
+from .record import freeze_slot as freeze_slot
+from .record import is_marked as is_marked
+from .record import mark as mark
+from .record import record_of as record_of
+from .record import release_slot as release_slot
+from .record import switched_off as switched_off
+from .record import unmark as unmark
+from .settle import settle as settle
+from .settle import settle_flags as settle_flags
+from .snapshot import ModuleState as ModuleState
+from .snapshot import TensorState as TensorState
+from .snapshot import own_tensors as own_tensors
+from .snapshot import same_tensor as same_tensor
+from .snapshot import tensor_entry as tensor_entry
+from .trainable import frozen_by_other_libraries as frozen_by_other_libraries
+from .trainable import trainable_ids as trainable_ids
+from .tree import ModuleUse as ModuleUse
+from .tree import ParamUse as ParamUse
+from .tree import iter_module_uses as iter_module_uses
+from .tree import iter_param_uses as iter_param_uses
+from .tree import join as join
+from .tree import named_parameters as named_parameters
+from .wrapper import Frozen as Frozen
+
+__all__ = [
+    "Frozen",
+    "GuardedForward",
+    "LOCK",
+    "ModuleRef",
+    "ModuleState",
+    "ModuleUse",
+    "ParamUse",
+    "RecompileWarning",
+    "TensorState",
+    "floating_tensors",
+    "freeze_slot",
+    "frozen_by_other_libraries",
+    "is_marked",
+    "iter_module_uses",
+    "iter_param_uses",
+    "join",
+    "keeps_training_flag",
+    "lower_precision",
+    "mark",
+    "named_parameters",
+    "own_tensors",
+    "record_of",
+    "release_slot",
+    "reserve_recompiles",
+    "restore_precision",
+    "same_tensor",
+    "settle",
+    "settle_flags",
+    "switched_off",
+    "tensor_entry",
+    "trainable_ids",
+    "under_torch_func",
+    "unmark",
+]

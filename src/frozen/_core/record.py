@@ -1,0 +1,274 @@
+"""The one record ``frozen`` keeps on a module, and the only code that writes it.
+
+Everything the library knows about a module's freeze state lives in one
+:class:`Record` under ``module.__dict__["_frozen"]``: whether the module is frozen in
+place and how (mode, tied policy, the train/eval mode its parent last asked for), the
+parameter slots of this module frozen at this slot only, the slots frozen elsewhere
+because of it, its storage dtype, and the white-box guard (a stand-in for
+``forward``) at the root of a frozen part.
+Other modules read it through :func:`record_of` and never write it.
+
+One fact is not per module: *which flags the library itself turned off*. That is
+owned by the parameter object (contract S14), in a registry keyed by identity, so it
+survives a parameter moving to another module (``torch.nn.utils.parametrize``
+registering or removing a parametrization while frozen). Every slot that holds such a
+parameter also names it in its owner's record (``off_slots``): that is what travels
+through ``copy.deepcopy`` and ``torch.save`` (a parameter cannot carry it:
+``Parameter.__deepcopy__`` drops Python attributes), and a new object found in such a
+slot inherits the entry.
+
+All writes happen under :data:`LOCK`, so two threads freezing disjoint parts of one
+model cannot lose each other's entries.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .call import GuardedForward, ModuleRef, Slots, keeps_training_flag
+
+__all__ = [
+    "KEY",
+    "LOCK",
+    "Record",
+    "StayInEval",
+    "Storage",
+    "drop_if_empty",
+    "ensure_record",
+    "install_guard",
+    "is_marked",
+    "mark",
+    "record_of",
+    "set_storage",
+    "release_slot",
+    "set_switched_off",
+    "switched_off",
+    "unmark",
+    "freeze_slot",
+]
+
+KEY = "_frozen"
+LOCK = threading.RLock()
+ABSENT = None  # the module had no instance attribute of that name before freezing
+
+# Parameters whose requires_grad the library turned off (settle is the only writer).
+_SWITCHED_OFF: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def switched_off(param: torch.Tensor, owner: nn.Module | None = None, name: str = "") -> bool:
+    """Whether the library turned this parameter's ``requires_grad`` off (not the user).
+
+    Ownership follows the parameter object. With ``owner``/``name`` it also follows the
+    slot when the object there was *replaced* by a new one (FSDP2's ``fully_shard``
+    swaps in DTensor parameters, ``load_state_dict(assign=True)`` new ones): the new
+    object inherits the entry, so a part frozen before sharding still thaws.
+    """
+    if param in _SWITCHED_OFF:
+        return True
+    record = None if owner is None else owner.__dict__.get(KEY)
+    if record is not None and name in record.off_slots:
+        set_switched_off(param, True, owner, name)
+        return True
+    return False
+
+
+def set_switched_off(param: torch.Tensor, off: bool, owner: nn.Module | None = None, name: str = "") -> None:
+    """Record (or forget) that the library turned ``param.requires_grad`` off, at ``owner.<name>``."""
+    if off:
+        _SWITCHED_OFF[param] = True
+        if owner is not None:
+            ensure_record(owner).off_slots.add(name)
+    else:
+        _SWITCHED_OFF.pop(param, None)
+        record = None if owner is None else owner.__dict__.get(KEY)
+        if owner is not None and record is not None:
+            record.off_slots.discard(name)
+            drop_if_empty(owner)
+
+
+@dataclass(eq=False)
+class Storage:
+    """What ``freeze(..., dtype=)`` changed at the root of one low-precision part."""
+
+    dtype: torch.dtype  # the storage type of the part's floating tensors
+    original: dict[str, torch.dtype]  # per floating tensor: the type thaw gives back
+    fallback: torch.dtype  # the output type when no input is floating
+    handles: list[RemovableHandle] = field(default_factory=list)  # boundary casts
+    own_apply: Any = ABSENT  # the module's own instance attribute "_apply", if any
+
+
+@dataclass(eq=False)
+class Record:
+    """All that ``frozen`` knows about one module. Written only through this module's functions."""
+
+    mode: str | None = None  # "eval"/"inherit" when frozen in place, else None
+    tied: str = "freeze"  # the tied policy it was frozen with
+    requested_training: bool = True  # the mode last asked of it; thaw gives it back
+    own_train: Any = ABSENT  # the module's own instance attribute "train", if any
+    tied_slots: tuple[tuple[nn.Module, str], ...] = ()  # slots frozen elsewhere because of it
+    frozen_slots: dict[str, str] = field(default_factory=dict)  # own slots frozen here -> "tied" or "selected"
+    storage: Storage | None = None
+    guard: GuardedForward | None = None  # the white-box guard at the root of a frozen part
+    own_forward: Any = ABSENT  # the module's own instance attribute "forward", if any
+    off_slots: set[str] = field(default_factory=set)  # own slots whose flag the library turned off
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing recorded: the module is as if the library never touched it."""
+        return (
+            self.mode is None
+            and not self.tied_slots
+            and not self.frozen_slots
+            and self.storage is None
+            and self.guard is None
+            and not self.off_slots
+        )
+
+
+def record_of(module: nn.Module) -> Record | None:
+    """The record of ``module``, or ``None`` when the library keeps nothing on it."""
+    return module.__dict__.get(KEY)
+
+
+def is_marked(module: nn.Module) -> bool:
+    """Whether ``module`` is frozen in place (by ``freeze``, ``freezing`` or ``load_state``)."""
+    record = module.__dict__.get(KEY)
+    return record is not None and record.mode is not None
+
+
+def ensure_record(module: nn.Module) -> Record:
+    """The record of ``module``, created empty if it has none."""
+    record = module.__dict__.get(KEY)
+    if record is None:
+        record = module.__dict__[KEY] = Record()
+    return record
+
+
+def drop_if_empty(module: nn.Module) -> None:
+    """Remove the record when nothing is left in it, so a thawed module has no trace."""
+    record = module.__dict__.get(KEY)
+    if record is not None and record.is_empty:
+        del module.__dict__[KEY]
+
+
+# -- frozen in place ---------------------------------------------------------------
+
+
+class StayInEval:
+    """Stands in for ``module.train`` while ``module`` is frozen in place with ``mode="eval"``.
+
+    It runs the class's own ``train`` (so children follow the requested mode: each frozen
+    child has its own stand-in) and then puts the module back in eval, which costs
+    nothing per forward call, unlike a forward pre-hook. A module with gradient
+    checkpointing switched on (Hugging Face's ``gradient_checkpointing`` attribute, read
+    together with ``self.training``) keeps the requested mode, so that checkpointing
+    stays on where backward passes through; its children still run in eval.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module_ref = ModuleRef(module)  # weak: held in the module's own __dict__
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        module = self.module_ref()
+        type(module).train(module, mode)
+        record = record_of(module)
+        if record is not None:
+            record.requested_training = mode
+        module.training = mode and keeps_training_flag(module)
+        return module
+
+
+def mark(module: nn.Module, mode: str, tied: str, requested_training: bool | None = None) -> Record:
+    """Freeze ``module`` itself in place (not its children): record and mode guard."""
+    record = ensure_record(module)
+    record.mode, record.tied = mode, tied
+    record.requested_training = module.training if requested_training is None else requested_training
+    if mode == "eval":
+        record.own_train = module.__dict__.get("train", ABSENT)
+        module.__dict__["train"] = StayInEval(module)
+        module.training = record.requested_training and keeps_training_flag(module)
+    return record
+
+
+def unmark(module: nn.Module) -> tuple[tuple[nn.Module, str], ...]:
+    """Undo :func:`mark` exactly; return the slots frozen elsewhere because of it."""
+    record = record_of(module)
+    assert record is not None and record.mode is not None
+    if record.mode == "eval":
+        _restore_attribute(module, "train", record.own_train)
+        module.training = record.requested_training
+    released, record.tied_slots = record.tied_slots, ()
+    record.mode, record.own_train = None, ABSENT
+    drop_if_empty(module)
+    return released
+
+
+def freeze_slot(owner: nn.Module, name: str, reason: str, holder: nn.Module | None = None) -> None:
+    """Freeze ``owner.<name>`` at this slot only (a selected parameter, or a tied use)."""
+    ensure_record(owner).frozen_slots.setdefault(name, reason)
+    if holder is not None:
+        holder_record = ensure_record(holder)
+        holder_record.tied_slots += ((owner, name),)
+
+
+def release_slot(owner: nn.Module, name: str) -> None:
+    """Undo :func:`freeze_slot` for ``owner.<name>``."""
+    record = record_of(owner)
+    if record is not None and record.frozen_slots.pop(name, None) is not None:
+        drop_if_empty(owner)
+
+
+def install_guard(module: nn.Module, slots: Slots, detach: frozenset[int]) -> None:
+    """Put, update or remove the white-box guard at the root of a frozen part.
+
+    The guard stands in for the module's ``forward`` (:class:`~frozen._core.call.GuardedForward`):
+    for the duration of a call it detaches the parameters of the part that still require
+    grad (tied, ``tied="train"``) and any tensor substituted for one of them
+    (``torch.func.functional_call``). No slot, no guard. A module keeps one guard object:
+    another stand-in put in front of it since (``frozen.cache``, Accelerate) keeps calling
+    the same object, which is updated in place, or left as a pass-through when removed.
+    """
+    record = ensure_record(module) if slots else record_of(module)
+    if record is None:
+        return
+    guard = record.guard
+    if guard is None and slots:
+        record.own_forward = module.__dict__.get("forward", ABSENT)
+        record.guard = GuardedForward(module, slots, detach, record.own_forward)
+        module.__dict__["forward"] = record.guard
+    elif guard is not None and slots:
+        guard.slots, guard.detach, guard.active = slots, detach, True
+    elif guard is not None:
+        if module.__dict__.get("forward") is guard:
+            _restore_attribute(module, "forward", record.own_forward)
+        else:
+            guard.active = False  # something stands in front of it now: it passes calls through
+        record.guard, record.own_forward = None, ABSENT
+        drop_if_empty(module)
+
+
+def _restore_attribute(module: nn.Module, name: str, own: Any) -> None:
+    if own is ABSENT:
+        module.__dict__.pop(name, None)
+    else:
+        module.__dict__[name] = own
+
+
+def set_storage(module: nn.Module, storage: Storage | None) -> Storage | None:
+    """Attach (or, with ``None``, detach and return) the low-precision record of a part's root."""
+    if storage is not None:
+        ensure_record(module).storage = storage
+        return storage
+    record = record_of(module)
+    old = None if record is None else record.storage
+    if record is not None:
+        record.storage = None
+        drop_if_empty(module)
+    return old

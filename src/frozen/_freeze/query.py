@@ -1,0 +1,89 @@
+"""Questions about a model: which parameters train, and is this part frozen?"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .._checks import check_model
+from .._core import iter_module_uses, iter_param_uses, join, named_parameters, trainable_ids
+from .._errors import UnknownPathError, closest
+from .._rows import restore_carried
+
+__all__ = ["trainable", "named_trainable", "is_frozen"]
+
+
+def named_trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Return ``(path, parameter)`` for every parameter trainable in ``model``.
+
+    Deduplicated and in ``model.named_parameters()`` order; paths are ``state_dict``
+    keys (a ``Frozen`` wrapper adds no ``module.`` segment). A parameter tied between
+    two places is listed once, under its first path.
+
+    Example:
+        >>> import torch, frozen
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), frozen.Frozen(torch.nn.Linear(2, 2)))
+        >>> [name for name, _ in frozen.named_trainable(net)]
+        ['0.weight', '0.bias']
+    """
+    check_model(model, "frozen.named_trainable")
+    ids = trainable_ids(model)
+    return [(path, p) for path, p in named_parameters(model) if id(p) in ids]
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """Return the parameters trainable in ``model`` (see :func:`named_trainable`).
+
+    This is the list to give an optimizer: ``torch.optim.AdamW(frozen.trainable(model))``.
+    """
+    check_model(model, "frozen.trainable")
+    restore_carried(model)  # a copied model's row freezing, before an optimizer sees it
+    return [p for _, p in named_trainable(model)]
+
+
+def is_frozen(model: nn.Module, path: str = "") -> bool:
+    """Return whether the module or parameter at ``path`` is frozen in ``model``.
+
+    A parameter path is frozen when the parameter is not trainable in ``model``. A
+    module path is frozen when that use of it is frozen (it is, or sits inside, a
+    ``Frozen`` wrapper or a part frozen by :func:`frozen.freeze`), or when it has
+    parameters and none of them is trainable in ``model``. A module without
+    parameters that is not inside a frozen use is not frozen.
+
+    Args:
+        model: the model to ask about.
+        path: a ``state_dict``-style path; ``""`` (default) is the model itself.
+
+    Raises:
+        frozen.UnknownPathError: no module or parameter has that path.
+
+    Example:
+        >>> import torch, frozen
+        >>> net = torch.nn.Sequential(frozen.Frozen(torch.nn.Linear(2, 2)), torch.nn.Linear(2, 2))
+        >>> frozen.is_frozen(net, "0"), frozen.is_frozen(net, "1.weight"), frozen.is_frozen(net)
+        (True, False, False)
+    """
+    check_model(model, "frozen.is_frozen")
+    if not isinstance(path, str):
+        raise TypeError(
+            f"frozen.is_frozen(model, path): expected path to be a str such as '0.weight', received {type(path).__name__}."
+        )
+    ids = trainable_ids(model)
+    module_paths, param_paths = [], []
+    for use in iter_module_uses(model):
+        module_paths.append(use.path)
+        if use.path == path:
+            if use.frozen:
+                return True
+            params = {id(p) for p in use.module.parameters()}
+            return bool(params) and not (params & ids)
+        param_paths += [join(use.path, name) for name, p in use.module._parameters.items() if p is not None]
+    for puse in iter_param_uses(model):
+        if puse.path == path:
+            return id(puse.param) not in ids
+    raise UnknownPathError(
+        f"frozen.is_frozen(model, path={path!r}): no module or parameter has that path. "
+        f"Expected a state_dict-style path; closest existing paths: "
+        f"{closest(path, [p for p in module_paths + param_paths if p])}. "
+        f"List them with [name for name, _ in model.named_modules()] (wrapper levels "
+        f"'module.' are not part of frozen's paths)."
+    )

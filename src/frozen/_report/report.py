@@ -1,0 +1,303 @@
+"""``report``: what is frozen in a model, row by row, and what freezing saves.
+
+The report is a data object (:class:`Report`): rows and totals you can test and
+serialise; ``str()`` is a deterministic plain table, ``rich`` renders it in colour,
+Jupyter renders it as HTML (see ``_render.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .._cache import cache_stats
+from .._checks import check_model
+from .._core import (
+    frozen_by_other_libraries,
+    iter_module_uses,
+    iter_param_uses,
+    named_parameters,
+    switched_off,
+    trainable_ids,
+)
+from .._errors import FrozenError
+from .._rows import frozen_rows
+
+__all__ = ["Report", "ReportRow", "report"]
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One use of a module in the model (a module used at two paths has two rows).
+
+    Attributes:
+        path: ``state_dict``-style path (``""`` is the model itself).
+        type: the module's class name (a ``Frozen`` wrapper's inner module).
+        params: number of parameter elements under this path, each tensor counted once.
+        state: ``"trainable"`` (every parameter under it trains through this use),
+            ``"frozen"`` (none does), ``"mixed"``, or ``"-"`` (no parameters, not frozen);
+            ``"frozen here, trains via PATH"`` for a frozen use whose parameters still
+            train through another use (a tied weight: its values change).
+        inference: ``"forced eval"`` when this use is frozen with ``mode="eval"`` (BatchNorm
+            and Dropout keep inference behaviour while the model trains), ``"inherit"``
+            for a frozen use with ``mode="inherit"``, ``"inherit, buffers may change"``
+            when such a part holds buffers, and ``""`` for a use that is not frozen.
+        tied_with: paths of the same parameter objects reached from outside this row.
+        dtype: the parameters' dtype (``"float32"``), several joined by ``","``, or ``"-"``.
+    """
+
+    path: str
+    type: str
+    params: int
+    state: str
+    inference: str
+    tied_with: tuple[str, ...]
+    dtype: str
+    frozen_by: str = ""  # who keeps it frozen: "frozen", "peft" (another library), "hand" (requires_grad)
+    frozen_rows: int = 0  # rows frozen with frozen.Rows in parameters under this path (they count as trainable)
+
+    @property
+    def eval_forced(self) -> bool:
+        """Whether this part runs in inference behaviour even while the model trains."""
+        return self.inference == "forced eval"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``frozen`` sees in a model: one row per module use, and totals.
+
+    ``str(report)`` is a plain table (deterministic: the same model gives the same
+    text); printed with ``rich`` it is coloured; in Jupyter it is an HTML table.
+    Memory figures assume gradients and optimizer state in the parameters' dtype:
+    a frozen parameter needs no gradient (its bytes once) and no Adam-style state
+    (``exp_avg`` and ``exp_avg_sq``: its bytes twice).
+
+    Attributes:
+        rows: one :class:`ReportRow` per module use, ``named_modules()`` order.
+        trainable_params, frozen_params: element counts over distinct parameters.
+        trainable_bytes, frozen_bytes: the same, in bytes.
+        depth: the depth the rows were collapsed to (``None``: every row).
+        caches: what each part cached with :func:`frozen.cache` holds: ``{path: {"hits",
+            "misses", "bytes", "store", ...}}`` (see :func:`frozen.cache_stats`).
+    """
+
+    rows: tuple[ReportRow, ...]
+    trainable_params: int
+    frozen_params: int
+    trainable_bytes: int
+    frozen_bytes: int
+    depth: int | None = None
+    caches: dict[str, dict[str, Any]] = field(default_factory=dict)  # frozen.cache: {path: counters}
+
+    @property
+    def total_params(self) -> int:
+        """All parameter elements, each tensor counted once."""
+        return self.trainable_params + self.frozen_params
+
+    @property
+    def trainable_percent(self) -> float:
+        """Share of parameter elements that train, in percent (0 for an empty model)."""
+        return 100.0 * self.trainable_params / self.total_params if self.total_params else 0.0
+
+    @property
+    def frozen_percent(self) -> float:
+        """Share of parameter elements that are frozen, in percent (0 for an empty model)."""
+        return 100.0 * self.frozen_params / self.total_params if self.total_params else 0.0
+
+    @property
+    def gradient_bytes_saved(self) -> int:
+        """Gradient memory that freezing saves: one gradient per frozen parameter."""
+        return self.frozen_bytes
+
+    @property
+    def adam_state_bytes_saved(self) -> int:
+        """Adam/AdamW state freezing saves: two moment tensors per frozen parameter."""
+        return 2 * self.frozen_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as plain Python data (for JSON, logging, tests)."""
+        rows = []
+        for row in self.rows:
+            item = asdict(row)
+            item["tied_with"] = list(row.tied_with)
+            item["eval_forced"] = row.eval_forced
+            rows.append(item)
+        return {
+            "rows": rows,
+            "totals": {
+                "trainable_params": self.trainable_params,
+                "frozen_params": self.frozen_params,
+                "total_params": self.total_params,
+                "trainable_percent": round(self.trainable_percent, 2),
+                "frozen_percent": round(self.frozen_percent, 2),
+                "trainable_bytes": self.trainable_bytes,
+                "frozen_bytes": self.frozen_bytes,
+                "gradient_bytes_saved": self.gradient_bytes_saved,
+                "adam_state_bytes_saved": self.adam_state_bytes_saved,
+            },
+            "depth": self.depth,
+            "caches": self.caches,
+        }
+
+    def __str__(self) -> str:
+        from .render import plain_table
+
+        return plain_table(self)
+
+    def __rich__(self) -> Any:
+        from .render import rich_renderable
+
+        return rich_renderable(self)
+
+    def _repr_html_(self) -> str:
+        from .render import html_table
+
+        return html_table(self)
+
+
+def report(model: nn.Module, *, depth: int | None = None) -> Report:
+    """Return a :class:`Report` of what is frozen in ``model`` and what it saves.
+
+    Args:
+        model: the model to describe.
+        depth: keep rows whose path has at most this many dotted segments (``0``: the
+            model only, ``1``: its children too); deeper parts are still counted in
+            their ancestors' rows and in the totals. ``None`` (default) keeps every row.
+
+    Returns:
+        A :class:`Report`; ``print(report)`` shows the table.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or ``depth`` is not an int.
+        frozen.FrozenError: ``depth`` is negative.
+
+    Example:
+        >>> import torch, frozen
+        >>> net = torch.nn.Sequential(frozen.Frozen(torch.nn.Linear(4, 4)), torch.nn.Linear(4, 2))
+        >>> r = frozen.report(net)
+        >>> [(row.path, row.state, row.inference) for row in r.rows]
+        [('', 'mixed', ''), ('0', 'frozen', 'forced eval'), ('1', 'trainable', '')]
+        >>> r.trainable_params, r.frozen_params, r.adam_state_bytes_saved
+        (10, 20, 160)
+    """
+    check_model(model, "frozen.report")
+    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool)):
+        raise TypeError(
+            f"frozen.report(model, depth=...): expected depth to be an int or None, received {type(depth).__name__}."
+        )
+    if depth is not None and depth < 0:
+        raise FrozenError(
+            f"frozen.report(model, depth={depth}): expected depth >= 0 (0 shows the model only, "
+            f"1 its children too) or None for every row, received {depth}."
+        )
+    census = _Census(model)
+    rows = [_row(use, census) for use in census.uses if depth is None or _depth(use.path) <= depth]
+    sizes, wanted = census.sizes, census.wanted
+    trainable_keys = [key for key in sizes if key in wanted]
+    frozen_keys = [key for key in sizes if key not in wanted]
+    return Report(
+        rows=tuple(rows),
+        trainable_params=sum(sizes[k][0] for k in trainable_keys),
+        frozen_params=sum(sizes[k][0] for k in frozen_keys),
+        trainable_bytes=sum(sizes[k][1] for k in trainable_keys),
+        frozen_bytes=sum(sizes[k][1] for k in frozen_keys),
+        depth=depth,
+        caches=cache_stats(model),
+    )
+
+
+class _Census:
+    """One walk over the model: what each parameter is, where it is reached and where it trains."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.wanted = trainable_ids(model)
+        self.uses = list(iter_module_uses(model))
+        # Per module path: parameter id -> trains through some use under this path.
+        self.under: dict[str, dict[int, bool]] = {use.path: {} for use in self.uses}
+        self.reached_at: dict[int, list[str]] = {}
+        self.trained_at: dict[int, list[str]] = {}
+        self.sizes: dict[int, tuple[int, int, str]] = {}  # elements, bytes, dtype name
+        self.params: dict[int, Any] = {}  # id -> its first ParamUse
+        for puse in iter_param_uses(model):
+            key, param = id(puse.param), puse.param
+            self.params.setdefault(key, puse)
+            self.reached_at.setdefault(key, []).append(puse.path)
+            if not puse.frozen:
+                self.trained_at.setdefault(key, []).append(puse.path)
+            self.sizes[key] = (
+                param.numel(),
+                param.numel() * param.element_size(),
+                str(param.dtype).removeprefix("torch."),
+            )
+            trains_here = not puse.frozen and key in self.wanted
+            for prefix in _ancestors(puse.path):
+                held = self.under[prefix]
+                held[key] = held.get(key, False) or trains_here
+        self.claimed = frozen_by_other_libraries(model)
+        named = dict(named_parameters(model))
+        self.frozen_rows = {id(named[path]): int(r.mask.sum()) for path, r in frozen_rows(model).items()}
+
+
+def _row(use: Any, census: _Census) -> ReportRow:
+    held = census.under[use.path]
+    if not held:
+        state = "frozen" if use.frozen else "-"
+    elif all(held.values()):
+        state = "trainable"
+    elif not any(held.values()):
+        state = "frozen"
+    else:
+        state = "mixed"
+    inside = use.path + "." if use.path else ""
+    tied = sorted({p for key in held for p in census.reached_at[key] if not p.startswith(inside)})
+    if state == "frozen" and any(key in census.wanted for key in held):
+        # A frozen use whose parameters still train through another use: say which.
+        via = {p for key in held if key in census.wanted for p in census.trained_at[key] if not p.startswith(inside)}
+        state = f"frozen here, trains via {', '.join(sorted(via))}"
+    dtypes = sorted({census.sizes[key][2] for key in held})
+    return ReportRow(
+        path=use.path,
+        type=type(use.module).__name__,
+        params=sum(census.sizes[key][0] for key in held),
+        state=state,
+        inference=_inference(use),
+        tied_with=tuple(tied),
+        dtype=",".join(dtypes) if dtypes else "-",
+        frozen_by=_frozen_by(use, state, held, census),
+        frozen_rows=sum(census.frozen_rows.get(key, 0) for key in held),
+    )
+
+
+def _frozen_by(use: Any, state: str, held: dict[int, bool], census: _Census) -> str:
+    """Who keeps a frozen row frozen: this library, another one (PEFT), or a hand-set flag."""
+    if not state.startswith("frozen"):
+        return ""
+    if use.frozen:
+        return "frozen"
+    if held and all(key in census.claimed for key in held):
+        return "peft"
+    params = census.params
+    if any(switched_off(params[k].param, params[k].owner, params[k].name) for k in held):
+        return "frozen"
+    return "hand" if held else ""
+
+
+def _depth(path: str) -> int:
+    return path.count(".") + 1 if path else 0
+
+
+def _ancestors(param_path: str) -> list[str]:
+    """Module paths that contain the parameter at ``param_path``, root first."""
+    parts = param_path.split(".")[:-1]
+    return [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _inference(use: Any) -> str:
+    if not use.frozen or use.mode is None:
+        return ""
+    if use.mode == "eval":
+        return "forced eval"
+    has_buffers = any(b is not None for b in use.module.buffers())
+    return "inherit, buffers may change" if has_buffers else "inherit"

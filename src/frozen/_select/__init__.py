@@ -1,0 +1,22 @@
+"""Selectors: the pattern language and the resolution of targets to module and parameter paths (docs/selectors.md).
+
+This face is the package's contract: siblings import these names from here, never a module inside.
+"""
+
+from .select import NORM_TYPES as NORM_TYPES
+from .select import Selection as Selection
+from .select import Selector as Selector
+from .select import compile_pattern as compile_pattern
+from .select import params as params
+from .select import resolve as resolve
+from .select import select as select
+
+__all__ = [
+    "NORM_TYPES",
+    "Selection",
+    "Selector",
+    "compile_pattern",
+    "params",
+    "resolve",
+    "select",
+]

@@ -1,0 +1,297 @@
+"""Path patterns compiled to a small automaton over path segments (``docs/selectors.md``).
+
+A pattern such as ``"encoder.**.bias"`` runs as a nondeterministic automaton whose
+states ("how many segments are matched so far") are kept as a bit mask, stepped once
+per path segment. A node's mask is one step from its parent's, so a whole tree is
+matched in one walk, one step per module or parameter, whatever the number of ``**``
+(recursion over ``**`` is exponential in their number).
+
+Positional segments (``-1``, ``-2:``) need the *span* of their container: one more
+than its largest numbered child (``len()`` of a ``ModuleList``). :class:`PathTree`
+holds the model's uses in pre-order, where a subtree is the range ``[i, end[i])``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+from torch import nn
+
+from .._core import ModuleUse, ParamUse, iter_module_uses, iter_param_uses
+from .._errors import SelectorError
+
+__all__ = ["Pattern", "PathTree", "ParamSelector", "compile_pattern", "params", "position"]
+
+# A segment matcher takes (child name, span of its container); None stands for "**".
+SegmentMatcher = Callable[[str, int], bool] | None
+
+_INDEX = re.compile(r"-(\d+)")  # a negative index; non-negative ones are plain names
+_RANGE = re.compile(r"(\d+)-(\d+)")  # inclusive, as before slices existed
+_SLICE = re.compile(r"(-?\d+)?:(-?\d+)?")  # Python-style, end excluded
+_UNBOUNDED = 1 << 62
+
+
+def position(name: str) -> int | None:
+    """Return the number a child's name stands for (``"3"`` -> 3), or None for other names."""
+    return int(name) if name.isascii() and name.isdigit() else None
+
+
+class Pattern:
+    """A compiled dotted-path pattern; see the module docstring for how it matches."""
+
+    def __init__(self, text: str, function: str = "frozen.select", role: str = "target") -> None:
+        self.text = text
+        self.counts_from_end = False  # whether matching needs container spans
+        pieces = text.split(".") if text else []
+        self.segments: list[SegmentMatcher] = [self._segment(piece, function, role) for piece in pieces]
+        self.accept = 1 << len(self.segments)
+        self.start = self._close(1)
+        self._steps: dict[tuple[int, str, int], int] = {}
+
+    def _close(self, mask: int) -> int:
+        """Add the states reachable by letting a ``**`` match zero segments."""
+        for k, segment in enumerate(self.segments):
+            if segment is None and mask >> k & 1:
+                mask |= 1 << (k + 1)
+        return mask
+
+    def step(self, mask: int, name: str, span: int = _UNBOUNDED) -> int:
+        """Return the states after reading one more path segment ``name``."""
+        if not mask:
+            return 0
+        key = (mask, name, span if self.counts_from_end else 0)
+        found = self._steps.get(key)
+        if found is None:
+            found = 0
+            for k, segment in enumerate(self.segments):
+                if mask >> k & 1:
+                    if segment is None:
+                        found |= 1 << k  # "**" consumes the segment and stays
+                    elif segment(name, span):
+                        found |= 1 << (k + 1)
+            found = self._close(found)
+            self._steps[key] = found  # names repeat a lot (weight, bias, 0, 1, ...)
+        return found
+
+    def accepts(self, mask: int) -> bool:
+        """Whether a path that led to ``mask`` matches the whole pattern."""
+        return bool(mask & self.accept)
+
+    def match(self, path: str, spans: Mapping[str, int] | None = None) -> bool:
+        """Whether ``path`` matches; ``spans`` maps container paths to their spans."""
+        mask, parent = self.start, ""
+        for name in path.split(".") if path else []:
+            span = spans.get(parent, 0) if spans is not None else _UNBOUNDED
+            mask = self.step(mask, name, span)
+            parent = f"{parent}.{name}" if parent else name
+        return self.accepts(mask)
+
+    def _segment(self, piece: str, function: str, role: str) -> SegmentMatcher:
+        def fail(problem: str, fix: str) -> SelectorError:
+            return SelectorError(f"{function}: the {role} pattern {self.text!r} {problem}. {fix}")
+
+        if piece == "":
+            raise fail("has an empty segment", "Expected segments such as 'encoder.layer.0'; '' is the model itself.")
+        if piece == "**":
+            return None
+        if any(re.fullmatch(r"-0+", number) for number in re.split(":", piece)):
+            # "-0:" would select everything and ":-0" nothing: an off-by-one, not an intent.
+            raise fail(
+                f"has the position {piece!r}: -0 is 0 in Python, the first child, not one from the end",
+                "Count from the end with -1 for the last child; 'a:' selects from a to the end.",
+            )
+        if bounds := _RANGE.fullmatch(piece):
+            low, high = int(bounds.group(1)), int(bounds.group(2))
+            if low > high:
+                raise fail(
+                    f"has the range {piece!r} whose start is after its end",
+                    f"Ranges 'a-b' are inclusive and ascending: write '{high}-{low}'.",
+                )
+            return lambda name, span: (k := position(name)) is not None and low <= k <= high
+        if index := _INDEX.fullmatch(piece):
+            self.counts_from_end = True
+            back = int(index.group(1))
+            return lambda name, span: position(name) == span - back
+        if bounds := _SLICE.fullmatch(piece):
+            return self._slice(piece, bounds, fail)
+        if ":" in piece:
+            raise fail(
+                f"has the segment {piece!r}, which is not a slice",
+                "Slices are 'a:b', 'a:' or ':b' with whole numbers (no step); 'a-b' is an inclusive range.",
+            )
+        if "*" not in piece and "?" not in piece:
+            return lambda name, span: name == piece
+        regex = re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in piece))
+        return lambda name, span: regex.fullmatch(name) is not None
+
+    def _slice(self, piece: str, bounds: re.Match[str], fail: Callable[[str, str], SelectorError]) -> SegmentMatcher:
+        start = int(bounds.group(1)) if bounds.group(1) else 0
+        stop = int(bounds.group(2)) if bounds.group(2) else None
+        if start < 0 or (stop is not None and stop < 0):
+            self.counts_from_end = True
+        elif stop is not None and start > stop:
+            raise fail(
+                f"has the slice {piece!r} whose start is after its end",
+                f"Slices 'a:b' run from a up to b (b excluded): write '{stop}:{start}'.",
+            )
+
+        def within(name: str, span: int) -> bool:
+            k = position(name)
+            if k is None:
+                return False
+            low = start if start >= 0 else span + start  # Python's slice rules: below 0 means 0
+            high = _UNBOUNDED if stop is None else stop if stop >= 0 else span + stop
+            return low <= k < high
+
+        return within
+
+
+@dataclass(frozen=True)
+class ParamSelector:
+    """A selector over parameters only (build it with :func:`params`); it never selects a module."""
+
+    what: str | Callable[[str, nn.Parameter], bool]  # a path pattern, or a predicate (path, parameter) -> bool
+
+    def __repr__(self) -> str:
+        return f"params({getattr(self.what, '__name__', self.what)!r})"
+
+
+def params(what: str | Callable[[str, nn.Parameter], bool]) -> ParamSelector:
+    """Return a selector that names parameters only, by pattern or by predicate ``(path, parameter)``.
+
+    Args:
+        what: a path pattern (``"**"``: every parameter) or a predicate called once per
+            parameter use as ``what(path, parameter)``.
+
+    Returns:
+        A selector for ``select`` / ``freeze`` / ``thaw`` and their ``exclude=``.
+
+    Raises:
+        TypeError: ``what`` is neither a string nor callable.
+
+    Example:
+        >>> import torch, frozen
+        >>> from frozen._select.patterns import params
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+        >>> frozen.select(net, params(lambda path, p: p.ndim == 1))
+        ['0.bias', '1.weight', '1.bias']
+    """
+    if not isinstance(what, str) and not callable(what):
+        raise TypeError(
+            f"frozen.params(...): expected a path pattern (str) or a predicate (path, parameter) -> bool, "
+            f"received {type(what).__name__} {what!r}. Pass e.g. frozen.params(lambda path, p: p.ndim == 1)."
+        )
+    return ParamSelector(what)
+
+
+def compile_pattern(
+    pattern: str, function: str = "frozen.select", role: str = "target", spans: Mapping[str, int] | None = None
+) -> Callable[[str], bool]:
+    """Return a function ``path -> bool`` for a dotted-path pattern (see ``docs/selectors.md``).
+
+    Args:
+        pattern: the pattern, e.g. ``"encoder.layer.*.attention"`` or ``"**.bias"``.
+        function: the public function to name in error messages.
+        role: what the pattern is to that function (``"target"``, ``"exclude"``).
+        spans: container path -> one more than its largest numbered child. Needed only by
+            patterns that count from the end (``"layer.-1"``, ``"layer.-2:"``).
+
+    Returns:
+        A function telling whether a module or parameter path matches.
+
+    Raises:
+        frozen.SelectorError: the pattern is malformed, or counts from the end without ``spans``.
+
+    Example:
+        >>> match = compile_pattern("encoder.**.bias")
+        >>> match("encoder.bias"), match("encoder.layer.0.bias"), match("head.bias")
+        (True, True, False)
+        >>> compile_pattern("layer.-1", spans={"layer": 12})("layer.11")
+        True
+    """
+    compiled = Pattern(pattern, function, role)
+    if compiled.counts_from_end and spans is None:
+        raise SelectorError(
+            f"{function}: the {role} pattern {pattern!r} counts from the end of a container, which needs "
+            f"the model to know its length, and {function} does not support it. Name the positions "
+            f"from the start instead (e.g. '10-11' or '10:')."
+        )
+    return lambda path: compiled.match(path, spans)
+
+
+class PathTree:
+    """A model's module and parameter uses in pre-order, indexed for linear-time selection.
+
+    Example:
+        >>> import torch
+        >>> tree = PathTree(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))
+        >>> [u.path for u in tree.uses], tree.end, tree.spans
+        (['', '0', '1'], [3, 2, 3], [2, 0, 0])
+        >>> tree.module_hits(Pattern("-1")), tree.param_hits(Pattern("**.bias"))
+        ([False, False, True], [False, True])
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.uses: list[ModuleUse] = list(iter_module_uses(model))
+        self.index = {use.path: i for i, use in enumerate(self.uses)}
+        # A child's path is its parent's path, a dot and its name (names never hold dots).
+        split = [use.path.rpartition(".") for use in self.uses]
+        self.parent = [-1] + [self.index[head] for head, _, _ in split[1:]]
+        self.names = [name for _, _, name in split]
+        self.end = list(range(1, len(self.uses) + 1))
+        for i in range(len(self.uses) - 1, 0, -1):  # children come after their parent
+            self.end[self.parent[i]] = max(self.end[self.parent[i]], self.end[i])
+
+    @cached_property
+    def params(self) -> list[ParamUse]:
+        """Every parameter use, in model order (only built when a selector needs it)."""
+        return list(iter_param_uses(self.model))
+
+    @cached_property
+    def owner(self) -> list[int]:
+        """For each parameter use, the index of the module use holding it."""
+        return [self.index[use.path.rpartition(".")[0]] for use in self.params]
+
+    @cached_property
+    def spans(self) -> list[int]:
+        """For each module use, one more than its largest numbered child (module or parameter)."""
+        spans = [0] * len(self.uses)
+        children = zip(self.parent[1:], self.names[1:])
+        for parent, name in [*children, *((o, p.name) for o, p in zip(self.owner, self.params))]:
+            k = position(name)
+            if k is not None and k >= spans[parent]:
+                spans[parent] = k + 1
+        return spans
+
+    def masks(self, pattern: Pattern) -> list[int]:
+        """The automaton state of ``pattern`` after reading each module use's path."""
+        spans = self._spans(pattern)
+        masks = [pattern.start]
+        for i in range(1, len(self.uses)):
+            masks.append(pattern.step(masks[self.parent[i]], self.names[i], spans[self.parent[i]]))
+        return masks
+
+    def _spans(self, pattern: Pattern) -> list[int]:
+        return self.spans if pattern.counts_from_end else [_UNBOUNDED] * len(self.uses)
+
+    def module_hits(self, pattern: Pattern, masks: list[int] | None = None) -> list[bool]:
+        """Whether each module use's path matches ``pattern``."""
+        return [pattern.accepts(mask) for mask in (masks if masks is not None else self.masks(pattern))]
+
+    def param_hits(self, pattern: Pattern, masks: list[int] | None = None) -> list[bool]:
+        """Whether each parameter use's path matches ``pattern``."""
+        masks, spans = masks if masks is not None else self.masks(pattern), self._spans(pattern)
+        return [pattern.accepts(pattern.step(masks[o], use.name, spans[o])) for o, use in zip(self.owner, self.params)]
+
+    def cover(self, hits: list[bool]) -> list[bool]:
+        """Expand hits to whole subtrees: one sweep, as a subtree is a range of the walk."""
+        covered, until = [], 0
+        for i, hit in enumerate(hits):
+            if hit and self.end[i] > until:
+                until = self.end[i]
+            covered.append(i < until)
+        return covered
