@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from snapshots import assert_same, snapshot
+from tiny_models import two_layers
 from torch import nn
 
 import frozen
@@ -113,3 +115,11 @@ def test_exclude_pattern_typo_raises_and_bad_types():
         frozen.select(torch.zeros(2), "head")
     with pytest.raises(TypeError, match="train_norms"):
         frozen.select(make_model(), "head", train_norms="yes")
+
+
+def test_one_argument_predicate_raises_naming_the_signature_and_changes_nothing():
+    model = two_layers()
+    before = snapshot(model)
+    with pytest.raises((frozen.FrozenError, TypeError), match=r"predicate|\(path, module\)"):
+        frozen.freeze(model, lambda module: isinstance(module, nn.Linear))
+    assert_same(before, snapshot(model))
