@@ -65,7 +65,7 @@ def test_types_objects_predicates_and_no_target():
         "encoder.layer.3.0",
         "encoder.layer.3.1",
     ]
-    # The whole model is spelled "" (issue 12 item 6): no targets at all is refused.
+    # The whole model is spelled "": no targets at all is refused.
     assert frozen.select(model, "") == [n for n, _ in model.named_modules()]
     with pytest.raises(frozen.SelectorError, match=r'no targets given.*frozen.select\(model, ""\)'):
         frozen.select(model, *[])
