@@ -79,7 +79,7 @@ def _build_all(scenario: Scenario, names: list[str], setup: Setup, skipped: dict
     for name in names:
         try:
             workloads[name] = scenario.build(name.removesuffix(AA), setup)
-        except Exception as error:  # a variant that cannot run is a finding, not a crash
+        except Exception as error:  # a variant that cannot run is a result (an n/a row saying why), not a crash
             skipped[name] = f"failed to build: {type(error).__name__}: {str(error)[:300]}"
     return workloads
 
