@@ -17,9 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import _report
-from ._registry import load_errors, scenarios
-from ._run import Settings, run_scenario
+from .harness import Settings, missing, report, run_scenario, scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,6 +64,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    chosen = [s for s in scenarios() if not args.scenario or s.key in args.scenario]
+    if args.scenario:  # asked for by key: a scenario whose stack is missing is an error, not a gap
+        for scenario in chosen:
+            if gone := missing(scenario):
+                print(
+                    f"--scenario {scenario.key}: it requires {', '.join(gone)}, which cannot be imported here; "
+                    "install it (or leave this scenario out).",
+                    file=sys.stderr,
+                )
+                return 2
     torch.set_num_threads(args.threads)
     memory = args.memory == "on" or (args.memory == "auto" and not args.quick)
     settings = Settings(
@@ -78,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         device=device,
         clock=("wall" if device.type == "cuda" else "cpu") if args.clock == "auto" else args.clock,
     )
-    slug = _report.machine_slug(device)
+    slug = report.machine_slug(device)
     out = args.out or (ROOT / "out" / "benchmarks" / slug if args.quick else ROOT / "benchmarks" / "results" / slug)
     out.mkdir(parents=True, exist_ok=True)
     machine = (
-        _report.machine(device)
+        report.machine(device)
         + f"; load average at start {os.getloadavg()[0]:.2f}; clock: {settings.clock}"
         + (" (process CPU time)" if settings.clock == "cpu" else " (perf_counter)")
     )
@@ -90,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{machine}\nwriting to {out}", flush=True)
     started = time.perf_counter()
     results, left_out = [], []
-    for scenario in scenarios():
-        if args.scenario and scenario.key not in args.scenario:
+    for scenario in chosen:
+        if gone := missing(scenario):
+            left_out.append(f"`{scenario.key}` was left out: it requires {', '.join(gone)}, not installed here.")
+            print(f"\n{scenario.title}: LEFT OUT: it requires {', '.join(gone)}", flush=True)
             continue
         if args.quick and not scenario.quick and not args.scenario:
             left_out.append(f"`{scenario.key}` is not in `--quick`: {scenario.quick_note}")
@@ -100,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         result = run_scenario(scenario, settings)
         results.append(result)
-        text = _report.scenario_markdown(result, machine, command.strip())
+        text = report.scenario_markdown(result, machine, command.strip())
         if scenario.key == "seed" and not args.no_profile and device.type == "cpu":
-            from ._profile import seed_profile
+            from .scenarios.seed import seed_profile
 
             text += "\n" + seed_profile(full=not args.quick)
         (out / f"{scenario.key}.md").write_text(text)
@@ -114,14 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         + ("one fresh process per variant, 3 steps." if memory else "not measured in this run (--quick).")
         + " The deterministic memory figure is the saved-activation bytes in each scenario's table.",
         *left_out,
-        *(
-            f"Extension `{name}` failed to import: `{error.strip().splitlines()[-1]}`"
-            for name, error in load_errors().items()
-        ),
     ]
-    (out / "summary.md").write_text(_report.summary_markdown(results, machine, command.strip(), notes))
+    (out / "summary.md").write_text(report.summary_markdown(results, machine, command.strip(), notes))
     try:
-        _report.write_chart(results, out / "chart.png", machine)
+        report.write_chart(results, out / "chart.png", machine)
     except ImportError as error:  # the tables are the result; the chart is a view of them
         print(f"chart.png not written: {error} (pip install matplotlib)", file=sys.stderr)
     print(f"\ndone in {time.perf_counter() - started:.0f} s; tables in {out}")
@@ -131,15 +137,17 @@ def main(argv: list[str] | None = None) -> int:
 def _print(result, seconds: float) -> None:
     print(f"\n{result.scenario.title}  ({seconds:.0f} s)")
     for row in result.rows:
+        step = f"{row.timing.median * 1e3:9.3f} ms" if row.timing.samples else "measured once"
+        figures = "" if row.timing.samples else "  " + ", ".join(f"{k}: {v}" for k, v in row.figures.items())
         ratio = "" if row.vs_ideal is None else f"{row.vs_ideal[0]:6.3f}x {result.scenario.reference}"
         saved = "" if row.saved_bytes is None else f"saved {row.saved_bytes / 2**20:8.2f} MiB"
         ok = {True: "correct", False: "NOT CORRECT: " + row.correct_note, None: ""}[row.correct]
-        print(f"  {row.variant:20s} {row.timing.median * 1e3:9.3f} ms  {ratio}  {saved}  {ok}")
+        print(f"  {row.variant:20s} {step}  {ratio}  {saved}  {ok}{figures}")
     for variant, why in result.skipped.items():
         print(f"  {variant:20s} SKIPPED: {why}")
     if result.spread is not None:
         print(f"  A/A spread: ±{result.spread:.3f}")
-    for line in _report.verdict_lines(result):
+    for line in report.verdict_lines(result):
         print(line)
     sys.stdout.flush()
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run every registered benchmark scenario on CUDA - the same scenarios as the CPU run
 # (frozen backbones, partial BERT, tied GPT-2, conv-BN middle, torch.compile, gradient
-# checkpointing with its recompute counts and saved-activation bytes, and the extension
-# scenarios in _selectors.py / _beyond.py when present) - and write the same tables, verdicts
+# checkpointing with its recompute counts and saved-activation bytes, selectors, cached
+# prefixes, lean middles, rows: every family in benchmarks/harness/registry.py) - and write the same tables, verdicts
 # and chart to benchmarks/results/<card>/, after benchmarks/gpu_check.py passed on the card.
 # Distributed runs are not part of it.
 #
@@ -33,11 +33,11 @@ if [ -z "$python" ]; then
   exit 3
 fi
 for module in transformers matplotlib; do
-  "$python" -c "import $module" 2>/dev/null || echo "gpu.sh: warning: $module is missing; its parts of the suite will be skipped" >&2
+  "$python" -c "import $module" 2>/dev/null || echo "gpu.sh: warning: $module is missing; the scenarios that require it will be left out" >&2
 done
 "$python" -c 'import torch; print("gpu.sh: torch", torch.__version__, "on", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")'
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # the library itself, even without `pip install -e .`
-"$python" -c 'import sys; sys.path.insert(0, "."); from benchmarks._registry import scenarios
+"$python" -c 'import sys; sys.path.insert(0, "."); from benchmarks.harness import scenarios
 print("gpu.sh: scenarios:", " ".join(s.key for s in scenarios()))'
 # The library's promises on the card first (cuDNN lean convolutions, bf16 storage across moves,
 # cache stores and invalidation, a compiled step): timing a broken library would be pointless.

@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 import frozen
 from frozen._cache.api import CacheError, cache
 
-TOL = {"rtol": 1.3e-6, "atol": 1e-5}  # as in test_cache.py: replayed rows against a fresh forward
+TOL = {"rtol": 1.3e-6, "atol": 1e-5}  # as in tests/helpers/cached_models.py: replayed rows against a fresh forward
 
 
 def _train(

@@ -17,7 +17,7 @@ import frozen
 from frozen._cache.api import CacheError, cache, cache_stats
 from frozen._cache.part import Part
 
-TOL = {"rtol": 1.3e-6, "atol": 1e-5}  # as in test_cache.py: replayed rows against a fresh forward
+TOL = {"rtol": 1.3e-6, "atol": 1e-5}  # as in tests/helpers/cached_models.py: replayed rows against a fresh forward
 LENGTH = BATCH = 8
 
 

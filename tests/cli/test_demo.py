@@ -9,7 +9,7 @@ from rich.console import Console
 
 from frozen._cli.demo import DemoResult, Thaw, draw_curves, run_demo
 
-# `frozen demo --quick` through the command line runs in tests/test_readme_commands.py.
+# `frozen demo --quick` through the command line runs in tests/cli/test_readme_commands.py.
 
 
 def quiet_console() -> Console:

@@ -1,4 +1,4 @@
-"""Freezing never switches gradient checkpointing off where backward passes through (issue 10 item 4).
+"""Freezing never switches gradient checkpointing off where backward passes through.
 
 Hugging Face layers checkpoint only when ``gradient_checkpointing and training``. A frozen
 layer with checkpointing on keeps its parent's training flag (its children still run in

@@ -1,4 +1,4 @@
-"""The house rules run with the tests: ruff (lint and format) and mypy, clean (issue 9 item 7)."""
+"""The house rules run with the tests: ruff (lint and format) and mypy, clean."""
 
 import subprocess
 import sys

@@ -6,7 +6,7 @@ Checked after every operation and at the end of each sequence:
     twin that saw the same ``train()``/``eval()`` calls but no freezing (exactly; a part stored in bfloat16 is
     compared with a twin whose same tensors were rounded to bfloat16);
 (b) ``frozen.trainable(model)`` equals the set computed by :class:`Reference`, an independent implementation
-    of the contract (design.md S1-S4, S8, S9) that only knows which calls succeeded;
+    of the contract (docs/contract.md S1-S4, S8, S9) that only knows which calls succeeded;
 (c) one AdamW (weight decay) and one SGD (momentum, weight decay) step over ``frozen.optim.param_groups``
     after a train-mode forward/backward never changes a frozen parameter or a frozen buffer by one bit;
 (d) ``frozen.grad(loss, model)`` is ``None`` exactly for the parameters that do not train;

@@ -1,4 +1,6 @@
-"""The seed discussion's "Examples/tests" block (Flux.jl issue 1931), translated.
+"""The seed discussion's "Examples/tests" block, translated.
+
+The discussion: https://github.com/FluxML/Flux.jl/issues/1931
 
 Dense(n, m, tanh) -> Linear + Tanh, Flux.params -> frozen.trainable,
 gradient(f, ps) -> torch.autograd.grad over those parameters, nothing -> None,

@@ -1,12 +1,14 @@
 """Frozen(m, dtype=...): frozen weights in low precision, the boundary in the caller's."""
 
 import copy
+import dataclasses
 import io
 from collections import OrderedDict
 
 import pytest
 import torch
 from snapshots import assert_same, snapshot
+from tiny_models import two_layers
 from torch import nn
 
 import frozen
@@ -161,3 +163,177 @@ def test_freeze_state_records_the_precision_and_load_state_restores_it_exactly()
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in model.state_dict().items())
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(fresh(x), model(x))
+
+
+# -- dtype changes after freezing ----------------------------------------------------------------------------
+
+
+# Casting the whole model (.to(dtype), .half(), .float(), .double()) after freeze(..., dtype=) /
+# Frozen(m, dtype=) keeps the frozen part's storage dtype (the boundary casts to and from whatever the
+# caller uses); thaw restores the part's pre-freeze dtype unless the whole model was cast after
+# freezing: then the part takes the model's current dtype.
+
+
+def _low(kind: str) -> tuple[nn.Module, nn.Module]:
+    """A two-layer model whose first layer is stored in bfloat16, the ``kind`` way; and that layer."""
+    torch.manual_seed(0)
+    if kind == "freeze":
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+        frozen.freeze(model, "0", dtype=torch.bfloat16)
+        return model, model[0]
+    inner = nn.Linear(4, 4)
+    return nn.Sequential(frozen.Frozen(inner, dtype=torch.bfloat16), nn.Linear(4, 2)), inner
+
+
+@pytest.mark.parametrize("kind", ["freeze", "Frozen"])
+@pytest.mark.parametrize(
+    "cast, dtype",
+    [
+        (lambda m: m.to(torch.float64), torch.float64),
+        (lambda m: m.double(), torch.float64),
+        (lambda m: m.half(), torch.float16),
+        (lambda m: m.float(), torch.float32),
+    ],
+    ids=["to(float64)", "double", "half", "float"],
+)
+def test_casting_the_model_after_low_precision_freezing_keeps_storage_and_forward_works(kind, cast, dtype):
+    model, part = _low(kind)
+    cast(model)
+    assert part.weight.dtype == torch.bfloat16  # the frozen part's storage dtype is kept
+    assert model[1].weight.dtype == dtype
+    out = model(torch.randn(3, 4, dtype=dtype))
+    assert out.dtype == dtype
+
+
+def test_thaw_after_casting_the_whole_model_gives_the_part_the_models_dtype():
+    model, part = _low("freeze")
+    model.to(torch.float64)
+    frozen.thaw(model)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    assert model(torch.randn(3, 4, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_thaw_after_to_bfloat16_leaves_no_mixed_dtypes():
+    model, _ = _low("freeze")
+    model.to(torch.bfloat16)
+    frozen.thaw(model)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_thaw_without_a_cast_restores_the_pre_freeze_dtype():
+    model, _ = _low("freeze")
+    frozen.thaw(model)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_autocast_cpu_bf16_with_an_fp16_stored_part_gives_no_raw_torch_error():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), nn.Linear(4, 2))
+    frozen.freeze(model, "1", dtype=torch.float16)  # the LayerNorm sees autocast's bfloat16 output
+    x = torch.randn(3, 4, requires_grad=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+    except frozen.FrozenError as error:  # refusing clearly is allowed; a raw torch error is not
+        assert "autocast" in str(error)
+        return
+    out.float().sum().backward()
+    assert x.grad is not None and model[0].weight.grad is not None and model[1][0].weight.grad is None
+
+
+def test_freeze_with_dtype_of_a_module_reached_twice_then_thaw_restores_float32_without_hooks():
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, shared, nn.Linear(4, 2))
+    frozen.freeze(model, "0", "1", dtype=torch.bfloat16)
+    assert shared.weight.dtype == torch.bfloat16
+    assert model(torch.randn(3, 4)).dtype == torch.float32
+    frozen.thaw(model)
+    assert shared.weight.dtype == torch.float32 and shared.bias.dtype == torch.float32
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@dataclasses.dataclass
+class _Out:
+    value: torch.Tensor
+    extra: torch.Tensor
+
+
+class _DataclassPart(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> _Out:
+        y = self.lin(x)
+        return _Out(y, y.sum(-1))
+
+
+class _UsesDataclass(nn.Module):
+    def __init__(self, part: nn.Module) -> None:
+        super().__init__()
+        self.part = part
+
+    def forward(self, x: torch.Tensor) -> _Out:
+        return self.part(x)
+
+
+@pytest.mark.parametrize("kind", ["freeze", "Frozen"])
+def test_low_precision_part_returning_a_dataclass_returns_caller_precision(kind):
+    if kind == "freeze":
+        model = frozen.freeze(_UsesDataclass(_DataclassPart()), "part", dtype=torch.bfloat16)
+    else:
+        model = _UsesDataclass(frozen.Frozen(_DataclassPart(), dtype=torch.bfloat16))
+    out = model(torch.randn(3, 4))
+    assert isinstance(out, _Out)
+    assert out.value.dtype == torch.float32 and out.extra.dtype == torch.float32
+
+
+def test_freeze_with_a_float8_dtype_is_refused_at_the_call():
+    model = two_layers()
+    before = snapshot(model)
+    with pytest.raises(frozen.FrozenError, match="dtype"):
+        frozen.freeze(model, "0", dtype=torch.float8_e4m3fn)
+    assert_same(before, snapshot(model))
+
+
+def test_fp16_part_under_bf16_autocast_is_finite_or_refused_naming_both():
+    torch.manual_seed(0)
+    part = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    model = nn.Sequential(nn.Linear(4, 4), frozen.Frozen(part, dtype=torch.float16), nn.Linear(4, 2))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(torch.randn(3, 4))
+    except frozen.FrozenError as error:
+        assert "autocast" in str(error) and "float16" in str(error)
+        return
+    assert torch.isfinite(out.float()).all()
+
+
+def test_freeze_with_dtype_of_a_part_whose_root_has_no_forward_never_gives_a_raw_dtype_error():
+    # A ModuleList is never called itself: boundary casts hung on it would never run.
+    torch.manual_seed(0)
+
+    class Chain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    model = nn.Sequential(nn.Linear(4, 4), Chain())
+    before = snapshot(model)
+    try:
+        frozen.freeze(model, "1.layers", dtype=torch.bfloat16)
+    except frozen.FrozenError as error:  # refusing clearly, naming the part, is allowed
+        assert "1.layers" in str(error)
+        assert_same(before, snapshot(model))
+        return
+    x = torch.randn(3, 4, requires_grad=True)
+    out = model(x)
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    assert x.grad is not None and model[1].layers[0].weight.grad is None

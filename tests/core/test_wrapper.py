@@ -2,6 +2,7 @@
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
@@ -253,3 +254,32 @@ def test_hooks_and_torch_internals_set_on_the_wrapper_stay_on_the_wrapper():
     wrapped(x).sum().backward()
     assert seen == [wrapped]
     assert inner._is_full_backward_hook is None and wrapped._is_full_backward_hook is True
+
+
+# -- a child attached to a wrapper ---------------------------------------------------------------------------
+
+
+def test_child_attached_to_a_wrapper_is_owned_or_refused():
+    lin = nn.Linear(4, 4)
+    w = frozen.Frozen(lin)
+    model = nn.Sequential(w, nn.Linear(4, 2))
+    try:
+        w.adapter = nn.Linear(4, 4)
+    except (frozen.FrozenError, TypeError, AttributeError) as error:  # refused clearly
+        assert "adapter" in str(error)
+        assert list(model.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias"]
+        return
+    adapter = w.adapter
+    keys = [k for k in model.state_dict() if "adapter" in k]
+    assert keys, "state_dict must save the attached adapter"
+    restored = copy.deepcopy(model)
+    restored.load_state_dict(model.state_dict())
+    listed = {id(p) for p in frozen.trainable(model)}
+    report = frozen.report(model)
+    assert any("adapter" in row.path for row in report.rows)
+    assert report.total_params == sum(p.numel() for p in model.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", frozen.TiedParameterWarning)
+        grads = frozen.grad(model(torch.randn(2, 4)).sum(), model)
+    assert any("adapter" in k for k in grads)
+    assert (id(adapter.weight) in listed) == (grads[next(k for k in grads if "adapter.weight" in k)] is not None)

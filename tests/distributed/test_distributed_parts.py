@@ -5,8 +5,8 @@ A perceptual loss whose feature net is cached with ``grad_inputs="pass"`` runs u
 One spawn (2 processes, gloo, CPU, file-store rendezvous) runs every scenario and saves
 what each rank saw. Cache and lean train twice on every rank -- with the speed-up and
 without -- and the tests compare the two. Tolerances: the cache replays bit-identical
-rows here (TOL is the one of tests/test_cache.py); folding BatchNorm changes float
-rounding (TOL of tests/test_lean.py). Frozen rows are checked against a single-process
+rows here (TOL is the one of tests/helpers/cached_models.py); folding BatchNorm changes float
+rounding (TOL of tests/lean/test_lean.py). Frozen rows are checked against a single-process
 run on both ranks' data (1e-6: the all-reduce sums in another order). Under FSDP2 a
 cached prefix and a lean middle must follow ``set_model_state_dict`` (FSDP2 writes the
 shards with their version counters preserved) and in-place edits of the sharded weights.

@@ -1,4 +1,4 @@
-"""frozen's Hugging Face callback thawing on a plan in a real two-process DDP Trainer run (issue 11)."""
+"""frozen's Hugging Face callback thawing on a plan in a real two-process DDP Trainer run."""
 
 from __future__ import annotations
 

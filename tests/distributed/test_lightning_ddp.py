@@ -1,4 +1,4 @@
-"""frozen's Lightning callback thawing on a plan under real two-process DDP (issue 10: ``ddp_spawn``).
+"""frozen's Lightning callback thawing on a plan under real two-process DDP (``ddp_spawn``).
 
 The reproduction: ``FreezeCallback(unfreeze=[Stage(...)])`` under ``ddp_spawn`` left the thawed
 backbone different across ranks (1e-2 after 3 epochs), because DDP's reducer was built for the

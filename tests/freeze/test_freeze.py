@@ -2,10 +2,13 @@
 
 import copy
 import io
+import sys
+import threading
 
 import pytest
 import torch
 from snapshots import assert_same, snapshot
+from tiny_models import two_layers
 from torch import nn
 
 import frozen
@@ -235,3 +238,62 @@ def test_frozen_model_survives_deepcopy_and_save():
         assert [n for n, _ in frozen.named_trainable(clone)] == [n for n, _ in frozen.named_trainable(net)]
         frozen.thaw(clone)
         assert clone[0].training and "train" not in clone[0].__dict__
+
+
+# -- threads, inference mode, cycles -------------------------------------------------------------------------
+
+
+def test_concurrent_freeze_thaw_on_disjoint_parts_never_loses_a_record():
+    # A race test: unguarded bookkeeping loses a record in about 1 trial in 20, so a regression may pass a run.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        for _ in range(20):
+            model = nn.Sequential(*[nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)) for _ in range(6)])
+            errors: list[BaseException] = []
+
+            def churn(target: str, model: nn.Module = model, errors: list = errors) -> None:
+                try:
+                    for _ in range(30):
+                        frozen.freeze(model, target)
+                        frozen.thaw(model, target)
+                except BaseException as error:  # noqa: B036 - reported below
+                    errors.append(error)
+
+            threads = [threading.Thread(target=churn, args=(t,)) for t in ("0-2", "3-5")]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert all(isinstance(e, frozen.FrozenError) for e in errors), errors  # detected, not corrupted
+            frozen.thaw(model)
+            assert all(p.requires_grad for p in model.parameters())
+            assert len(frozen.trainable(model)) == 24
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def test_a_model_built_under_inference_mode_is_refused_unchanged():
+    with torch.inference_mode():
+        model = two_layers()
+    before = snapshot(model)
+    try:
+        frozen.freeze(model, "0")
+    except frozen.FrozenError as error:  # refusing at freeze is allowed
+        assert "inference" in str(error)
+        assert_same(before, snapshot(model))
+        return
+    frozen_state = snapshot(model)
+    with pytest.raises(frozen.FrozenError, match="inference"):
+        frozen.thaw(model)
+    assert_same(frozen_state, snapshot(model))  # not half-modified
+
+
+def test_a_cyclic_module_graph_is_refused():
+    a = nn.Sequential(nn.Linear(2, 2))
+    b = nn.Sequential(a)
+    a.add_module("back", b)  # a -> b -> a
+    with pytest.raises(frozen.FrozenError, match="cycl"):
+        frozen.freeze(a)
+    with pytest.raises(frozen.FrozenError, match="cycl"):
+        frozen.trainable(a)

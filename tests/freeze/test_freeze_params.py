@@ -1,4 +1,4 @@
-"""freeze / thaw / state of single parameters (issue 12 item 1): the core half of parameter selectors."""
+"""freeze / thaw / state of single parameters: the core half of parameter selectors."""
 
 import json
 

@@ -1,5 +1,7 @@
 """frozen.freezing(): construction-time freezing (S7)."""
 
+import asyncio
+import copy
 import threading
 
 import pytest
@@ -96,3 +98,74 @@ def test_other_threads_are_not_affected():
         release.wait(timeout=30)
     thread.join()
     assert made["layer"].weight.requires_grad and not frozen.is_frozen(made["layer"])
+
+
+# -- freezing() and other code of the process ----------------------------------------------------------------
+
+
+def test_freezing_keeps_another_librarys_later_init_patch():
+    original = nn.Module.__init__
+    seen = []
+
+    def patched(self, *args, **kwargs):
+        seen.append(type(self).__name__)
+        original(self, *args, **kwargs)
+
+    nn.Module.__init__ = patched
+    try:
+        with frozen.freezing():
+            nn.Linear(2, 2)
+        assert "Linear" in seen  # the other library's patch ran inside the block
+        assert nn.Module.__init__ is patched  # and is still installed after it
+        nn.Linear(2, 2)
+        assert seen.count("Linear") == 2
+    finally:
+        nn.Module.__init__ = original
+
+
+def test_freezing_freezes_a_deepcopy_made_inside_the_block():
+    base = nn.Linear(2, 2)
+    with frozen.freezing():
+        made = copy.deepcopy(base)
+    assert frozen.trainable(made) == [] and not made.weight.requires_grad
+    assert frozen.trainable(base) == [base.weight, base.bias] and base.weight.requires_grad
+
+
+def test_freezing_in_a_suspended_generator_does_not_freeze_other_code_of_the_thread():
+    def builder():
+        with frozen.freezing():
+            inside = nn.Linear(2, 2)
+            yield
+        yield inside
+
+    first, second = builder(), builder()
+    next(first)
+    next(second)  # two blocks open, interleaved
+    unrelated = nn.Linear(2, 2)  # built by code outside both blocks
+    inside_second = next(second)
+    inside_first = next(first)
+    assert frozen.trainable(unrelated) == [unrelated.weight, unrelated.bias]
+    assert frozen.trainable(inside_first) == [] and frozen.trainable(inside_second) == []
+
+
+def test_freezing_in_an_asyncio_task_does_not_freeze_modules_of_another_task():
+    async def frozen_task(opened: asyncio.Event, built: asyncio.Event) -> nn.Module:
+        with frozen.freezing():
+            inside = nn.Linear(2, 2)
+            opened.set()
+            await built.wait()
+        return inside
+
+    async def plain_task(opened: asyncio.Event, built: asyncio.Event) -> nn.Module:
+        await opened.wait()
+        module = nn.Linear(2, 2)
+        built.set()
+        return module
+
+    async def main():
+        opened, built = asyncio.Event(), asyncio.Event()
+        return await asyncio.gather(frozen_task(opened, built), plain_task(opened, built))
+
+    inside, plain = asyncio.run(main())
+    assert frozen.trainable(inside) == []
+    assert frozen.trainable(plain) == [plain.weight, plain.bias]

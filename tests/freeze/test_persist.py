@@ -4,6 +4,8 @@ import json
 
 import pytest
 import torch
+from snapshots import assert_same, snapshot
+from tiny_models import two_layers
 from torch import nn
 
 import frozen
@@ -79,3 +81,37 @@ def test_bad_state_raises_and_changes_nothing(edit, error, match):
     assert (frozen.state(net), flags(net)) == before
     with pytest.raises(TypeError, match="expected the dict frozen.state"):
         frozen.load_state(net, [])
+
+
+# -- load_state validates before it changes anything ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["int64", "bool", "complex64", "float8_e4m3fn"])
+def test_load_state_with_an_edited_dtype_raises_before_changing_anything(name):
+    saved = frozen.state(frozen.freeze(two_layers(), "0", dtype=torch.bfloat16))
+    saved["frozen"][0]["dtype"] = name
+    model = frozen.freeze(two_layers(), "1")
+    before = snapshot(model)
+    with pytest.raises(frozen.FrozenError, match=name):
+        frozen.load_state(model, saved)
+    assert_same(before, snapshot(model))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: s.update(frozen=None),
+        lambda s: s.update(switched_off=None),
+        lambda s: s["frozen"][0].update(path=None),
+        lambda s: s["frozen"][0].update(tied_slots=None),
+    ],
+    ids=["frozen=None", "switched_off=None", "path=None", "tied_slots=None"],
+)
+def test_load_state_with_a_none_field_raises_and_changes_nothing(edit):
+    saved = frozen.state(frozen.freeze(two_layers(), "0"))
+    edit(saved)
+    model = two_layers()
+    before = snapshot(model)
+    with pytest.raises((frozen.FrozenError, TypeError), match="saved|state"):
+        frozen.load_state(model, saved)
+    assert_same(before, snapshot(model))

@@ -60,3 +60,20 @@ def test_after_settle_only_the_tied_parameters_are_detached_at_the_frozen_use():
     assert detached == [(True, "weight"), (True, "bias")]
     only_frozen = frozen.settle(nn.Sequential(frozen.Frozen(nn.Linear(2, 2)), nn.Linear(2, 1)))
     assert only_frozen[0]._plan.direct and not only_frozen[0]._plan.detach
+
+
+# -- a tied use that trains is reported as training ----------------------------------------------------------
+
+
+def test_frozen_gpt2_wte_with_tied_lm_head_warns_at_settle_and_report_says_it_trains():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20, n_positions=16, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    model.transformer.wte = frozen.Frozen(model.transformer.wte)
+    with pytest.warns(frozen.TiedParameterWarning, match="lm_head"):
+        frozen.settle(model)
+    assert any(p is model.lm_head.weight for p in frozen.trainable(model))  # per-use semantics (S4)
+    row = next(r for r in frozen.report(model).rows if r.path == "transformer.wte")
+    assert row.state != "frozen" and "lm_head" in row.state

@@ -1,4 +1,4 @@
-"""One rank of the two-process Hugging Face Trainer run in tests/test_hf_ddp.py (spawned, not collected)."""
+"""One rank of the two-process Hugging Face Trainer run in tests/distributed/test_hf_ddp.py (spawned, not collected)."""
 
 from __future__ import annotations
 

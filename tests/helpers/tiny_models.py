@@ -56,3 +56,9 @@ class SuperResolution(nn.Module):
         return (self.features(self.generator(low)) - self.features(high)).square().mean()
 
     forward = loss  # for DDP and torch.func.functional_call
+
+
+def two_layers() -> nn.Sequential:
+    """A seeded ``Linear(4, 4) -> Linear(4, 2)``: the smallest model with a part to freeze and a part to train."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))

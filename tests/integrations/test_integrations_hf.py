@@ -78,7 +78,7 @@ def test_callback_rejects_bad_arguments_when_created():
         FreezeCallback("bert", mode="train")
 
 
-# -- resume, decay rule, rates, steps, logging (issue 11) -----------------------------------------
+# -- resume, decay rule, rates, steps, logging ----------------------------------------------------
 
 
 def two_stage_callback(unit: str = "epoch", at: tuple[int, int] = (1, 2)) -> FreezeCallback:

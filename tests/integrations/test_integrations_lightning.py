@@ -101,7 +101,7 @@ def test_resume_from_a_checkpoint_after_a_thaw_continues_exactly(tmp_path):
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in straight.state_dict().items())
 
 
-# -- Lightning parity (issue 11) ----------------------------------------------------------------
+# -- Lightning parity --------------------------------------------------------------------------
 
 
 class Recorder(lightning.Callback):

@@ -4,7 +4,7 @@ Run the way users run it -- Lightning's own train/eval switching, a validation l
 (sanity check included) inside ``fit``, then ``trainer.validate`` (``torch.inference_mode``),
 in float32 and in ``bf16-mixed`` (autocast) -- once plain and once lean: the trained
 layers must end equal to the plain run's (float32: within the fold's rounding, the TOL of
-tests/test_lean.py), the frozen middle bit-identical, validation losses equal.
+tests/lean/test_lean.py), the frozen middle bit-identical, validation losses equal.
 """
 
 from __future__ import annotations

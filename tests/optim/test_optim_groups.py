@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tiny_models import two_layers
 from torch import nn
 
 import frozen
@@ -137,3 +138,13 @@ def test_wrong_types():
         frozen.optim.param_groups([nn.Linear(2, 2)])
     with pytest.raises(TypeError, match="Leave out 'params'"):
         frozen.optim.param_groups(Net(), overrides={"head": {"params": []}})
+
+
+def test_parts_not_a_list_raises_naming_parts():
+    with pytest.raises((frozen.FrozenError, TypeError), match="parts"):
+        frozen.optim.param_groups(two_layers(), parts=5, lr=0.1)
+
+
+def test_overrides_not_a_mapping_raises_naming_overrides():
+    with pytest.raises((frozen.FrozenError, TypeError), match="overrides"):
+        frozen.optim.param_groups(two_layers(), overrides=["1"], lr=0.1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import two_layers
 from torch import nn
 
 import frozen
@@ -140,3 +141,17 @@ def test_the_schedule_passes_its_state_policy_to_sync():
     assert torch.equal(optimizer.state[model[0].weight]["exp_avg"], moments)
     with pytest.raises(frozen.FrozenError, match=r"state='never'"):
         GradualUnfreezing(model, optimizer, [], state="never")
+
+
+def test_stages_given_a_single_stage_raises_naming_stages():
+    model = frozen.freeze(two_layers(), "0")
+    optimizer = torch.optim.SGD(frozen.trainable(model), lr=0.1)
+    with pytest.raises(TypeError, match="stages"):
+        GradualUnfreezing(model, optimizer, stages=Stage(1, ("0",)))
+
+
+def test_stage_target_typo_is_reported_when_the_plan_is_built():
+    model = frozen.freeze(two_layers(), "0")
+    optimizer = torch.optim.SGD(frozen.trainable(model), lr=0.1)
+    with pytest.raises(frozen.SelectorError, match="nope"):
+        GradualUnfreezing(model, optimizer, [Stage(5, ("nope",))])

@@ -1,4 +1,4 @@
-"""frozen.freeze / thaw / state with frozen.Rows targets: row freezing through the public verbs (issue 12 item 2)."""
+"""frozen.freeze / thaw / state with frozen.Rows targets: row freezing through the public verbs."""
 
 import json
 

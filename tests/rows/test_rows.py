@@ -1,4 +1,4 @@
-"""Row freezing (issue 12, item 2): frozen rows are constants, trainable rows train as a separate tensor would."""
+"""Row freezing: frozen rows are constants, trainable rows train as a separate tensor would."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from test_optim_guarantee import CASES
+from optimizer_cases import CASES
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from snapshots import assert_same, snapshot
+from tiny_models import two_layers
 from torch import nn
 
 import frozen
@@ -63,7 +65,7 @@ def test_types_objects_predicates_and_no_target():
         "encoder.layer.3.0",
         "encoder.layer.3.1",
     ]
-    # The whole model is spelled "" (issue 12 item 6): no targets at all is refused.
+    # The whole model is spelled "": no targets at all is refused.
     assert frozen.select(model, "") == [n for n, _ in model.named_modules()]
     with pytest.raises(frozen.SelectorError, match=r'no targets given.*frozen.select\(model, ""\)'):
         frozen.select(model, *[])
@@ -113,3 +115,11 @@ def test_exclude_pattern_typo_raises_and_bad_types():
         frozen.select(torch.zeros(2), "head")
     with pytest.raises(TypeError, match="train_norms"):
         frozen.select(make_model(), "head", train_norms="yes")
+
+
+def test_one_argument_predicate_raises_naming_the_signature_and_changes_nothing():
+    model = two_layers()
+    before = snapshot(model)
+    with pytest.raises((frozen.FrozenError, TypeError), match=r"predicate|\(path, module\)"):
+        frozen.freeze(model, lambda module: isinstance(module, nn.Linear))
+    assert_same(before, snapshot(model))

@@ -1,4 +1,4 @@
-"""Parameter selectors (issue 12 item 1, selection half): paths, params(...), parameter objects, exclusions."""
+"""Parameter selectors (the selection half; tests/freeze/test_freeze_params.py has freeze / thaw / state): paths, params(...), parameter objects, exclusions."""
 
 import pytest
 import torch

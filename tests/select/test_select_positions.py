@@ -1,4 +1,4 @@
-"""Positional selectors (issue 12 item 3): negative indices, slices, inclusive ranges, on any numbered container."""
+"""Positional selectors: negative indices, slices, inclusive ranges, on any numbered container."""
 
 from collections import OrderedDict
 

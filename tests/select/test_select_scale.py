@@ -1,4 +1,4 @@
-"""Selection is linear in modules + parameters (issue 12 item 5), proved by counting work, never by timing.
+"""Selection is linear in modules + parameters, proved by counting work, never by timing.
 
 The counts: predicate calls, isinstance checks, automaton steps, and Python line events
 of a whole ``select`` call at two model sizes. A brute-force reference (the definition

@@ -3,7 +3,7 @@
 A small CNN learns digits 0-4, then four ways of transferring it to digits 5-9
 with ten labels per class are compared: from scratch, full fine-tune, frozen
 backbone (``Frozen`` + ``settle``) and gradual unfreezing (``freeze`` / ``thaw``
-with the optimizer re-synchronised). Decisions where the issue was silent:
+with the optimizer re-synchronised). Decisions the contract leaves open, taken here:
 
 * the frozen backbone keeps BatchNorm in inference behaviour (the library
   default), and the demo checks *every* backbone tensor — weights and running

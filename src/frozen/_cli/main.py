@@ -7,7 +7,7 @@ typo. Warnings print as one line each (``frozen report: warning: ...``). How the
 model is built or loaded (and why a pickled model needs ``--unsafe-load-pickle``)
 is in ``frozen._cli.load``.
 
-Decisions where the issue was silent:
+Decisions the contract leaves open, taken here:
 
 * ``--freeze-type`` / ``--exclude-type NAME`` take a class name, looked up among the
   classes of the model's own modules (and their base classes) first, then in

@@ -1,4 +1,4 @@
-"""Selector scaling (issue 12 item 5): one ``frozen.select`` call at 1k / 5k / 20k modules.
+"""Selector scaling: one ``frozen.select`` call at 1k / 5k / 20k modules.
 
 The model is deep and wide: ``blocks`` is a ``ModuleList`` of chains, each 30 levels of
 ``Sequential(Linear(1, 1), LayerNorm(1), next level)``, plus a ``head`` -- about 1.3
@@ -8,8 +8,8 @@ before changing anything). The reference ``walk`` is the floor every selector pa
 listing the module uses and parameter uses once (``frozen._core.tree``).
 
 Linear time shows as a constant ``× walk`` ratio and a constant ``µs per use`` figure
-across the three sizes (before issue 12 the type and predicate selectors were
-quadratic: 29 s and 63 s at 20k modules, and each ``**`` multiplied pattern time).
+across the three sizes (quadratic type and predicate selectors once took 29 s and 63 s at
+20k modules, and each ``**`` multiplied pattern time).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from torch import nn
 import frozen
 from frozen._core.tree import iter_module_uses, iter_param_uses
 
-from ._harness import Workload
-from ._registry import Bar, Scenario, Setup
+from ..harness import Bar, Scenario, Setup, Workload
 
 __all__ = ["SCENARIOS", "synthetic"]
 

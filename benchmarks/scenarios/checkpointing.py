@@ -1,4 +1,4 @@
-"""Gradient checkpointing through frozen middle layers (issue 10 item 4): recomputation and memory.
+"""Gradient checkpointing through frozen middle layers: recomputation and memory.
 
 Hugging Face models checkpoint a layer only while ``self.training`` is true. Freezing a
 middle layer that backward still passes through must not switch its checkpointing off.
@@ -13,9 +13,7 @@ import torch
 
 import frozen
 
-from ._harness import Workload
-from ._registry import Bar, Scenario, Setup
-from ._variants import frozen_keys
+from ..harness import Bar, Scenario, Setup, Workload, frozen_keys
 
 __all__ = ["SCENARIOS", "FORWARDS"]
 
@@ -108,7 +106,7 @@ def _notes(result) -> list[str]:
 SCENARIOS = (
     Scenario(
         "checkpointing",
-        "9. Gradient checkpointing through frozen middle layers",
+        "Gradient checkpointing through frozen middle layers",
         "`BertForSequenceClassification` from a config (4 layers, hidden 128, dropout 0; batch 8 x 64) "
         "with non-reentrant checkpointing (`activation_checkpointing_enable`, formerly `gradient_checkpointing_enable`); frozen middle: "
         f'`frozen.freeze(model, "{_SELECTOR}")` (default `mode="eval"`); backward crosses the frozen layers '
@@ -145,5 +143,6 @@ SCENARIOS = (
         rounds=(6, 12),
         rss=False,
         notes=_notes,
+        requires=("transformers",),  # the model is built from a transformers config
     ),
 )

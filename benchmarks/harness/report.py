@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ._registry import AA
-from ._run import Row, ScenarioResult
-from ._verdict import Verdict
+from .declare import AA
+from .run import Row, ScenarioResult
+from .verdict import Verdict
 
 __all__ = ["machine", "machine_slug", "scenario_markdown", "verdict_lines", "summary_markdown", "write_chart"]
 
@@ -112,12 +112,26 @@ def _figure(value) -> str:
 def scenario_markdown(result: ScenarioResult, machine_line: str, command: str) -> str:
     """The results file of one scenario: description, table, bars with verdicts, notes."""
     s = result.scenario
+    lines = [f"# {s.title}", "", f"Machine: {machine_line}  "]
+    lines += _timed_table(result, command) if s.timed else _measured_table(result, command)
+    if result.verdicts:
+        lines += ["## Bars", "", "| bar | measured | interval judged | bound | verdict | note |"]
+        lines.append("| --- | ---: | --- | --- | --- | --- |")
+        for v in result.verdicts:
+            value, interval = _shown(v)
+            shown = v.verdict if v.verdict != "missed" else "**missed**"
+            lines.append(f"| {v.bar.claim} | {value} | {interval} | {v.bar.op} {v.bar.bound} | {shown} | {v.note} |")
+        lines.append("")
+    if s.notes is not None:
+        lines += [*s.notes(result), ""]
+    return "\n".join(lines)
+
+
+def _timed_table(result: ScenarioResult, command: str) -> list[str]:
+    s = result.scenario
     extra = _figure_columns(result)
     ref = s.reference or "—"
     lines = [
-        f"# {s.title}",
-        "",
-        f"Machine: {machine_line}  ",
         f"Command: `{command}`; {result.rounds} rounds (order shuffled per round, one untimed re-warm step "
         f"before each variant) x {result.inner} timed steps per variant (each sample is the median of its steps).",
         "",
@@ -142,7 +156,7 @@ def scenario_markdown(result: ScenarioResult, machine_line: str, command: str) -
     for variant, why in {**s.not_applicable, **result.skipped}.items():
         lines.append(f"| {variant} | n/a | | | | | | | | | | {why} |" + " |" * len(extra))
     spread = "no A/A control" if result.spread is None else f"±{result.spread:.3f}"
-    lines += [
+    return lines + [
         "",
         f"`{ref}{AA}` is the A/A control: a second, independent build of `{ref}`, timed like every other "
         f"variant. A/A spread (how far its ratio's 95 % interval reaches from 1.0): **{spread}**. "
@@ -154,17 +168,26 @@ def scenario_markdown(result: ScenarioResult, machine_line: str, command: str) -
         "frozen parameters and buffers are bit-identical (`torch.equal`) after every step.",
         "",
     ]
-    if result.verdicts:
-        lines += ["## Bars", "", "| bar | measured | interval judged | bound | verdict | note |"]
-        lines.append("| --- | ---: | --- | --- | --- | --- |")
-        for v in result.verdicts:
-            value, interval = _shown(v)
-            shown = v.verdict if v.verdict != "missed" else "**missed**"
-            lines.append(f"| {v.bar.claim} | {value} | {interval} | {v.bar.op} {v.bar.bound} | {shown} | {v.note} |")
-        lines.append("")
-    if s.notes is not None:
-        lines += [*s.notes(result), ""]
-    return "\n".join(lines)
+
+
+def _measured_table(result: ScenarioResult, command: str) -> list[str]:
+    """A scenario measured once per variant (``timed=False``): its figures, nothing stepped."""
+    s = result.scenario
+    extra = _figure_columns(result)
+    lines = [
+        f"Command: `{command}`; measured once per variant (no step is timed: the figures are the result).",
+        "",
+        s.about,
+        "",
+        "| variant |" + "".join(f" {name} |" for name in extra) + " checked |",
+        "| --- |" + " ---: |" * len(extra) + " --- |",
+    ]
+    for row in result.rows:
+        figures = "".join(f" {_figure(row.figures.get(name, '—'))} |" for name in extra)
+        lines.append(f"| {row.variant} |{figures} {_correct(row)} |")
+    for variant, why in {**s.not_applicable, **result.skipped}.items():
+        lines.append(f"| {variant} |" + " |" * len(extra) + f" n/a: {why} |")
+    return lines + [""]
 
 
 def summary_markdown(results: list[ScenarioResult], machine_line: str, command: str, notes: list[str]) -> str:

@@ -1,7 +1,8 @@
-"""Where the time goes in the seed scenario: the wrapper's own per-call cost, and a profile.
+"""The seed's benchmark: the Flux.jl ``Frozen`` discussion's model, a frozen chain's gradient, no optimizer.
 
-The seed's model is so small (three 100x100 matmuls) that Python overhead is a
-visible share of a step, so this is where a slow wrapper would show first.
+The discussion: https://github.com/FluxML/Flux.jl/issues/1931. Its results file ends with where the
+time goes (:func:`seed_profile`): the model is so small (three 100x100 matmuls) that Python overhead
+is a visible share of a step, so this is where a slow wrapper would show first.
 """
 
 from __future__ import annotations
@@ -18,21 +19,74 @@ from torch import nn
 
 import frozen
 
-from ._models import seed_model
-from ._registry import Setup
-from ._scenarios import SCENARIOS
+from ..harness import (
+    LOW_PRECISION,
+    VARIANTS,
+    Scenario,
+    Setup,
+    Workload,
+    apply_variant,
+    frozen_keys,
+    models,
+    settled_bars,
+)
 
-__all__ = ["seed_profile"]
+__all__ = ["SCENARIOS", "seed_profile"]
+
+
+def _build_seed(variant: str, setup: Setup) -> Workload:
+    model, x = models.seed_model()
+    model.to(setup.device)
+    x = x.to(setup.device)
+    apply_variant(model, ["0"], variant)
+    params = list(model.parameters())
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        model(x).abs().sum().backward()
+
+    def probe() -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    return Workload(step, model, None, frozen_keys(model, ["0"], variant), probe=probe)
+
+
+_SEED_NA = {
+    "optimizer-side": "no optimizer: the seed computes gradients only, and optimizer-side freezing computes exactly the unfrozen gradients",
+    "grad-masking": "no optimizer: masking would be the unfrozen gradient computation plus dropping",
+}
+
+SCENARIOS = (
+    Scenario(
+        "seed",
+        "The seed's benchmark (the Flux.jl `Frozen` discussion)",
+        "`Sequential(Frozen(Sequential(Linear(100,100), ReLU, Linear(100,100), ReLU)), Linear(100,100))`, "
+        "`x = rand(100, 100)`; one step = gradient of `sum(abs(m(x)))` with respect to the model via "
+        "`loss.backward()` (gradients cleared to `None` first). No optimizer. Frozen part: the inner chain `0`.",
+        _build_seed,
+        VARIANTS + LOW_PRECISION,
+        _SEED_NA,
+        bars=settled_bars(1.05),
+        inner=30,
+        rounds=(8, 40),
+        rss=False,
+    ),
+)
+
+
+# -- where the time goes ---------------------------------------------------------------------------
 
 
 def _call_costs(rounds: int, inner: int) -> dict[str, float]:
     """Median seconds per forward call of the frozen part, plain vs through ``Frozen``."""
-    model, x = seed_model()
+    model, x = models.seed_model()
     plain = model[0]
     plain.requires_grad_(False).eval()
     wrapped = frozen.Frozen(plain)
     frozen.settle(nn.Sequential(wrapped))
-    unsettled_model, _ = seed_model()
+    unsettled_model, _ = models.seed_model()
     unsettled = frozen.Frozen(unsettled_model[0])
     empty = nn.Identity()
     calls = {
@@ -54,7 +108,7 @@ def _call_costs(rounds: int, inner: int) -> dict[str, float]:
 
 
 def _cprofile(variant: str, steps: int) -> tuple[str, float]:
-    workload = SCENARIOS[0].build(variant, Setup(torch.device("cpu")))
+    workload = _build_seed(variant, Setup(torch.device("cpu")))
     for _ in range(20):
         workload.step()
     profiler = cProfile.Profile()

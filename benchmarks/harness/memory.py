@@ -1,6 +1,6 @@
 """Peak memory of a training step, measured in a fresh process per variant (secondary figure).
 
-The deterministic memory figure is the saved-activation bytes (``_harness.saved_activation_bytes``);
+The deterministic memory figure is the saved-activation bytes (``timing.saved_activation_bytes``);
 RSS deltas on CPU move by a few MiB from run to run.
 
 CPU: the peak resident set size (``VmHWM``) while ``steps`` steps run, minus the
@@ -11,7 +11,7 @@ saved activations) plus allocator slack - it is what the operating system sees.
 CUDA: ``torch.cuda.max_memory_allocated()`` over the steps minus the memory
 allocated before them (exact tensor bytes, no allocator cache).
 
-Run as ``python -m benchmarks._memory SCENARIO VARIANT DEVICE THREADS STEPS``; prints
+Run as ``python -m benchmarks.harness.memory SCENARIO VARIANT DEVICE THREADS STEPS``; prints
 one JSON object.
 """
 
@@ -39,7 +39,8 @@ def peak_memory(scenario_key: str, variant: str, device_name: str, threads: int,
     """Build one variant here and return ``{"peak_bytes": ..., "how": ...}`` for ``steps`` steps."""
     import torch
 
-    from ._registry import Setup, scenarios
+    from .declare import Setup
+    from .registry import scenarios
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)
@@ -64,8 +65,8 @@ def peak_memory(scenario_key: str, variant: str, device_name: str, threads: int,
 
 def _run_one(job: tuple[str, str, str, int, int]) -> dict | None:
     scenario, variant, device, threads, steps = job
-    command = [sys.executable, "-m", "benchmarks._memory", scenario, variant, device, str(threads), str(steps)]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, "-m", "benchmarks.harness.memory", scenario, variant, device, str(threads), str(steps)]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
     done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         print(f"memory worker failed for {scenario}/{variant}:\n{done.stderr[-2000:]}", file=sys.stderr)

@@ -1,36 +1,26 @@
-"""How a scenario is declared, and the list of every registered scenario.
+"""How a scenario is declared: :class:`Setup` (what a builder is told), :class:`Bar` (a reported target)
+and :class:`Scenario` (one workload under several variants).
 
-A scenario module (``benchmarks/_scenarios.py`` and its siblings, or an extension
-module such as ``benchmarks/_selectors.py`` / ``benchmarks/_beyond.py``) defines a
-module-level ``SCENARIOS: tuple[Scenario, ...]``. :func:`scenarios` collects them in
-a fixed order: the built-in modules, then each extension module whose file exists.
-An extension that fails to import is reported (not silently dropped) and skipped.
-
-The suite adds an A/A control to every scenario that has a ``reference`` variant: a
-second, independent build of that variant named ``"<reference> (A/A)"``. Bars are
-judged against the A/A spread (see ``_verdict.py``).
+A scenario family (``benchmarks/scenarios/<family>.py``) defines a module-level
+``SCENARIOS: tuple[Scenario, ...]``; ``registry.py`` lists every family. The suite adds an A/A
+control to every scenario that has a ``reference`` variant: a second, independent build of that
+variant named ``"<reference> (A/A)"``. Bars are judged against the A/A spread (see ``verdict.py``).
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # only for annotations: _harness imports nothing from here
-    from ._harness import Workload
-    from ._run import ScenarioResult
+if TYPE_CHECKING:  # only for annotations: timing.py and run.py import nothing from here at run time
+    from .run import ScenarioResult
+    from .timing import Workload
 
-__all__ = ["Setup", "Bar", "Scenario", "scenarios", "load_errors", "BUILTIN_MODULES", "EXTENSION_MODULES", "AA"]
+__all__ = ["Setup", "Bar", "Scenario", "AA"]
 
-BUILTIN_MODULES = ("benchmarks._scenarios", "benchmarks._users", "benchmarks._checkpointing")
-EXTENSION_MODULES = ("benchmarks._selectors", "benchmarks._beyond", "benchmarks._perceptual", "benchmarks._rows")
 AA = " (A/A)"  # suffix of the A/A control's variant name
 
 
@@ -94,6 +84,10 @@ class Scenario:
         quick: whether ``--quick`` runs it (when ``False`` the output says it was left out and why).
         quick_note: why it is left out of ``--quick``.
         notes: ``notes(result) -> list[str]``, extra markdown paragraphs for its results file.
+        timed: ``False`` for a scenario measured once per variant (its figures: an import time, another
+            framework's own timing); then no step is timed, and its bars are on figures.
+        requires: modules it needs beyond the suite's own (e.g. ``("jax",)``). When one cannot be
+            found, a run of every scenario leaves it out and says so; asking for it by key is an error.
     """
 
     key: str
@@ -110,34 +104,5 @@ class Scenario:
     quick: bool = True
     quick_note: str = ""
     notes: Callable[[ScenarioResult], list[str]] | None = None
-
-
-_errors: dict[str, str] = {}
-
-
-def load_errors() -> dict[str, str]:
-    """Extension modules that exist but failed to import: module name to the error."""
-    return dict(_errors)
-
-
-def scenarios() -> list[Scenario]:
-    """Every registered scenario: built-in modules first, then extensions whose file exists."""
-    root = Path(__file__).resolve().parent
-    found: list[Scenario] = []
-    for name in BUILTIN_MODULES + EXTENSION_MODULES:
-        if name in EXTENSION_MODULES and not (root / (name.rsplit(".", 1)[1] + ".py")).exists():
-            continue
-        try:
-            module = importlib.import_module(name)
-        except Exception:  # one engineer's broken file must not hide everyone else's results
-            if name not in EXTENSION_MODULES:
-                raise
-            _errors[name] = traceback.format_exc(limit=3)
-            print(f"benchmarks: {name} failed to import; its scenarios are skipped:\n{_errors[name]}", file=sys.stderr)
-            continue
-        found.extend(getattr(module, "SCENARIOS", ()))
-    keys = [s.key for s in found]
-    duplicated = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicated:
-        raise ValueError(f"benchmark scenario keys registered twice: {duplicated}; give each scenario its own key")
-    return found
+    timed: bool = True
+    requires: tuple[str, ...] = ()

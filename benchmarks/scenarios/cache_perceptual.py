@@ -18,15 +18,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from frozen._cache.api import cache
-from frozen._lean.api import lean
+from frozen import cache, lean
 
-from . import _models
-from ._beyond import IDS, REPLAY, cache_figures
-from ._epochs import Epochs
-from ._harness import Workload
-from ._registry import Bar, Scenario, Setup
-from ._variants import apply_variant, frozen_keys
+from ..harness import Bar, Epochs, Scenario, Setup, Workload, apply_variant, frozen_keys, models
+from .cache import IDS, REPLAY, cache_figures
 
 __all__ = ["SCENARIOS"]
 
@@ -46,7 +41,7 @@ class _SuperResolution(nn.Module):
             nn.ReLU(),
             nn.Conv2d(width, 3, 3, padding=1),
         )
-        model, _ = _models.perceptual_model(1, 8, (4, 4, 4)) if tiny else _models.perceptual_model()
+        model, _ = models.perceptual_model(1, 8, (4, 4, 4)) if tiny else models.perceptual_model()
         self.features = model.features
 
 

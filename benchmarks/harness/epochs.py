@@ -1,4 +1,4 @@
-"""Shuffled epochs over a fixed dataset, and the replay bound of a cached chain (issue 13 scenarios).
+"""Shuffled epochs over a fixed dataset, and the replay bound of a cached chain (the cache families).
 
 Every variant of a cached-prefix scenario draws the same batches in the same order from an
 :class:`Epochs`; :func:`replay` turns a model into the best any cache of a chain of its parts

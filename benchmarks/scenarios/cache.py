@@ -1,4 +1,4 @@
-"""Beyond the ideal (issue 13): cached frozen prefixes and lean frozen middles.
+"""Cached frozen prefixes over shuffled epochs: a ViT linear probe, BERT and GPT-2 prefixes.
 
 * ``probe-vit``: a linear probe on a frozen ViT over several shuffled epochs. ``cache (fill)``
   is the first epoch (every sample missed and stored: the store is emptied before each
@@ -6,8 +6,6 @@
   time, so every sample hits and the backbone never runs).
 * ``cache-bert`` / ``cache-gpt2``: partial freeze of a transformer, the embeddings and the
   lower layers frozen and cached as a chain, the upper layers trained.
-* ``lean-middle``: a frozen conv-BN-ReLU middle that gradients cross, with
-  :func:`frozen.lean` (input-gradient-only convolutions, BatchNorm folded in).
 
 Every variant trains the same parts with AdamW on the same shuffled batches of one fixed
 dataset; ``ideal`` is ``requires_grad_(False)`` + ``eval()`` on the frozen parts.
@@ -21,17 +19,11 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import frozen
-from frozen._cache.api import cache, cache_stats
-from frozen._lean.api import lean
+from frozen import cache, cache_stats
 
-from . import _models
-from ._epochs import Epochs, replay
-from ._harness import Workload
-from ._registry import Bar, Scenario, Setup
-from ._variants import apply_variant, frozen_keys
+from ..harness import Bar, Epochs, Scenario, Setup, Workload, apply_variant, classify, frozen_keys, models, replay
 
 __all__ = ["IDS", "REPLAY", "SCENARIOS", "cache_figures"]
 
@@ -68,20 +60,15 @@ def _vit(setup: Setup) -> tuple[nn.Module, tuple[torch.Tensor, ...], int]:
 
 def _bert(setup: Setup) -> tuple[nn.Module, tuple[torch.Tensor, ...], int]:
     batch = 2 if setup.tiny else 8
-    model, data = _models.text_classifier(4 * batch, 16, 64, 2) if setup.tiny else _models.text_classifier(4 * batch)
+    model, data = models.text_classifier(4 * batch, 16, 64, 2) if setup.tiny else models.text_classifier(4 * batch)
     return model, data, batch
 
 
 def _gpt2(setup: Setup, layers: int = 4) -> tuple[nn.Module, tuple[torch.Tensor, ...], int]:
     batch = 2 if setup.tiny else 8
-    model, (ids,) = _models.gpt2_lm(4 * batch, 16, 32, 2) if setup.tiny else _models.gpt2_lm(4 * batch, layers=layers)
+    model, (ids,) = models.gpt2_lm(4 * batch, 16, 32, 2) if setup.tiny else models.gpt2_lm(4 * batch, layers=layers)
     model.config.use_cache = False  # a KV cache object is not a per-sample output
     return model, (ids,), batch
-
-
-def _classify(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    *inputs, labels = batch
-    return F.cross_entropy(model(*inputs), labels)
 
 
 def _language_model(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -143,7 +130,7 @@ def _cached_builder(
 
         def probe() -> torch.Tensor:
             with torch.no_grad():
-                out = model(*first[:-1]) if loss_fn is _classify else model(input_ids=first[0]).logits
+                out = model(*first[:-1]) if loss_fn is classify else model(input_ids=first[0]).logits
             return out
 
         return Workload(step, model, optimizer, frozen_keys(model, parts(setup), variant), probe=probe,
@@ -160,27 +147,6 @@ def _bert_parts(setup: Setup) -> list[str]:
 def _gpt2_parts(setup: Setup, lower: int = 2) -> list[str]:
     lower = 1 if setup.tiny else lower
     return ["transformer.wte", "transformer.wpe", *(f"transformer.h.{i}" for i in range(lower))]
-
-
-def _build_lean(variant: str, setup: Setup) -> Workload:
-    model, batch = _models.convbn_middle(2, 8, 8, 2) if setup.tiny else _models.convbn_middle()
-    model.to(setup.device)
-    batch = tuple(t.to(setup.device) for t in batch)
-    params, _ = apply_variant(model, ["middle"], "ideal" if variant == "ideal" else "freeze")
-    if variant == "lean":
-        lean(model, "middle")
-    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        _classify(model, batch).backward()
-        optimizer.step()
-
-    def probe() -> torch.Tensor:
-        with torch.no_grad():
-            return model(batch[0])
-
-    return Workload(step, model, optimizer, frozen_keys(model, ["middle"], variant), probe=probe)
 
 
 def _fill_bar() -> Bar:
@@ -215,6 +181,7 @@ def _prefix_scenario(key: str, title: str, about: str, build: Callable[[str, Set
         bars=bars,
         inner=2,
         rss=False,
+        requires=("transformers",),  # the model is built from a transformers config
     )
 
 
@@ -224,19 +191,20 @@ SCENARIOS: tuple[Scenario, ...] = (
         title="ViT linear probe over shuffled epochs, frozen backbone cached",
         about="ViT (6 layers, hidden 192, 32x32 images, patch 4) from a config, frozen; a linear head on the CLS "
         "token trains with AdamW; 128 synthetic images, batch 32, reshuffled each epoch. " + _ABOUT_CACHE,
-        build=_cached_builder(_vit, lambda s: ["backbone"], lambda s: ["backbone"], _classify),
+        build=_cached_builder(_vit, lambda s: ["backbone"], lambda s: ["backbone"], classify),
         variants=(*CACHED, IDS),
         bars=(Bar("cached epochs 2+ step time / ideal", "cache", "ideal", 0.05), _fill_bar()),
         inner=2,
         rounds=(6, 30),
         rss=False,
+        requires=("transformers",),  # the model is built from a transformers config
     ),
     _prefix_scenario(
         "cache-bert",
         "BERT partial freeze, embeddings + lower layers cached",
         "4-layer BERT (hidden 256, sequences of 64) + 2-class head; embeddings and layers 0-1 frozen and "
         "cached as a chain, layers 2-3 and the head train; 32 sequences, batch 8.",
-        _cached_builder(_bert, _bert_parts, _bert_parts, _classify),
+        _cached_builder(_bert, _bert_parts, _bert_parts, classify),
     ),
     _prefix_scenario(
         "cache-gpt2",
@@ -254,20 +222,5 @@ SCENARIOS: tuple[Scenario, ...] = (
         _cached_builder(
             lambda s: _gpt2(s, layers=6), lambda s: _gpt2_parts(s, 4), lambda s: _gpt2_parts(s, 4)[2:], _language_model
         ),
-    ),
-    Scenario(
-        key="lean-middle",
-        title="Frozen conv-BN-ReLU middle (6 blocks), lean backward",
-        about="Trainable stem conv, 6 frozen conv-BN-ReLU blocks (32 channels, 32x32, BatchNorm with non-trivial "
-        "running statistics), trainable pooled head; batch 8. `lean` = frozen.freeze + frozen.lean: "
-        "input-gradient-only convolutions, each BatchNorm folded into its convolution.",
-        build=_build_lean,
-        variants=("ideal", "freeze", "lean"),
-        bars=(
-            Bar("saved-activation bytes / ideal", "lean", "ideal", 0.5, "<=", "saved"),
-            Bar("step time / ideal", "lean", "ideal", 0.95),
-        ),
-        inner=3,
-        rss=False,
     ),
 )

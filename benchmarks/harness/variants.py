@@ -19,6 +19,8 @@ Variants (same weights, same batch, same optimizer settings; only the freezing d
 * ``Frozen+settle bf16`` / ``freeze bf16`` - the same with ``dtype=torch.bfloat16``.
 
 All steps clear gradients with ``set_to_none=True`` and compute them with ``loss.backward()``.
+The bars every family asks of the settled ``frozen`` paths live here too (:func:`settled_bars`,
+:func:`speedup_bars`), next to the variant names they name.
 """
 
 from __future__ import annotations
@@ -27,16 +29,49 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import frozen
 
-from ._harness import Workload
-from ._registry import Setup
+from .declare import Bar, Setup
+from .timing import Workload
 
-__all__ = ["VARIANTS", "LOW_PRECISION", "apply_variant", "frozen_keys", "fine_tune"]
+__all__ = [
+    "VARIANTS",
+    "LOW_PRECISION",
+    "SETTLED",
+    "BASE",
+    "apply_variant",
+    "frozen_keys",
+    "fine_tune",
+    "classify",
+    "settled_bars",
+    "speedup_bars",
+]
 
 VARIANTS = ("unfrozen", "optimizer-side", "grad-masking", "ideal", "Frozen", "Frozen+settle", "freeze")
 LOW_PRECISION = ("Frozen+settle bf16", "freeze bf16")
+SETTLED = ("Frozen+settle", "freeze")
+# The variants of the families added after the first five: no unsettled wrapper, no bf16 storage.
+BASE = ("unfrozen", "optimizer-side", "grad-masking", "ideal", "Frozen+settle", "freeze")
+
+
+def settled_bars(bound: float = 1.03, names: tuple[str, ...] = SETTLED) -> tuple[Bar, ...]:
+    """ "Each settled ``frozen`` path costs what the ideal costs": step time / ideal <= bound."""
+    return tuple(Bar(f"`{name}` step time / ideal", name, "ideal", bound) for name in names)
+
+
+def speedup_bars(names: tuple[str, ...] = SETTLED) -> tuple[Bar, ...]:
+    """The performance contract: a frozen-backbone step is >= 2x faster than optimizer-side freezing."""
+    bars = [Bar(f"optimizer-side step time / `{name}`", "optimizer-side", name, 2.0, ">=") for name in names]
+    bars += [Bar(f"`{name}` optimizer state / ideal's", name, "ideal", 1.0, "<=", "optimizer_bytes") for name in names]
+    return tuple(bars)
+
+
+def classify(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Cross-entropy of ``model(*inputs)`` against the batch's last tensor, the labels."""
+    *inputs, labels = batch
+    return F.cross_entropy(model(*inputs), labels)
 
 
 def _swap(model: nn.Module, path: str, new: nn.Module) -> None:

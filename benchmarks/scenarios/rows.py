@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import frozen
 from frozen._rows.rows import Rows, freeze_rows
 
-from ._harness import Workload
-from ._registry import Bar, Scenario, Setup
+from ..harness import Bar, Scenario, Setup, Workload
+
+if TYPE_CHECKING:
+    from transformers import GPT2LMHeadModel
 
 __all__ = ["SCENARIOS"]
 
@@ -34,6 +36,8 @@ WTE = "transformer.wte.weight"
 
 
 def _model(setup: Setup) -> GPT2LMHeadModel:
+    from transformers import GPT2Config, GPT2LMHeadModel  # declared in `requires`: imported when it runs
+
     torch.manual_seed(0)
     sizes = (
         dict(vocab_size=1000, n_embd=32, n_head=2, bos_token_id=0, eos_token_id=0)
@@ -139,5 +143,6 @@ SCENARIOS = (
         inner=1,
         rounds=(6, 20),  # 6: the fewest rounds the verdict rule judges
         rss=False,
+        requires=("transformers",),  # the model is built from a transformers config
     ),
 )

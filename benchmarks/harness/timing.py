@@ -48,7 +48,7 @@ class Workload:
             variants' outputs before any step.
         figures: optional ``figures() -> {name: number or text}``, extra per-variant figures
             (forward-call counts, cache hits, ...) shown in the scenario's table and usable by
-            a :class:`~benchmarks._registry.Bar` as ``measure=name``. Called once, after the
+            a :class:`~benchmarks.harness.Bar` as ``measure=name``. Called once, after the
             timed steps; it may run its own untimed work.
         saved: whether a step saves tensors for backward at all (``False`` for workloads that are
             not training steps, e.g. a ``freeze`` call): then no saved-bytes figure is taken.

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._harness import (
+from .declare import AA, Scenario, Setup
+from .timing import (
     Timing,
     Workload,
     gradient_bytes,
@@ -16,9 +17,7 @@ from ._harness import (
     tensor_bytes,
     time_interleaved,
 )
-from ._memory import measure_all
-from ._registry import AA, Scenario, Setup
-from ._verdict import Verdict, aa_spread, judge
+from .verdict import Verdict, aa_spread, judge
 
 __all__ = ["Settings", "Row", "ScenarioResult", "run_scenario"]
 
@@ -39,7 +38,7 @@ class Settings:
     device: torch.device
     parallel_memory: int = 2
     size: str = ""
-    clock: str = "wall"  # "cpu": process CPU time (see _harness.time_interleaved)
+    clock: str = "wall"  # "cpu": process CPU time (see timing.time_interleaved)
 
     def setup(self) -> Setup:
         return Setup(self.device, self.size or ("full" if self.full else "quick"))
@@ -80,7 +79,7 @@ def _build_all(scenario: Scenario, names: list[str], setup: Setup, skipped: dict
     for name in names:
         try:
             workloads[name] = scenario.build(name.removesuffix(AA), setup)
-        except Exception as error:  # a variant that cannot run is a finding, not a crash
+        except Exception as error:  # a variant that cannot run is a result (an n/a row saying why), not a crash
             skipped[name] = f"failed to build: {type(error).__name__}: {str(error)[:300]}"
     return workloads
 
@@ -107,6 +106,12 @@ def _variant_names(scenario: Scenario, only: list[str] | None) -> list[str]:
     return names
 
 
+def _ratio(timings: dict[str, Timing], name: str, reference: str | None) -> tuple[float, float, float] | None:
+    if reference not in timings or not timings[name].samples:
+        return None
+    return paired_ratio(timings[name], timings[reference])
+
+
 def _row(
     name: str,
     workload: Workload,
@@ -126,8 +131,8 @@ def _row(
     return Row(
         variant=name,
         timing=timings[name],
-        vs_ideal=paired_ratio(timings[name], timings[reference]) if reference in timings else None,
-        vs_unfrozen=paired_ratio(timings[name], timings["unfrozen"]) if "unfrozen" in timings else None,
+        vs_ideal=_ratio(timings, name, reference),
+        vs_unfrozen=_ratio(timings, name, "unfrozen"),
         optimizer_bytes=optimizer_state_bytes(workload.optimizer),
         gradient_bytes=gradient_bytes(workload.model),
         saved_bytes=saved,
@@ -150,11 +155,18 @@ def run_scenario(scenario: Scenario, settings: Settings, only: list[str] | None 
         workload.take_snapshot()
     inner = max(1, round(scenario.inner * settings.inner_scale))
     rounds = max(2, round((scenario.rounds[1] if settings.full else scenario.rounds[0]) * settings.rounds_scale))
-    timings = time_interleaved(
-        workloads, rounds=rounds, inner=inner, warmup=settings.warmup, device=settings.device, clock=settings.clock
-    )
+    if scenario.timed:
+        timings = time_interleaved(
+            workloads, rounds=rounds, inner=inner, warmup=settings.warmup, device=settings.device, clock=settings.clock
+        )
+    else:  # measured once per variant: its figures are the result
+        inner, rounds = 0, 0
+        timings = {name: Timing([]) for name in workloads}
     peaks: dict[str, dict | None] = {}
     if settings.memory_steps and scenario.rss:
+        # Imported here: `python -m benchmarks.harness.memory` (the worker) must not be imported by its package first.
+        from .memory import measure_all
+
         peaks = measure_all(
             scenario.key,
             [n for n in workloads if not n.endswith(AA)],

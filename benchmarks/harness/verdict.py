@@ -25,7 +25,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from ._registry import AA, Bar
+from .declare import AA, Bar
 
 __all__ = ["Verdict", "median_interval", "aa_spread", "judge", "VERDICTS"]
 
@@ -117,4 +117,5 @@ def judge(bar: Bar, times: dict[str, list[float]], figures: dict[str, dict], spr
     if top is None or bottom is None or bottom == 0:
         return Verdict(bar, None, None, None, "inconclusive", f"{bar.measure} not available")
     value = top / bottom
-    return Verdict(bar, value, value, value, _decide(value, value, bar), "deterministic")
+    note = "deterministic" if bar.reference is not None else "the measured value against the bound"
+    return Verdict(bar, value, value, value, _decide(value, value, bar), note)
