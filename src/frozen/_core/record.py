@@ -166,12 +166,13 @@ def drop_if_empty(module: nn.Module) -> None:
 class StayInEval(StandIn):
     """Stands in for ``module.train`` while ``module`` is frozen in place with ``mode="eval"``.
 
-    It runs the ``train`` behind it (the class's, so children follow the requested mode:
-    each frozen child has its own stand-in) and then puts the module back in eval, which
-    costs nothing per forward call, unlike a forward pre-hook. A module with gradient
-    checkpointing switched on (Hugging Face's ``gradient_checkpointing`` attribute, read
-    together with ``self.training``) keeps the requested mode, so that checkpointing
-    stays on where backward passes through; its children still run in eval.
+    It runs the ``train`` behind it (the module's own if it had one, else the class's, so
+    children follow the requested mode: each frozen child has its own stand-in) and then
+    puts the module back in eval, which costs nothing per forward call, unlike a forward
+    pre-hook. A module with gradient checkpointing switched on (Hugging Face's
+    ``gradient_checkpointing`` attribute, read together with ``self.training``) keeps the
+    requested mode, so that checkpointing stays on where backward passes through; its
+    children still run in eval.
     """
 
     attr, layer = "train", "eval"
