@@ -10,12 +10,10 @@ from .api import cache_stats as cache_stats
 from .api import uncache as uncache
 from .features import features as features
 from .hooks import observed_globally as observed_globally
-from .part import Passthrough as Passthrough
 
 __all__ = [
     "CacheError",
     "CacheHandle",
-    "Passthrough",
     "cache",
     "cache_stats",
     "features",

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from .._checks import check_model
-from .._core import iter_module_uses, settle, trainable_ids
+from .._core import find, install, iter_module_uses, remove, settle, trainable_ids
 from .._errors import UnknownPathError, closest
 from .._freeze import is_frozen
 from .handle import CacheHandle
@@ -152,7 +152,7 @@ def cache(
     modules = [_module_at(model, p, "frozen.cache") for p in paths]
     _check_shared(shared, paths, modules)
     for p, module in zip(paths, modules, strict=True):
-        if isinstance(module.__dict__.get("forward"), Part):
+        if find(module, "forward", Part) is not None:
             raise CacheError(
                 f"frozen.cache(model, {p!r}): that part is cached already. Call frozen.uncache(model, {p!r}) first."
             )
@@ -166,7 +166,7 @@ def cache(
     for index, (p, module) in enumerate(zip(paths, modules, strict=True)):
         part = Part(handle, model, module, p, index)
         handle.parts[p] = part
-        module.__dict__["forward"] = part
+        install(module, part)  # the outermost layer of its forward, whatever stands there already
     return handle
 
 
@@ -195,8 +195,8 @@ def _check_shared(shared: Any, paths: tuple[str, ...], modules: list[nn.Module])
 def _cached_parts(model: nn.Module) -> dict[str, Part]:
     parts: dict[str, Part] = {}
     for use in iter_module_uses(model):
-        found = use.module.__dict__.get("forward")
-        if isinstance(found, Part):
+        found = find(use.module, "forward", Part)
+        if found is not None:
             parts.setdefault(found.path, found)
     return parts
 
@@ -224,10 +224,7 @@ def uncache(model: nn.Module, *paths: str) -> nn.Module:
         )
     for p in paths or tuple(parts):
         part = parts[p]
-        if part.own_forward is None:
-            del part.module.__dict__["forward"]
-        else:
-            part.module.__dict__["forward"] = part.own_forward
+        remove(part.module, part)  # the layers behind it (lean, frozen's guard) stay as they are
         handle = part.handle
         for hook in part.load_hooks:
             hook.remove()

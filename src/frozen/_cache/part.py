@@ -1,6 +1,6 @@
 """The cached ``forward`` of one part: look up each sample, compute only the misses.
 
-:func:`frozen.cache` puts a :class:`Part` in the part's ``module.__dict__["forward"]``
+:func:`frozen.cache` makes a :class:`Part` the outermost stand-in for the part's ``forward``
 (an instance attribute: no new module, no tree or ``state_dict`` change). It keys each
 sample by its inputs (``_cache_key.py``), replays stored rows and runs the part on the
 samples it has not seen, as one smaller batch.
@@ -29,45 +29,35 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._core import ModuleRef, ModuleState, keeps_training_flag, trainable_ids, under_torch_func
+from .._core import ModuleState, StandIn, keeps_training_flag, trainable_ids, under_torch_func
 from .._freeze import is_frozen
 from ..distributed import sharded_sources, watch_loads
 from .hooks import hook_marks, refuse_inner_hooks
 from .keys import CacheError, call_keys, derive, forward_parameters, remember
 from .out import assemble, flatten, rebuild
 
-__all__ = ["COUNTERS", "GRAD_INPUTS", "Part", "Passthrough"]
+__all__ = ["COUNTERS", "GRAD_INPUTS", "Part"]
 
 COUNTERS = ("calls", "hits", "misses", "forwards", "invalidations", "bypassed")
 GRAD_INPUTS = ("refuse", "pass")  # frozen.cache(..., grad_inputs=): a call whose inputs require grad
 
 
-class Passthrough:
-    """What a cached part's ``forward`` becomes in a copy (``deepcopy``, ``torch.save``): no cache.
+class Part(StandIn):
+    """The ``forward`` of one cached part: look up each sample, compute only the misses.
 
-    ``own`` is the instance ``forward`` the cache stood in front of (frozen's white-box
-    guard, when the part is the root of a frozen use): the copy keeps it, or under
-    ``functional_call`` its frozen parameters would get gradients.
+    The outermost layer of the module's ``forward`` (``_core/standins.py``): a miss calls the
+    layers behind it (a lean convolution, frozen's white-box guard, the class's ``forward``).
+    Its store is the original's, so a copy of the model gets a pass-through instead: copies
+    run uncached.
     """
 
-    def __init__(self, module: nn.Module, own: Any = None) -> None:
-        self.module_ref, self.own = ModuleRef(module), own  # weak: held in the module's own __dict__
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.own is not None:
-            return self.own(*args, **kwargs)
-        module = self.module_ref()
-        return type(module).forward(module, *args, **kwargs)
-
-
-class Part:
-    """The ``forward`` of one cached part: look up each sample, compute only the misses."""
+    attr, layer, serves_copies = "forward", "cache", False
 
     def __init__(self, handle: Any, model: nn.Module, module: nn.Module, path: str, index: int) -> None:
-        self.handle, self.module_ref, self.path = handle, ModuleRef(module), path  # weak: in the module's __dict__
+        super().__init__(module)  # the module weakly: this lives in its __dict__
+        self.handle, self.path = handle, path
         self.prefix = index.to_bytes(4, "little")
         self.model = weakref.ref(model)
-        self.own_forward = module.__dict__.get("forward")  # restored by uncache
         self.fingerprint: ModuleState | None = None
         self.hooks: tuple = ()  # the forward hooks on the part's modules at the fingerprint (_cache_hooks.py)
         self.bypass = False
@@ -78,21 +68,14 @@ class Part:
         self.shared = frozenset(handle.shared) | {i for i, n in enumerate(self.argument_names) if n in handle.shared}
         self.load_hooks = watch_loads(list(module.modules()), self.forget)  # removed by uncache
 
-    @property
-    def module(self) -> nn.Module:
-        return self.module_ref()
-
     def forget(self) -> None:
         """Distrust the snapshot: the next call drops this part's entries (after a load; see ``_fsdp_sources.py``)."""
         self.counts["invalidations"] += self.fingerprint is not None
         self.fingerprint = None
 
-    def __reduce__(self) -> tuple:
-        return (Passthrough, (self.module, self.own_forward))
-
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        own = self.own_forward
-        return own(*args, **kwargs) if own is not None else type(self.module).forward(self.module, *args, **kwargs)
+        """Run the part itself: the layers behind the cache."""
+        return self.call_previous(*args, **kwargs)
 
     # Under torch.compile the part runs eagerly, a graph break on each side: a hit is a
     # lookup with nothing to compile, and traced, the keys, the store and the snapshot

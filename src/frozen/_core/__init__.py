@@ -1,10 +1,9 @@
-"""The core of frozen: the record on a module, what happens at a frozen use, the walk over a model's uses, the Frozen wrapper, settling flags.
+"""The core of frozen: a module's record and stand-ins, a frozen use, the walk over uses, Frozen, settling flags.
 
 This face is the package's contract: siblings import these names from here, never a module inside.
 """
 
 from .call import GuardedForward as GuardedForward
-from .call import ModuleRef as ModuleRef
 from .call import keeps_training_flag as keeps_training_flag
 from .call import under_torch_func as under_torch_func
 from .compiled import RecompileWarning as RecompileWarning
@@ -27,6 +26,14 @@ from .snapshot import TensorState as TensorState
 from .snapshot import own_tensors as own_tensors
 from .snapshot import same_tensor as same_tensor
 from .snapshot import tensor_entry as tensor_entry
+from .standins import ModuleRef as ModuleRef
+from .standins import Passthrough as Passthrough
+from .standins import StandIn as StandIn
+from .standins import find as find
+from .standins import install as install
+from .standins import own_attribute as own_attribute
+from .standins import remove as remove
+from .standins import standing as standing
 from .trainable import frozen_by_other_libraries as frozen_by_other_libraries
 from .trainable import trainable_ids as trainable_ids
 from .tree import ModuleUse as ModuleUse
@@ -45,11 +52,15 @@ __all__ = [
     "ModuleState",
     "ModuleUse",
     "ParamUse",
+    "Passthrough",
     "RecompileWarning",
+    "StandIn",
     "TensorState",
+    "find",
     "floating_tensors",
     "freeze_slot",
     "frozen_by_other_libraries",
+    "install",
     "is_marked",
     "iter_module_uses",
     "iter_param_uses",
@@ -58,14 +69,17 @@ __all__ = [
     "lower_precision",
     "mark",
     "named_parameters",
+    "own_attribute",
     "own_tensors",
     "record_of",
     "release_slot",
+    "remove",
     "reserve_recompiles",
     "restore_precision",
     "same_tensor",
     "settle",
     "settle_flags",
+    "standing",
     "switched_off",
     "tensor_entry",
     "trainable_ids",

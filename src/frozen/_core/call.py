@@ -4,7 +4,8 @@ Both kinds of frozen use run through this module, so they agree exactly:
 
 * a :class:`~frozen.Frozen` wrapper calls :func:`call_frozen` from its ``forward``;
 * the root of a part frozen in place by :func:`frozen.freeze` carries a *guard*, a
-  stand-in for its ``forward`` (:class:`GuardedForward`), installed by ``_record.install_guard``.
+  stand-in for its ``forward`` (:class:`GuardedForward`, layer ``"guard"`` of ``standins.py``),
+  installed by ``record.install_guard``.
 
 The white box (contract S1, S12): during a frozen call, every parameter of the part
 that still requires grad (a tied parameter that trains through another use), and every
@@ -21,7 +22,6 @@ This module is handed what it needs (slots, storage types); it never looks anyth
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .standins import StandIn
+
 __all__ = [
     "GuardedForward",
-    "ModuleRef",
     "Slots",
     "UsePlan",
     "call_frozen",
@@ -55,28 +56,6 @@ Swapped = list[tuple[dict[str, Any], str, Any]]
 def slots_of(modules: Any) -> Slots:
     """The parameter slots of ``modules`` (each module's own parameters, in order)."""
     return tuple((m._parameters, n, p) for m in modules for n, p in m._parameters.items() if p is not None)
-
-
-class ModuleRef:
-    """A weak reference to the module a stand-in sits on, that copies and pickles as the module.
-
-    Stand-ins live in their module's ``__dict__`` (``forward``, ``train``, ``_apply``); holding
-    the module strongly made every frozen module a reference cycle, freed only when Python's
-    cycle collector ran -- a deleted model's frozen weights stayed allocated (on the card) until
-    then, while a model frozen by hand was freed at once. ``deepcopy`` and pickle rebuild the
-    reference to the copied module (``__reduce__``), so a copy's stand-ins serve the copy.
-    """
-
-    __slots__ = ("_ref",)
-
-    def __init__(self, module: nn.Module | None) -> None:
-        self._ref = weakref.ref(module) if module is not None else None
-
-    def __call__(self) -> Any:
-        return self._ref() if self._ref is not None else None
-
-    def __reduce__(self) -> tuple:
-        return (ModuleRef, (self(),))
 
 
 def keeps_training_flag(module: nn.Module) -> bool:
@@ -126,29 +105,31 @@ def _differentiating() -> bool:
     return torch.is_grad_enabled() or under_torch_func()
 
 
-class GuardedForward:
+class GuardedForward(StandIn):
     """Stands in for ``module.forward`` at the root of a part frozen in place (the guard).
 
     An instance attribute, like the ``train`` stand-in: ``nn.Module.__call__`` keeps its fast
     path (no hooks to dispatch), and a settled part whose slots hold their own parameters
-    costs one identity check per parameter. ``inner`` is the module's own instance
-    ``forward`` when it had one (Accelerate's hooks set one), else the class's.
+    costs one identity check per parameter. Behind it (``previous``) is the module's own
+    instance ``forward`` when it had one (Accelerate's hooks set one), else the class's.
     """
 
-    def __init__(self, module: nn.Module, slots: Slots, detach: frozenset[int], inner: Any) -> None:
-        self.module_ref, self.slots, self.detach, self.inner = ModuleRef(module), slots, detach, inner
-        self.active = True  # False once thawed while something else wrapped this stand-in
+    attr, layer = "forward", "guard"
+
+    def __init__(self, module: nn.Module, slots: Slots, detach: frozenset[int]) -> None:
+        super().__init__(module)
+        self.slots, self.detach = slots, detach
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.around(self.forward, *args, **kwargs)
+        return self.around(self.call_previous, *args, **kwargs)
 
     def around(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``call`` as the guard runs the forward: with the part's slots detached where needed.
 
-        A stand-in that replaces the guard instead of calling it (``frozen.lean``'s convolution)
-        runs its own computation through this, so the white box holds under ``functional_call``.
+        A stand-in in front of the guard that computes instead of calling it (``frozen.lean``'s
+        convolution) runs its computation through this, so the white box holds under ``functional_call``.
         """
-        if not self.active or (not self.detach and slots_intact(self.slots)) or not _differentiating():
+        if (not self.detach and slots_intact(self.slots)) or not _differentiating():
             return call(*args, **kwargs)
         swapped = detach_slots(self.slots, self.detach)
         try:
@@ -157,13 +138,6 @@ class GuardedForward:
             # Always put back: functional_call writes the slots' values back into the caller's
             # dict when it ends, so no alias may outlive the call.
             restore_slots(swapped)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The forward this stands in for."""
-        if self.inner is not None:
-            return self.inner(*args, **kwargs)
-        module = self.module_ref()
-        return type(module).forward(module, *args, **kwargs)
 
 
 @dataclass(eq=False)

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .call import ModuleRef, caller_dtype, cast_floating
-from .record import ABSENT, Storage, record_of, set_storage
+from .call import caller_dtype, cast_floating
+from .record import Storage, record_of, set_storage
+from .standins import StandIn, install, remove
 
 __all__ = [
     "KeepStorage",
@@ -57,7 +58,7 @@ def cast_module(module: nn.Module, dtype: torch.dtype) -> None:
     type(module)._apply(module, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
-class KeepStorage:
+class KeepStorage(StandIn):
     """Stands in for ``module._apply`` at the root of a low-precision part (``model.to(...)``).
 
     It lets the move happen (device, dtype), then puts the part's floating tensors back in
@@ -65,12 +66,11 @@ class KeepStorage:
     thaw gives back and what the boundary returns when no input is floating.
     """
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module_ref = ModuleRef(module)  # weak: held in the module's own __dict__
+    attr, layer = "_apply", "storage"
 
     def __call__(self, fn: Any, recurse: bool = True) -> nn.Module:
         module = self.module_ref()
-        type(module)._apply(module, fn, recurse)
+        self.call_previous(fn, recurse)
         record = record_of(module)
         storage = None if record is None else record.storage
         if storage is not None:
@@ -87,7 +87,7 @@ def lower_precision(module: nn.Module, dtype: torch.dtype) -> None:
         dtype=dtype,
         original={name: t.dtype for name, t in floating_tensors(module)},
         fallback=module_float_dtype(module),
-        own_apply=module.__dict__.get("_apply", ABSENT),
+        keeper=KeepStorage(module),
     )
     cast_module(module, dtype)
     boundary = _Boundary(storage)
@@ -95,7 +95,7 @@ def lower_precision(module: nn.Module, dtype: torch.dtype) -> None:
         module.register_forward_pre_hook(boundary.before, with_kwargs=True),
         module.register_forward_hook(boundary.after, always_call=True),
     ]
-    module.__dict__["_apply"] = KeepStorage(module)
+    install(module, storage.keeper)
     set_storage(module, storage)
 
 
@@ -106,10 +106,7 @@ def restore_precision(module: nn.Module) -> None:
         return
     for handle in storage.handles:
         handle.remove()
-    if storage.own_apply is ABSENT:
-        module.__dict__.pop("_apply", None)
-    else:
-        module.__dict__["_apply"] = storage.own_apply
+    remove(module, storage.keeper)
     for name, tensor in floating_tensors(module):
         original = storage.original.get(name)
         if original is not None and tensor.dtype != original:

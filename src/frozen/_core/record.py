@@ -4,9 +4,11 @@ Everything the library knows about a module's freeze state lives in one
 :class:`Record` under ``module.__dict__["_frozen"]``: whether the module is frozen in
 place and how (mode, tied policy, the train/eval mode its parent last asked for), the
 parameter slots of this module frozen at this slot only, the slots frozen elsewhere
-because of it, its storage dtype, and the white-box guard (a stand-in for
-``forward``) at the root of a frozen part.
-Other modules read it through :func:`record_of` and never write it.
+because of it, its storage dtype, and the stand-ins freezing put on it (the eval
+stand-in for ``train``, the white-box guard for ``forward`` at the root of a frozen part),
+held here so they can be removed even when something else stands in front of them.
+Other modules read it through :func:`record_of` and never write it. The stand-ins and the
+record itself go in and out of the module's ``__dict__`` through ``standins.py``.
 
 One fact is not per module: *which flags the library itself turned off*. That is
 owned by the parameter object (contract S14), in a registry keyed by identity, so it
@@ -32,7 +34,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .call import GuardedForward, ModuleRef, Slots, keeps_training_flag
+from .call import GuardedForward, Slots, keeps_training_flag
+from .standins import RECORD, StandIn, attach_record, detach_record, install, remove
 
 __all__ = [
     "KEY",
@@ -54,9 +57,8 @@ __all__ = [
     "freeze_slot",
 ]
 
-KEY = "_frozen"
+KEY = RECORD
 LOCK = threading.RLock()
-ABSENT = None  # the module had no instance attribute of that name before freezing
 
 # Parameters whose requires_grad the library turned off (settle is the only writer).
 _SWITCHED_OFF: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -101,7 +103,7 @@ class Storage:
     original: dict[str, torch.dtype]  # per floating tensor: the type thaw gives back
     fallback: torch.dtype  # the output type when no input is floating
     handles: list[RemovableHandle] = field(default_factory=list)  # boundary casts
-    own_apply: Any = ABSENT  # the module's own instance attribute "_apply", if any
+    keeper: Any = None  # the stand-in for "_apply" that keeps the storage type (precision.KeepStorage)
 
 
 @dataclass(eq=False)
@@ -111,12 +113,11 @@ class Record:
     mode: str | None = None  # "eval"/"inherit" when frozen in place, else None
     tied: str = "freeze"  # the tied policy it was frozen with
     requested_training: bool = True  # the mode last asked of it; thaw gives it back
-    own_train: Any = ABSENT  # the module's own instance attribute "train", if any
+    stay_in_eval: StayInEval | None = None  # the stand-in for "train" of a part frozen with mode="eval"
     tied_slots: tuple[tuple[nn.Module, str], ...] = ()  # slots frozen elsewhere because of it
     frozen_slots: dict[str, str] = field(default_factory=dict)  # own slots frozen here -> "tied" or "selected"
     storage: Storage | None = None
     guard: GuardedForward | None = None  # the white-box guard at the root of a frozen part
-    own_forward: Any = ABSENT  # the module's own instance attribute "forward", if any
     off_slots: set[str] = field(default_factory=set)  # own slots whose flag the library turned off
 
     @property
@@ -147,7 +148,8 @@ def ensure_record(module: nn.Module) -> Record:
     """The record of ``module``, created empty if it has none."""
     record = module.__dict__.get(KEY)
     if record is None:
-        record = module.__dict__[KEY] = Record()
+        record = Record()
+        attach_record(module, record)
     return record
 
 
@@ -155,29 +157,29 @@ def drop_if_empty(module: nn.Module) -> None:
     """Remove the record when nothing is left in it, so a thawed module has no trace."""
     record = module.__dict__.get(KEY)
     if record is not None and record.is_empty:
-        del module.__dict__[KEY]
+        detach_record(module)
 
 
 # -- frozen in place ---------------------------------------------------------------
 
 
-class StayInEval:
+class StayInEval(StandIn):
     """Stands in for ``module.train`` while ``module`` is frozen in place with ``mode="eval"``.
 
-    It runs the class's own ``train`` (so children follow the requested mode: each frozen
-    child has its own stand-in) and then puts the module back in eval, which costs
-    nothing per forward call, unlike a forward pre-hook. A module with gradient
-    checkpointing switched on (Hugging Face's ``gradient_checkpointing`` attribute, read
-    together with ``self.training``) keeps the requested mode, so that checkpointing
-    stays on where backward passes through; its children still run in eval.
+    It runs the ``train`` behind it (the module's own if it had one, else the class's, so
+    children follow the requested mode: each frozen child has its own stand-in) and then
+    puts the module back in eval, which costs nothing per forward call, unlike a forward
+    pre-hook. A module with gradient checkpointing switched on (Hugging Face's
+    ``gradient_checkpointing`` attribute, read together with ``self.training``) keeps the
+    requested mode, so that checkpointing stays on where backward passes through; its
+    children still run in eval.
     """
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module_ref = ModuleRef(module)  # weak: held in the module's own __dict__
+    attr, layer = "train", "eval"
 
     def __call__(self, mode: bool = True) -> nn.Module:
         module = self.module_ref()
-        type(module).train(module, mode)
+        self.call_previous(mode)
         record = record_of(module)
         if record is not None:
             record.requested_training = mode
@@ -191,8 +193,8 @@ def mark(module: nn.Module, mode: str, tied: str, requested_training: bool | Non
     record.mode, record.tied = mode, tied
     record.requested_training = module.training if requested_training is None else requested_training
     if mode == "eval":
-        record.own_train = module.__dict__.get("train", ABSENT)
-        module.__dict__["train"] = StayInEval(module)
+        record.stay_in_eval = StayInEval(module)
+        install(module, record.stay_in_eval)
         module.training = record.requested_training and keeps_training_flag(module)
     return record
 
@@ -201,11 +203,11 @@ def unmark(module: nn.Module) -> tuple[tuple[nn.Module, str], ...]:
     """Undo :func:`mark` exactly; return the slots frozen elsewhere because of it."""
     record = record_of(module)
     assert record is not None and record.mode is not None
-    if record.mode == "eval":
-        _restore_attribute(module, "train", record.own_train)
+    if record.stay_in_eval is not None:
+        remove(module, record.stay_in_eval)
         module.training = record.requested_training
     released, record.tied_slots = record.tied_slots, ()
-    record.mode, record.own_train = None, ABSENT
+    record.mode, record.stay_in_eval = None, None
     drop_if_empty(module)
     return released
 
@@ -231,34 +233,23 @@ def install_guard(module: nn.Module, slots: Slots, detach: frozenset[int]) -> No
     The guard stands in for the module's ``forward`` (:class:`~frozen._core.call.GuardedForward`):
     for the duration of a call it detaches the parameters of the part that still require
     grad (tied, ``tied="train"``) and any tensor substituted for one of them
-    (``torch.func.functional_call``). No slot, no guard. A module keeps one guard object:
-    another stand-in put in front of it since (``frozen.cache``, Accelerate) keeps calling
-    the same object, which is updated in place, or left as a pass-through when removed.
+    (``torch.func.functional_call``). No slot, no guard. A module keeps one guard object,
+    updated in place, at its layer of the chain (``standins.py``): behind a cached part or a
+    lean convolution, in front of the module's own instance ``forward``.
     """
     record = ensure_record(module) if slots else record_of(module)
     if record is None:
         return
     guard = record.guard
     if guard is None and slots:
-        record.own_forward = module.__dict__.get("forward", ABSENT)
-        record.guard = GuardedForward(module, slots, detach, record.own_forward)
-        module.__dict__["forward"] = record.guard
+        record.guard = GuardedForward(module, slots, detach)
+        install(module, record.guard)
     elif guard is not None and slots:
-        guard.slots, guard.detach, guard.active = slots, detach, True
+        guard.slots, guard.detach = slots, detach
     elif guard is not None:
-        if module.__dict__.get("forward") is guard:
-            _restore_attribute(module, "forward", record.own_forward)
-        else:
-            guard.active = False  # something stands in front of it now: it passes calls through
-        record.guard, record.own_forward = None, ABSENT
+        remove(module, guard)
+        record.guard = None
         drop_if_empty(module)
-
-
-def _restore_attribute(module: nn.Module, name: str, own: Any) -> None:
-    if own is ABSENT:
-        module.__dict__.pop(name, None)
-    else:
-        module.__dict__[name] = own
 
 
 def set_storage(module: nn.Module, storage: Storage | None) -> Storage | None:

@@ -5,20 +5,18 @@ only (saving the weight, not the input activation) and folds each frozen eval-mo
 BatchNorm into the convolution just before it in an ``nn.Sequential`` (one operation
 instead of two, nothing saved for the normalisation); a ReLU after them overwrites the
 convolution's output, which nothing saved, instead of allocating. Like :func:`frozen.cache`
-it sets an instance ``forward`` on those modules -- no new module, same tree, same
-``state_dict``. Every call checks the modules are still frozen (else it runs the plain
+it puts a stand-in for ``forward`` on those modules (``_core/standins.py``: behind a cached
+part, in front of frozen's guard) -- no new module, same tree, same ``state_dict``. Every call checks the modules are still frozen (else it runs the plain
 forward) and refolds when a tensor or flag of the convolution or the norm changed. See
 ``docs/cache.md`` for the measurements behind making this opt-in.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from .._checks import check_model
-from .._core import GuardedForward, ModuleRef, iter_module_uses, settle
+from .._core import ModuleRef, find, install, iter_module_uses, own_attribute, remove, settle, standing
 from .._errors import FrozenError, UnknownPathError, closest
 from .._freeze import is_frozen
 from .forward import LeanConv, LeanNorm, LeanReLU
@@ -104,19 +102,19 @@ def lean(model: nn.Module, *paths: str) -> nn.Module:
     settle(model)  # unsettled, a Frozen(...) wrapper's per-call detaching refolded at every call
     plans = [item for path in paths or ("",) for item in _plan(model, path)]
     for conv, norm, relu, where in plans:
-        existing = conv.__dict__.get("forward")
-        # frozen's own white-box guard may stand there (the convolution is the root of a frozen
-        # part): lean replaces it while lean and puts it back on unlean. Anything else is foreign.
-        if existing is None or isinstance(existing, GuardedForward):
-            conv.__dict__["forward"] = lean_conv = LeanConv(conv, norm, model, where)
-            lean_conv.own = existing
-            if norm is not None and "forward" not in norm.__dict__:
-                norm.__dict__["forward"] = LeanNorm(norm, lean_conv)
-            elif norm is not None:
-                lean_conv.norm_ref = ModuleRef(None)  # the norm's forward is someone else's: do not fold
-                relu = None  # its input is then the norm's own output, never the convolution's
-            if relu is not None and not relu.inplace and "forward" not in relu.__dict__:
-                relu.__dict__["forward"] = LeanReLU(relu, lean_conv)
+        # Beside frozen's own stand-ins (its guard, a cache) lean takes its layer; an instance forward
+        # of someone else's (Accelerate's hooks) would be skipped by the lean computation: left alone.
+        if own_attribute(conv, "forward") is not None or find(conv, "forward", LeanConv) is not None:
+            continue
+        lean_conv = LeanConv(conv, norm, model, where)
+        install(conv, lean_conv)
+        if norm is not None and "forward" not in norm.__dict__:
+            install(norm, LeanNorm(norm, lean_conv))
+        elif norm is not None:
+            lean_conv.norm_ref = ModuleRef(None)  # the norm's forward is someone else's: do not fold
+            relu = None  # its input is then the norm's own output, never the convolution's
+        if relu is not None and not relu.inplace and "forward" not in relu.__dict__:
+            install(relu, LeanReLU(relu, lean_conv))
     return model
 
 
@@ -133,15 +131,12 @@ def unlean(model: nn.Module, *paths: str) -> nn.Module:
     for use in iter_module_uses(model):
         if paths and not any(use.path == p or use.path.startswith(f"{p}.") for p in paths):
             continue
-        found: Any = use.module.__dict__.get("forward")
-        if isinstance(found, LeanConv | LeanNorm | LeanReLU):
-            own = found.own if isinstance(found, LeanConv) else None
-            if own is None:
-                del use.module.__dict__["forward"]
-            else:
-                use.module.__dict__["forward"] = own
+        for found in standing(use.module, "forward"):
+            if not isinstance(found, LeanConv | LeanNorm | LeanReLU):
+                continue
+            remove(use.module, found)  # a cached part in front, frozen's guard behind: they stay
             if isinstance(found, LeanConv):
                 found.last = None  # a norm left lean alone then runs its plain forward
-                for hook in found.load_hooks:
+                for hook in found.load_hooks or ():
                     hook.remove()
     return model

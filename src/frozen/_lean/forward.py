@@ -1,11 +1,13 @@
 """The forwards a lean middle puts on its modules: the lean convolution, and the shortcuts after it.
 
-:func:`frozen.lean` (``_lean.py``) sets these as instance ``forward`` attributes. A
-:class:`LeanConv` computes the convolution with a backward for the input only and, when
+:func:`frozen.lean` (``api.py``) installs these as stand-ins for ``forward`` (layer
+``"lean"``: behind a cached part, in front of frozen's white-box guard; ``_core/standins.py``).
+A :class:`LeanConv` computes the convolution with a backward for the input only and, when
 a frozen eval-mode BatchNorm follows it, with that norm folded in; the norm's
 :class:`LeanNorm` then passes the output through, and a ReLU's :class:`LeanReLU`
 overwrites it in place. Each holds its module weakly (``ModuleRef``): it lives in that
-module's ``__dict__``.
+module's ``__dict__``. A copy of the model keeps them (they are rebuilt from the modules
+they were made for; what they worked out is worked out again).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._cache import Passthrough, observed_globally
-from .._core import GuardedForward, ModuleRef, TensorState, under_torch_func
+from .._cache import observed_globally
+from .._core import GuardedForward, ModuleRef, StandIn, TensorState, under_torch_func
 from ..distributed import sharded_sources, watch_loads
 from .fold import InputGradConv, InputGradConvJvp, autocast_operands, fold, foldable, kept_by_producer, state_of
 
@@ -28,7 +30,7 @@ def _conv_args(conv: Any) -> tuple:
     return (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
 
 
-class LeanConv:
+class LeanConv(StandIn):
     """The ``forward`` of a lean convolution, with the BatchNorm after it folded in (if any).
 
     Eagerly, what a call needs (plain or lean, folded weights, convolution arguments) is
@@ -37,26 +39,46 @@ class LeanConv:
     fold. Under ``torch.compile`` the snapshot (weak references, storages) would break the
     graph, so the same decisions and the fold (a per-channel scale) are traced into it
     instead, from the live parameters: dynamo guards the flags, the graph follows the values.
+
+    It computes the convolution itself instead of calling the layer behind it, through
+    frozen's white-box guard when that stands there. The shortcuts on its output (the norm
+    passing it through, a ReLU overwriting it) hold only while it is its module's outermost
+    ``forward``: a cached part in front of it stores and replays its output, which must then
+    be the convolution's own.
     """
+
+    attr, layer = "forward", "lean"
 
     def __init__(self, conv: Any, norm: nn.Module | None, root: nn.Module | None = None, path: str = "") -> None:
         # Weak: this lives in conv's __dict__ (and the norm's stand-in holds it): no reference cycle
-        self.conv_ref, self.norm_ref = ModuleRef(conv), ModuleRef(norm)
+        super().__init__(conv)
+        self.norm_ref = ModuleRef(norm)
         # where the convolution sits, to find an FSDP2 unit above it (_fsdp_sources.py)
-        self.root, self.path = (weakref.ref(root) if root is not None else lambda: None), path
+        self.root, self.path = ModuleRef(root), path
         self.state: TensorState | None = None
         self.plain = False  # thawed: the convolution's own forward
         self.folding = False
         self.weights: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.last: tuple[weakref.ref, int] | None = None  # the output the norm may pass through unchanged
         self.produced: tuple[weakref.ref, int] | None = None  # its last lean output, for a ReLU in place
-        self.own: Any = None  # frozen's guard it replaced, if any: unlean puts it back
         # FSDP2 loads into shards with version counters preserved: a load must refold (_fsdp_sources.py).
-        self.load_hooks = watch_loads([conv] if norm is None else [conv, norm], self.forget)
+        self.load_hooks: list[Any] | None = self.watch()
+
+    def watch(self) -> list[Any]:
+        """Forget the fold after any ``load_state_dict`` of the convolution or its norm; return the hook handles."""
+        conv, norm = self.conv, self.norm
+        return watch_loads([conv] if norm is None else [conv, norm], self.forget)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy works out its own fold and watches its own modules' loads (at its first call);
+        # the model it sits in is not carried along (only FSDP2 units above the copy go unseen).
+        state = dict(self.__dict__)
+        state.update(root=ModuleRef(None), state=None, weights=None, last=None, produced=None, load_hooks=None)
+        return state
 
     @property
     def conv(self) -> Any:
-        return self.conv_ref()
+        return self.module_ref()
 
     @property
     def norm(self) -> Any:
@@ -66,20 +88,23 @@ class LeanConv:
         """Refold at the next call (after a ``load_state_dict`` of the convolution or its norm)."""
         self.state = None
 
-    def __reduce__(self) -> tuple:
-        return (Passthrough, (self.conv, self.own))
-
     def _decide(self) -> tuple[bool, bool, tuple[torch.Tensor, torch.Tensor | None]]:
         """``(plain, folding, (weight, bias))`` for the modules as they are now."""
         conv = self.conv
         plain = any(p.requires_grad for p in conv.parameters())
         norm = self.norm
         folding = not plain and norm is not None and foldable(norm) and not any(_watchers(conv, norm))
+        folding = folding and self.outermost(conv)
         return plain, folding, fold(conv, norm) if folding else (conv.weight, conv.bias)
 
+    def outermost(self, conv: nn.Module) -> bool:
+        """Whether this is the convolution's ``forward`` as its callers see it (nothing in front)."""
+        return conv.__dict__.get("forward") is self
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.own, GuardedForward):  # the guard this replaced: its slots still detach
-            return self.own.around(self._run, x)
+        guard = self.previous
+        if isinstance(guard, GuardedForward):  # frozen's guard behind this: its slots still detach
+            return guard.around(self._run, x)
         return self._run(x)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,6 +112,7 @@ class LeanConv:
         self.last = self.produced = None
         lean_input = x.requires_grad and torch.is_grad_enabled()
         function: type[InputGradConv] = InputGradConvJvp
+        outermost = False  # compiled, no ReLU runs in place (inductor fuses the pair itself)
         if torch.compiler.is_compiling():
             function = InputGradConv  # dynamo cannot trace a custom jvp
             plain, folding, (weight, bias) = self._decide()
@@ -95,9 +121,13 @@ class LeanConv:
             # version counter: the norm could not tell it unchanged, so it normalises by itself.
             return type(conv).forward(conv, x)
         else:
+            if self.load_hooks is None:  # a copy, at its first call
+                self.load_hooks = self.watch()
             norm = self.norm
             tensors, flags = state_of(conv, norm) if norm is not None else state_of(conv)
             flags += _watchers(conv, norm) if norm is not None else ()
+            outermost = self.outermost(conv)
+            flags += ((outermost,),)  # a cache put in front of it since: no fold from then on
             shards = sharded_sources(self.root(), self.path, [conv] if norm is None else [conv, norm])
             tensors += shards if shards is not None else []
             if shards is None or self.state is None or not self.state.matches(tensors, flags):
@@ -114,30 +144,25 @@ class LeanConv:
             y = conv._conv_forward(x, weight, bias)
         if folding:
             self.last = (weakref.ref(y), y._version)
-        if not torch.compiler.is_compiling() and not under_torch_func():
+        if not torch.compiler.is_compiling() and not under_torch_func() and outermost:
             self.produced = (weakref.ref(y), y._version)  # nothing saved it: a ReLU may overwrite it
         return y
 
 
-class _AfterConv:
+class _AfterConv(StandIn):
     """The ``forward`` of a module right after a lean convolution: a shortcut on that output (see subclasses).
 
     ``fresh``: ``x`` is the very tensor the convolution recorded, unchanged since; else ``plain``.
     """
 
+    attr, layer = "forward", "lean"
+
     def __init__(self, module: nn.Module, conv: LeanConv) -> None:
-        self.module_ref, self.conv = ModuleRef(module), conv  # weak: held in the module's own __dict__
-
-    @property
-    def module(self) -> Any:
-        return self.module_ref()
-
-    def __reduce__(self) -> tuple:
-        return (Passthrough, (self.module,))
+        super().__init__(module)  # weakly: held in the module's own __dict__
+        self.conv = conv
 
     def plain(self, x: torch.Tensor) -> torch.Tensor:
-        module = self.module
-        return type(module).forward(module, x)
+        return self.call_previous(x)
 
     @staticmethod
     def fresh(mark: tuple[weakref.ref, int] | None, x: torch.Tensor) -> bool:
