@@ -16,7 +16,7 @@ time linear in the number of module and parameter uses.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -63,8 +63,8 @@ def select(
     Args:
         model: the model to select in.
         *targets: patterns (``"encoder.layer.-2:"``, ``"**.bias"``), module types, module or
-            parameter objects, predicates ``(path, module) -> bool`` or ``params(...)``. At
-            least one: the whole model is ``""``.
+            parameter objects, predicates ``(path, module) -> bool`` or ``params(...)``. None
+            (or an empty list unpacked) means the whole model, as ``""`` does.
         exclude: one selector or a list of them, removed from the selection. Types and
             predicates may match nothing here (so a generic recipe such as
             ``exclude=nn.BatchNorm2d`` works on any model); patterns and objects must match.
@@ -76,7 +76,7 @@ def select(
 
     Raises:
         TypeError: ``model`` is not a module, or a selector has an unsupported type.
-        frozen.SelectorError: no target, a malformed pattern, or a target that matches nothing.
+        frozen.SelectorError: a malformed pattern, or a target that matches nothing.
 
     Example:
         >>> import torch, frozen
@@ -88,7 +88,7 @@ def select(
     """
     check_model(model, "frozen.select")
     tree = PathTree(model)
-    modules, parameters, _ = _choose(tree, targets, exclude, train_norms, "frozen.select", "error")
+    modules, parameters, _ = _choose(tree, targets, exclude, train_norms, "frozen.select")
     by_owner: dict[int, list[str]] = {}
     for j in parameters:
         by_owner.setdefault(tree.owner[j], []).append(tree.params[j].path)
@@ -107,15 +107,15 @@ def resolve(
     *,
     train_norms: bool = False,
     function: str,
-    no_targets: Literal["error", "all"] = "error",
 ) -> Selection:
     """Resolve ``targets`` minus ``exclude`` to uses of ``model``; raise before anything changes.
 
-    ``no_targets="error"`` refuses an empty ``targets`` (``freeze(model, *[])`` is an
-    accident, the whole model is spelled ``""``); ``"all"`` reads it as the whole model.
+    No targets is the whole model (``""``), as in every library users come from: timm's
+    ``freeze(model)``, Lightning's ``BaseFinetuning.freeze(module)``, Keras'
+    ``model.trainable = False``; ``exclude=`` then carves out of the whole model.
     """
     tree = PathTree(model)
-    modules, parameters, matched = _choose(tree, targets, exclude, train_norms, function, no_targets)
+    modules, parameters, matched = _choose(tree, targets, exclude, train_norms, function)
     return Selection(
         [tree.uses[i] for i in modules],
         [use for use, hit in zip(tree.uses, matched) if hit],
@@ -124,7 +124,7 @@ def resolve(
 
 
 def _choose(
-    tree: PathTree, targets: tuple, exclude: Any, train_norms: Any, function: str, no_targets: str
+    tree: PathTree, targets: tuple, exclude: Any, train_norms: Any, function: str
 ) -> tuple[list[int], list[int], list[bool]]:
     """Indices of the selected module uses and parameter uses, and the module hits of the targets."""
     if not isinstance(train_norms, bool):
@@ -132,8 +132,6 @@ def _choose(
     excluded = list(_as_selectors(exclude, function))
     if train_norms:
         excluded.append(NORM_TYPES)
-    if not targets and no_targets != "all":
-        raise SelectorError(_no_targets_message(function, bool(excluded)))
     if targets:
         target_modules, target_params = _match_all(tree, targets, function, "target", lambda s: True)
     else:
@@ -233,16 +231,6 @@ def _match_one(tree: PathTree, selector: Any, function: str, role: str) -> tuple
         f"{function}: expected each {role} to be a path pattern (str), a module type, a module or parameter "
         f"object, a predicate (path, module) -> bool or frozen.params(...), received {type(selector).__name__} "
         f"{selector!r}. See docs/selectors.md.{hint}"
-    )
-
-
-def _no_targets_message(function: str, has_exclude: bool) -> str:
-    call = f'{function}(model, ""{", exclude=..." if has_exclude else ""})'
-    return (
-        f"{function}: no targets given. Expected at least one selector (docs/selectors.md). An empty "
-        f"target list is refused, not read as the whole model, because {function}(model, *targets) with a "
-        f'list that came out empty would freeze everything. To name the whole model, pass "" (the model '
-        f"itself): {call}."
     )
 
 
