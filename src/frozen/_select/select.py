@@ -15,6 +15,7 @@ time linear in the number of module and parameter uses.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -25,9 +26,19 @@ from .._core import ModuleUse, ParamUse
 from .._errors import SelectorError, closest
 from .patterns import ParamSelector, PathTree, Pattern, compile_pattern, params
 
-__all__ = ["select", "resolve", "params", "ParamSelector", "compile_pattern", "Selection", "Selector", "NORM_TYPES"]
+__all__ = [
+    "NORM_TYPES",
+    "ParamSelector",
+    "Selection",
+    "Selector",
+    "compile_pattern",
+    "is_norm",
+    "params",
+    "resolve",
+    "select",
+]
 
-# What ``train_norms=True`` keeps trainable: every normalisation layer torch ships.
+# Every normalisation layer torch ships; is_norm adds the ones models define themselves.
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
     nn.LayerNorm,
@@ -35,6 +46,32 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.RMSNorm,
     nn.LocalResponseNorm,
 )
+# A class named like a norm: LlamaRMSNorm, T5LayerNorm, ScaleNorm, LayerNorm2d. Not
+# Wav2Vec2GroupNormConvLayer (a convolution) or Normalize: the name must end in Norm.
+_NORM_NAME = re.compile(r"Norm(\d+d)?$")
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalisation layer: the one rule of ``train_norms=True`` and of
+    ``frozen.optim.param_groups(no_decay_bias_and_norm=True)`` (``docs/selectors.md``).
+
+    An instance of torch's norm classes (:data:`NORM_TYPES`), or of a class whose name (or a
+    base class's) ends in ``Norm``, optionally with a dimension (``LayerNorm2d``), that holds
+    no parameter below it: Hugging Face's ``LlamaRMSNorm`` and ``T5LayerNorm`` are plain
+    ``nn.Module`` subclasses. A module named like a norm that holds layers with weights
+    (``PreNorm(dim, fn)``, ``AdaLayerNorm`` and its modulation ``Linear``) wraps a norm
+    rather than being one: keeping it trainable would keep ``fn`` trainable, and the norm
+    inside it is found on its own.
+    """
+    if isinstance(module, NORM_TYPES):
+        return True
+    named = any(_NORM_NAME.search(c.__name__) for c in type(module).__mro__ if c is not nn.Module)
+    return named and not any(True for child in module.children() for _ in child.parameters())
+
+
+def _norm_layer(path: str, module: nn.Module) -> bool:
+    """``train_norms=True`` as an exclusion: a predicate (it may match nothing)."""
+    return is_norm(module)
 
 
 Selector = str | type | nn.Module | nn.Parameter | ParamSelector | Callable[[str, nn.Module], bool]
@@ -68,8 +105,9 @@ def select(
         exclude: one selector or a list of them, removed from the selection. Types and
             predicates may match nothing here (so a generic recipe such as
             ``exclude=nn.BatchNorm2d`` works on any model); patterns and objects must match.
-        train_norms: also exclude every normalisation layer (BatchNorm, InstanceNorm,
-            LayerNorm, GroupNorm, RMSNorm, LocalResponseNorm) -- fastai's "train the norms".
+        train_norms: also exclude every normalisation layer -- torch's (BatchNorm,
+            InstanceNorm, LayerNorm, GroupNorm, RMSNorm, LocalResponseNorm) and a model's own
+            classes named ``*Norm`` (``LlamaRMSNorm``, ``T5LayerNorm``): fastai's "train the norms".
 
     Returns:
         The selected module and parameter paths.
@@ -131,7 +169,7 @@ def _choose(
         raise TypeError(f"{function}(..., train_norms=...): expected True or False, received {train_norms!r}.")
     excluded = list(_as_selectors(exclude, function))
     if train_norms:
-        excluded.append(NORM_TYPES)
+        excluded.append(_norm_layer)
     if targets:
         target_modules, target_params = _match_all(tree, targets, function, "target", lambda s: True)
     else:
@@ -219,7 +257,7 @@ def _match_one(tree: PathTree, selector: Any, function: str, role: str) -> tuple
         return None, [use.param is selector for use in tree.params]
     if isinstance(selector, type) or (
         isinstance(selector, tuple) and selector and all(isinstance(t, type) for t in selector)
-    ):  # NORM_TYPES, or a tuple of types as isinstance takes it
+    ):  # a tuple of types, as isinstance takes it
         return [isinstance(u.module, selector) or isinstance(u.wrapper, selector) for u in tree.uses], None
     if isinstance(selector, nn.Module):
         return [u.module is selector or u.wrapper is selector for u in tree.uses], None
