@@ -93,9 +93,13 @@ def freeze(
             BatchNorm statistics may then change).
         tied: what to do when a selected module shares a parameter (or is the same
             object) with a part that is not selected: ``"freeze"`` (default) freezes it
-            everywhere and warns with :class:`frozen.TiedParameterWarning`; ``"train"``
-            keeps the other uses training it, the frozen module sees it as a constant;
-            ``"error"`` raises :class:`frozen.TiedParameterError`.
+            at every use and warns with :class:`frozen.TiedParameterWarning`; ``"train"``
+            keeps the other uses training it, silently, the frozen module sees it as a
+            constant; ``"error"`` raises :class:`frozen.TiedParameterError`.
+            ``frozen.Frozen(tied=)`` shares ``"train"`` and ``"error"`` but has
+            ``"warn"`` (its default) instead of ``"freeze"``: a wrapper freezes one use,
+            so there the other uses always keep training the parameter, and ``"warn"``
+            says so with a warning.
         train_norms: keep normalisation layers trainable (same as excluding them).
         dtype: store each frozen part's floating parameters and buffers in this type
             (e.g. ``torch.bfloat16``: half the memory), cast in place (same
