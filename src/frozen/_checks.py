@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._errors import FrozenError, InvalidModeError
+from ._errors import ArgumentTypeError, FrozenError, InvalidModeError
 
 __all__ = [
     "MODES",
@@ -44,7 +44,7 @@ _STORAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def check_model(model: object, function: str) -> nn.Module:
     """Raise a ``TypeError`` naming ``function`` unless ``model`` is an ``nn.Module``."""
     if not isinstance(model, nn.Module):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{function}(model, ...): expected model to be a torch.nn.Module, received "
             f"{type(model).__module__}.{type(model).__qualname__}. Pass the model itself "
             f"(for a DataParallel/DDP model, pass model.module)."
@@ -105,7 +105,7 @@ def check_dtype(dtype: object, argument: str = "dtype") -> torch.dtype | None:
     if dtype is None:
         return None
     if not isinstance(dtype, torch.dtype):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{argument}={dtype!r}: expected a floating torch.dtype such as torch.bfloat16, "
             f"received {type(dtype).__name__}. Pass the dtype object, e.g. dtype=torch.bfloat16."
         )
@@ -122,7 +122,7 @@ def check_dtype(dtype: object, argument: str = "dtype") -> torch.dtype | None:
 def check_optimizer(optimizer: object, function: str) -> torch.optim.Optimizer:
     """Raise a ``TypeError`` naming ``function`` unless ``optimizer`` is a torch optimizer."""
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{function}(optimizer, model): expected optimizer to be a torch.optim.Optimizer, received "
             f"{type(optimizer).__module__}.{type(optimizer).__qualname__}. Pass the optimizer itself "
             f"(for a Lightning or Accelerate wrapper, its .optimizer)."

@@ -23,7 +23,7 @@ from torch import nn
 
 from .._checks import check_model
 from .._core import ModuleUse, ParamUse
-from .._errors import SelectorError, closest
+from .._errors import ArgumentTypeError, SelectorError, closest
 from .patterns import ParamSelector, PathTree, Pattern, compile_pattern, params
 
 __all__ = [
@@ -166,7 +166,10 @@ def _choose(
 ) -> tuple[list[int], list[int], list[bool]]:
     """Indices of the selected module uses and parameter uses, and the module hits of the targets."""
     if not isinstance(train_norms, bool):
-        raise TypeError(f"{function}(..., train_norms=...): expected True or False, received {train_norms!r}.")
+        raise ArgumentTypeError(
+            f"{function}(..., train_norms={train_norms!r}): expected True or False, received "
+            f"{type(train_norms).__name__} {train_norms!r}. Pass train_norms=True to keep the norms trainable."
+        )
     excluded = list(_as_selectors(exclude, function))
     if train_norms:
         excluded.append(_norm_layer)
@@ -222,7 +225,7 @@ def _as_selectors(exclude: Any, function: str) -> Iterable[Any]:
         return (exclude,)
     if isinstance(exclude, Iterable):
         return tuple(exclude)
-    raise TypeError(
+    raise ArgumentTypeError(
         f"{function}(..., exclude=...): expected a selector or a list of selectors, received "
         f"{type(exclude).__name__}. Pass e.g. exclude='head' or exclude=(torch.nn.LayerNorm, 'pooler')."
     )
@@ -265,7 +268,7 @@ def _match_one(tree: PathTree, selector: Any, function: str, role: str) -> tuple
         # The inner module, as paths skip wrapper levels too.
         return [bool(selector(u.path, u.module)) for u in tree.uses], None
     hint = " To pass a list of targets, unpack it: freeze(model, *targets)." if isinstance(selector, list) else ""
-    raise TypeError(
+    raise ArgumentTypeError(
         f"{function}: expected each {role} to be a path pattern (str), a module type, a module or parameter "
         f"object, a predicate (path, module) -> bool or frozen.params(...), received {type(selector).__name__} "
         f"{selector!r}. See docs/selectors.md.{hint}"

@@ -17,7 +17,7 @@ from torch import nn
 
 from .._checks import check_model
 from .._core import iter_module_uses, iter_param_uses, trainable_ids
-from .._errors import FrozenError, SelectorError, closest
+from .._errors import ArgumentTypeError, FrozenError, SelectorError, closest
 from .._select import compile_pattern, is_norm
 
 __all__ = ["param_groups", "PARKED"]
@@ -42,7 +42,7 @@ def _resolve(model: nn.Module, patterns: Sequence[str], argument: str, paths: li
     chosen = []
     for pattern in patterns:
         if not isinstance(pattern, str):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"frozen.optim.param_groups({argument}=...): expected patterns to be str such as 'head.*', received {pattern!r} ({type(pattern).__name__})."
             )
         match = compile_pattern(pattern, f"frozen.optim.param_groups({argument}=...)", "pattern")
@@ -173,19 +173,19 @@ def param_groups(
 def _checked_overrides(parts: Any, overrides: Any) -> dict[str, Mapping[str, Any]]:
     """Validate the types of ``parts`` and ``overrides``; return the overrides as a dict."""
     if parts is not None and (isinstance(parts, str) or not isinstance(parts, Sequence)):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"frozen.optim.param_groups(parts=...): expected a list of parts, each a pattern or a list of "
             f"patterns, earliest layers first, received {parts!r}. Write parts=['embeddings', 'encoder.layer.0-5']."
         )
     if overrides is not None and not isinstance(overrides, Mapping):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"frozen.optim.param_groups(overrides=...): expected a dict {{pattern: options}}, received "
             f"{overrides!r}. Write overrides={{'head': {{'lr': 1e-3}}}}."
         )
     checked = dict(overrides or {})
     for pattern, options in checked.items():
         if not isinstance(options, Mapping) or "params" in options or PARKED in options:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"frozen.optim.param_groups(overrides={{{pattern!r}: ...}}): expected a dict of group options "
                 f"such as {{'lr': 1e-3}}, received {options!r}. Leave out 'params'."
             )
