@@ -11,12 +11,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._errors import FrozenError, InvalidModeError
+from ._errors import ArgumentTypeError, FrozenError, InvalidModeError
 
-__all__ = ["MODES", "TIED_POLICIES", "check_dtype", "check_mode", "check_model", "check_optimizer", "check_tied"]
+__all__ = [
+    "MODES",
+    "TIED_POLICIES",
+    "WRAPPER_TIED_POLICIES",
+    "check_dtype",
+    "check_mode",
+    "check_model",
+    "check_optimizer",
+    "check_tied",
+    "check_wrapper_tied",
+]
 
 MODES = ("eval", "inherit")
-TIED_POLICIES = ("freeze", "train", "error")
+# tied= says what happens to a parameter a frozen part shares with a part that trains.
+# freeze() marks modules, so it can freeze the parameter at every use ("freeze", its
+# default). A Frozen wrapper freezes one use by construction: the other uses keep
+# training the parameter (S4) whatever tied= says, so its tied= only chooses how settle
+# reports that ("warn", its default). "train" (keep training it there, silently) and
+# "error" (raise) mean the same in both.
+TIED_POLICIES = ("freeze", "train", "error")  # frozen.freeze(tied=), frozen.state entries
+WRAPPER_TIED_POLICIES = ("warn", "train", "error")  # frozen.Frozen(tied=)
 
 # Floating types a frozen part may be stored in: the ones every CPU and GPU kernel takes.
 # float8 types hold values but most operations refuse them, so they would fail at the
@@ -27,7 +44,7 @@ _STORAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def check_model(model: object, function: str) -> nn.Module:
     """Raise a ``TypeError`` naming ``function`` unless ``model`` is an ``nn.Module``."""
     if not isinstance(model, nn.Module):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{function}(model, ...): expected model to be a torch.nn.Module, received "
             f"{type(model).__module__}.{type(model).__qualname__}. Pass the model itself "
             f"(for a DataParallel/DDP model, pass model.module)."
@@ -48,11 +65,37 @@ def check_mode(mode: object, argument: str = "mode") -> str:
 
 
 def check_tied(tied: object, function: str) -> str:
-    """Return ``tied`` if it is a tied-parameter policy, else raise :class:`frozen.FrozenError`."""
+    """Return ``tied`` if it is a policy of ``frozen.freeze(tied=)``, else raise :class:`frozen.FrozenError`."""
     if tied not in TIED_POLICIES:
+        hint = (
+            " 'warn' is frozen.Frozen's tied= (the shared parameter keeps training at the other use, with a "
+            "warning); for freeze, tied='train' keeps it training there (silently)."
+            if tied == "warn"
+            else ""
+        )
         raise FrozenError(
-            f"{function}(..., tied={tied!r}): expected one of {TIED_POLICIES!r}. Use 'freeze' (default: a "
-            f"shared parameter freezes everywhere, with a warning), 'train' (other uses keep training it) or 'error'."
+            f"{function}(..., tied={tied!r}): expected one of {TIED_POLICIES!r}, received {tied!r}. Use "
+            f"'freeze' (default: a parameter shared with an unselected part freezes at every use, with a "
+            f"TiedParameterWarning), 'train' (the unselected uses keep training it) or 'error'.{hint}"
+        )
+    return str(tied)
+
+
+def check_wrapper_tied(tied: object) -> str:
+    """Return ``tied`` if it is a policy of ``frozen.Frozen(tied=)``, else raise :class:`frozen.FrozenError`."""
+    if tied not in WRAPPER_TIED_POLICIES:
+        hint = (
+            " A wrapper freezes this one use, so it cannot freeze the parameter at the other uses: to freeze "
+            "it everywhere, freeze in place instead, frozen.freeze(model, path) (its tied='freeze'), or wrap "
+            "every use."
+            if tied == "freeze"
+            else ""
+        )
+        raise FrozenError(
+            f"Frozen(module, tied={tied!r}): expected one of {WRAPPER_TIED_POLICIES!r}, received {tied!r}. "
+            f"It says what frozen.settle does when this use's parameters still train through another use "
+            f"(they keep training there, contract S4): 'warn' (default, TiedParameterWarning), 'train' "
+            f"(silently: a deliberate stop-gradient branch) or 'error' (frozen.TiedParameterError).{hint}"
         )
     return str(tied)
 
@@ -62,7 +105,7 @@ def check_dtype(dtype: object, argument: str = "dtype") -> torch.dtype | None:
     if dtype is None:
         return None
     if not isinstance(dtype, torch.dtype):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{argument}={dtype!r}: expected a floating torch.dtype such as torch.bfloat16, "
             f"received {type(dtype).__name__}. Pass the dtype object, e.g. dtype=torch.bfloat16."
         )
@@ -79,7 +122,7 @@ def check_dtype(dtype: object, argument: str = "dtype") -> torch.dtype | None:
 def check_optimizer(optimizer: object, function: str) -> torch.optim.Optimizer:
     """Raise a ``TypeError`` naming ``function`` unless ``optimizer`` is a torch optimizer."""
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{function}(optimizer, model): expected optimizer to be a torch.optim.Optimizer, received "
             f"{type(optimizer).__module__}.{type(optimizer).__qualname__}. Pass the optimizer itself "
             f"(for a Lightning or Accelerate wrapper, its .optimizer)."

@@ -1,9 +1,10 @@
 """The one exception family of ``frozen``.
 
 Every error the library raises on bad input is a :class:`FrozenError` (a
-``ValueError``), or a ``TypeError`` where the *type* of an argument is wrong.
-Messages name the argument or path, what was expected, what was received, and
-the fix.
+``ValueError``). Where the *type* of an argument is wrong, it is an
+:class:`ArgumentTypeError`, which is also a ``TypeError`` (so ``except TypeError``
+keeps working). Messages name the argument or path, what was expected, what was
+received, and the fix.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
+    "ArgumentTypeError",
     "FrozenError",
     "InvalidModeError",
     "NonScalarLossError",
@@ -25,6 +27,10 @@ __all__ = [
 
 class FrozenError(ValueError):
     """Base class of every error ``frozen`` raises on bad input."""
+
+
+class ArgumentTypeError(FrozenError, TypeError):
+    """An argument of the wrong type: a class where a predicate is expected, a number where a path is."""
 
 
 class InvalidModeError(FrozenError):

@@ -146,8 +146,8 @@ def test_types_by_class_name_cover_the_models_own_classes_and_torch_nn(nested, c
 
 def test_train_norms_and_mode_reach_freeze(nested, capsys):
     assert main(["report", "cli_nested:build", "--freeze", "**", "--train-norms", "--json"]) == 0
-    # torch's norm layers only: the model's own LayerNorm class is not one
-    assert [p for p, state in frozen_rows(capsys).items() if state == "trainable"] == ["0.norm", "1.norm"]
+    # torch's norm layers and the model's own LayerNorm class (named *Norm, no parameter below it)
+    assert [p for p, state in frozen_rows(capsys).items() if state == "trainable"] == ["0.norm", "1.norm", "2"]
     assert main(["report", "cli_nested:build", "--freeze", "0", "--mode", "inherit", "--plain"]) == 0
     assert "forced eval" not in capsys.readouterr().out
     assert main(["report", "cli_nested:build", "--freeze", "0", "--plain"]) == 0

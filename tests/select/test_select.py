@@ -65,10 +65,9 @@ def test_types_objects_predicates_and_no_target():
         "encoder.layer.3.0",
         "encoder.layer.3.1",
     ]
-    # The whole model is spelled "": no targets at all is refused.
+    # The whole model is "", and no targets at all (an empty list unpacked too) is the whole model.
     assert frozen.select(model, "") == [n for n, _ in model.named_modules()]
-    with pytest.raises(frozen.SelectorError, match=r'no targets given.*frozen.select\(model, ""\)'):
-        frozen.select(model, *[])
+    assert frozen.select(model, *[]) == frozen.select(model) == frozen.select(model, "")
 
 
 def test_exclude_and_train_norms():

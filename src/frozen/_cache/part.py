@@ -67,6 +67,7 @@ class Part(StandIn):
         # cache(..., shared=): tensors every sample of a call shares, by keyword and by position
         self.shared = frozenset(handle.shared) | {i for i, n in enumerate(self.argument_names) if n in handle.shared}
         self.load_hooks = watch_loads(list(module.modules()), self.forget)  # removed by uncache
+        _disable_compile()
 
     def forget(self) -> None:
         """Distrust the snapshot: the next call drops this part's entries (after a load; see ``_fsdp_sources.py``)."""
@@ -79,8 +80,8 @@ class Part(StandIn):
 
     # Under torch.compile the part runs eagerly, a graph break on each side: a hit is a
     # lookup with nothing to compile, and traced, the keys, the store and the snapshot
-    # became guards that recompiled at every batch and never hit.
-    @torch.compiler.disable
+    # became guards that recompiled at every batch and never hit. The first Part built
+    # applies torch.compiler.disable (see _disable_compile): at import it would load dynamo.
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.counts["calls"] += 1
         # grad_inputs="pass": the part used as a frozen middle (a perceptual loss on generated images)
@@ -238,6 +239,23 @@ def _input_grads_hint(model: nn.Module | None) -> str:
 def _trainable_inside(model: nn.Module, module: nn.Module) -> bool:
     ids = trainable_ids(model)
     return any(id(p) in ids for p in module.parameters())
+
+
+_COMPILE_DISABLED = False
+
+
+def _disable_compile() -> None:
+    """Make ``Part.__call__`` run eagerly under ``torch.compile``, once, when the first part is built.
+
+    ``torch.compiler.disable`` imports ``torch._dynamo`` (about 900 modules, sympy
+    included), which a decorator in the class body would do at ``import frozen``.
+    Every :class:`Part` comes from ``__init__`` (a copy becomes a :class:`Passthrough`),
+    so no part is ever called before this has run.
+    """
+    global _COMPILE_DISABLED
+    if not _COMPILE_DISABLED:
+        Part.__call__ = torch.compiler.disable(Part.__call__)  # type: ignore[method-assign]
+        _COMPILE_DISABLED = True
 
 
 def _any_requires_grad(args: tuple, kwargs: dict) -> bool:

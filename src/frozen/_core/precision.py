@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .call import caller_dtype, cast_floating
 from .record import Storage, record_of, set_storage
@@ -76,16 +77,64 @@ class KeepStorage(StandIn):
         if storage is not None:
             moved = {name: fn(torch.empty(0, dtype=dtype)).dtype for name, dtype in storage.original.items()}
             storage.original = moved
+            for name, entry in _before_cast(module):  # what a part frozen later over the same tensors gives back
+                entry[0] = moved.get(name, entry[0])
             storage.fallback = fn(torch.empty(0, dtype=storage.fallback)).dtype
             cast_module(module, storage.dtype)
         return module
 
 
+# The type each tensor had before the first low-precision part holding it was cast, while
+# any part holds it. A module or parameter reached under two roots (a submodule shared by
+# "a" and "b", both frozen with dtype=) is cast by the first root: the second must give
+# back the type from before that cast, not the cast one, or thaw leaves it narrow.
+# Parameters are kept by object (cast in place); buffers by owning module and name
+# (a cast replaces the buffer tensor).
+_BEFORE_PARAMS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameter -> [dtype, holders]
+_BEFORE_BUFFERS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # module -> {name: [dtype, holders]}
+
+
+def _before_cast(module: nn.Module) -> list[tuple[str, list]]:
+    """Per floating tensor under ``module``: its path and its shared ``[dtype before the cast, holders]``."""
+    entries = []
+    for name, param in module.named_parameters():
+        if param.is_floating_point():
+            entries.append((name, _BEFORE_PARAMS.setdefault(param, [param.dtype, 0])))
+    for name, buffer in module.named_buffers():
+        if buffer.is_floating_point():
+            owner_path, _, buffer_name = name.rpartition(".")
+            slots = _BEFORE_BUFFERS.setdefault(module.get_submodule(owner_path), {})
+            entries.append((name, slots.setdefault(buffer_name, [buffer.dtype, 0])))
+    return entries
+
+
+def _release_before_cast(module: nn.Module) -> None:
+    """Forget ``module``'s part in :data:`_BEFORE_PARAMS` / :data:`_BEFORE_BUFFERS` (a later freeze records afresh)."""
+    for param in module.parameters():
+        entry = _BEFORE_PARAMS.get(param)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del _BEFORE_PARAMS[param]
+    for name, _ in module.named_buffers():
+        owner_path, _, buffer_name = name.rpartition(".")
+        slots = _BEFORE_BUFFERS.get(module.get_submodule(owner_path), {})
+        entry = slots.get(buffer_name)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del slots[buffer_name]
+
+
 def lower_precision(module: nn.Module, dtype: torch.dtype) -> None:
     """Store ``module``'s floating tensors in ``dtype`` and cast at its boundary."""
+    original = {}
+    for name, entry in _before_cast(module):
+        entry[1] += 1
+        original[name] = entry[0]
     storage = Storage(
         dtype=dtype,
-        original={name: t.dtype for name, t in floating_tensors(module)},
+        original=original,
         fallback=module_float_dtype(module),
         keeper=KeepStorage(module),
     )
@@ -104,6 +153,7 @@ def restore_precision(module: nn.Module) -> None:
     storage = set_storage(module, None)
     if storage is None:
         return
+    _release_before_cast(module)
     for handle in storage.handles:
         handle.remove()
     remove(module, storage.keeper)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_dtype, check_mode
+from .._checks import check_dtype, check_mode, check_wrapper_tied
 from .._errors import FrozenError
 from .call import UsePlan, call_frozen, caller_dtype, cast_floating, slots_intact
 from .precision import cast_module, module_float_dtype
@@ -49,16 +49,20 @@ class Frozen(nn.Module):
             (values keep the rounding) or reload the checkpoint. Do not use it on a
             module that is also used plainly elsewhere: that use would see the cast
             weights.
+        tied: what :func:`frozen.settle` does when a parameter of this use also trains
+            through another, plain use. It keeps training there whatever ``tied`` says (a
+            wrapper freezes this one use; contract S4), and this use is a white box for
+            it. ``"warn"`` (default): a :class:`frozen.TiedParameterWarning` naming both
+            paths; ``"train"``: silently (a deliberate stop-gradient branch), as
+            ``frozen.freeze(..., tied="train")``; ``"error"``:
+            :class:`frozen.TiedParameterError`, as ``freeze(..., tied="error")``. There is
+            no ``"freeze"``: to freeze a shared parameter at every use, freeze in place
+            (``frozen.freeze(model, path)``, whose default ``tied="freeze"`` does that).
 
     Raises:
         TypeError: ``module`` is not an ``nn.Module``, or ``dtype`` is not a ``torch.dtype``.
-        frozen.FrozenError: ``dtype`` is not a floating-point type.
+        frozen.FrozenError: ``dtype`` is not a floating-point type, or ``tied`` is unknown.
         frozen.InvalidModeError: ``mode`` is not ``"eval"`` or ``"inherit"``.
-
-        tied: what :func:`frozen.settle` does when this use's parameters still train
-            through another use (contract S4: they stay trainable there, this use is a
-            white box): ``"warn"`` (default, :class:`frozen.TiedParameterWarning`),
-            ``"train"`` (deliberate, e.g. a stop-gradient branch: silent) or ``"error"``.
 
     Attaching a module or parameter to the wrapper itself (``wrapper.adapter = ...``)
     raises :class:`frozen.FrozenError`: attach it to ``wrapper.module`` or the parent.
@@ -97,12 +101,7 @@ class Frozen(nn.Module):
             )
         check_mode(mode)
         check_dtype(dtype)
-        if tied not in ("warn", "train", "error"):
-            raise FrozenError(
-                f"Frozen(module, tied={tied!r}): expected 'warn' (default), 'train' or 'error'. It says what "
-                f"settle does when this use's parameters still train through another use (S4): warn, accept "
-                f"silently (a deliberate stop-gradient branch), or raise frozen.TiedParameterError."
-            )
+        check_wrapper_tied(tied)
         super().__init__()
         self.module = module
         self.mode = mode

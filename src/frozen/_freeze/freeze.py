@@ -82,17 +82,24 @@ def freeze(
 
     Args:
         model: the model to change.
-        *targets: what to freeze (``docs/selectors.md``); ``""`` is the whole model.
-            At least one target: an empty list built by code raises instead of freezing
-            everything.
-        exclude: selectors kept out of the frozen parts, e.g. ``exclude=torch.nn.LayerNorm``.
+        *targets: what to freeze (``docs/selectors.md``). None means the whole model
+            (``frozen.freeze(teacher)``, as timm's ``freeze(model)`` or Keras'
+            ``model.trainable = False``), and so does an empty list unpacked
+            (``freeze(model, *[])`` is the same call): guard ``if targets:`` when a list
+            built by code may come out empty.
+        exclude: selectors kept out of the frozen parts, e.g. ``exclude=torch.nn.LayerNorm``;
+            with no targets, the whole model except these.
         mode: ``"eval"`` (default) or ``"inherit"`` (follow the parent's train/eval;
             BatchNorm statistics may then change).
         tied: what to do when a selected module shares a parameter (or is the same
             object) with a part that is not selected: ``"freeze"`` (default) freezes it
-            everywhere and warns with :class:`frozen.TiedParameterWarning`; ``"train"``
-            keeps the other uses training it, the frozen module sees it as a constant;
-            ``"error"`` raises :class:`frozen.TiedParameterError`.
+            at every use and warns with :class:`frozen.TiedParameterWarning`; ``"train"``
+            keeps the other uses training it, silently, the frozen module sees it as a
+            constant; ``"error"`` raises :class:`frozen.TiedParameterError`.
+            ``frozen.Frozen(tied=)`` shares ``"train"`` and ``"error"`` but has
+            ``"warn"`` (its default) instead of ``"freeze"``: a wrapper freezes one use,
+            so there the other uses always keep training the parameter, and ``"warn"``
+            says so with a warning.
         train_norms: keep normalisation layers trainable (same as excluding them).
         dtype: store each frozen part's floating parameters and buffers in this type
             (e.g. ``torch.bfloat16``: half the memory), cast in place (same
@@ -107,7 +114,7 @@ def freeze(
 
     Raises:
         TypeError: ``model`` is not a module, or a selector has an unsupported type.
-        frozen.SelectorError: no target, or a selector is malformed or matches nothing.
+        frozen.SelectorError: a selector is malformed or matches nothing.
         frozen.InvalidModeError: ``mode`` is not ``"eval"`` or ``"inherit"``.
         frozen.TiedParameterError: ``tied="error"`` and something is shared with an
             unselected part, or ``tied="train"`` and a selected module *object* is also

@@ -84,7 +84,7 @@ def thaw(model: nn.Module, *targets: Selector, exclude: Any = ()) -> nn.Module:
         slots: list[tuple[nn.Module, str]] = []
         row_paths: list[str] = []
         if selectors or not rows:
-            selection = resolve(model, selectors, exclude, function="frozen.thaw", no_targets="all")
+            selection = resolve(model, selectors, exclude, function="frozen.thaw")
             modules, slots = plan_thaw(model, selection, named=bool(selectors))
             row_paths = _row_frozen_in(model, selection)
         apply_thaw(model, modules, slots)

@@ -17,7 +17,7 @@ from torch import nn
 
 from .._checks import check_model
 from .._core import ModuleRef, find, install, iter_module_uses, own_attribute, remove, settle, standing
-from .._errors import FrozenError, UnknownPathError, closest
+from .._errors import ArgumentTypeError, FrozenError, UnknownPathError, closest
 from .._freeze import is_frozen
 from .forward import LeanConv, LeanNorm, LeanReLU
 
@@ -61,6 +61,19 @@ def _plan(model: nn.Module, path: str) -> list[tuple[nn.Module, nn.Module | None
     return [(conv, norms.get(key), relus.get(key), where[key]) for key, conv in convs.items()]
 
 
+def _check_paths(paths: tuple, function: str) -> None:
+    """Each path is a module path (str): ``lean(model, 1)`` or ``lean(model, ["a", "b"])`` is a mistake."""
+    for path in paths:
+        if not isinstance(path, str):
+            hint = f" To pass a list of paths, unpack it: {function}(model, *paths)." if isinstance(path, list) else ""
+            raise ArgumentTypeError(
+                f"{function}(model, {path!r}): expected each path to be a module path (str) such as "
+                f"'backbone' or '' (the whole model; no path means the same), received "
+                f"{type(path).__name__} {path!r}. List the module paths with [p for p, _ in "
+                f"model.named_modules()].{hint} Nothing was changed."
+            )
+
+
 def lean(model: nn.Module, *paths: str) -> nn.Module:
     """Make the frozen parts at ``paths`` (none: the whole model) save less for backward; return ``model``.
 
@@ -74,7 +87,8 @@ def lean(model: nn.Module, *paths: str) -> nn.Module:
     The model is settled first (:func:`frozen.settle`), as ``freeze`` and ``thaw`` do.
 
     Raises:
-        TypeError: ``model`` is not a module.
+        TypeError: ``model`` is not a module, or a path is not a ``str`` (a
+            :class:`frozen.FrozenError` too).
         frozen.UnknownPathError: no module has a given path.
         frozen.FrozenError: a part is not frozen. Nothing is changed then.
 
@@ -87,7 +101,7 @@ def lean(model: nn.Module, *paths: str) -> nn.Module:
         True
     """
     check_model(model, "frozen.lean")
-
+    _check_paths(paths, "frozen.lean")
     known = [u.path for u in iter_module_uses(model)]
     for path in paths or ("",):
         if path not in known:
@@ -128,6 +142,7 @@ def unlean(model: nn.Module, *paths: str) -> nn.Module:
         False
     """
     check_model(model, "frozen.unlean")
+    _check_paths(paths, "frozen.unlean")
     for use in iter_module_uses(model):
         if paths and not any(use.path == p or use.path.startswith(f"{p}.") for p in paths):
             continue

@@ -7,6 +7,7 @@ from .select import NORM_TYPES as NORM_TYPES
 from .select import Selection as Selection
 from .select import Selector as Selector
 from .select import compile_pattern as compile_pattern
+from .select import is_norm as is_norm
 from .select import params as params
 from .select import resolve as resolve
 from .select import select as select
@@ -16,6 +17,7 @@ __all__ = [
     "Selection",
     "Selector",
     "compile_pattern",
+    "is_norm",
     "params",
     "resolve",
     "select",

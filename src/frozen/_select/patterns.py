@@ -21,7 +21,7 @@ from functools import cached_property
 from torch import nn
 
 from .._core import ModuleUse, ParamUse, iter_module_uses, iter_param_uses
-from .._errors import SelectorError
+from .._errors import ArgumentTypeError, SelectorError
 
 __all__ = ["Pattern", "PathTree", "ParamSelector", "compile_pattern", "params", "position"]
 
@@ -170,7 +170,8 @@ def params(what: str | Callable[[str, nn.Parameter], bool]) -> ParamSelector:
         A selector for ``select`` / ``freeze`` / ``thaw`` and their ``exclude=``.
 
     Raises:
-        TypeError: ``what`` is neither a string nor callable.
+        frozen.FrozenError: ``what`` is neither a string nor a predicate -- a class such as
+            ``torch.nn.Linear`` included (also a ``TypeError``).
 
     Example:
         >>> import torch, frozen
@@ -179,8 +180,30 @@ def params(what: str | Callable[[str, nn.Parameter], bool]) -> ParamSelector:
         >>> frozen.select(net, params(lambda path, p: p.ndim == 1))
         ['0.bias', '1.weight', '1.bias']
     """
+    if isinstance(what, type):
+        # A class is callable, so it would pass for a predicate and fail (or select at random) at
+        # the first parameter: Linear(path, parameter), int(path, parameter).
+        name = (
+            what.__name__
+            if what.__module__ == "builtins"
+            else f"torch.nn.{what.__name__}"
+            if getattr(nn, what.__name__, None) is what
+            else f"{what.__module__}.{what.__qualname__}"
+        )
+        by_type = (
+            f"to freeze the modules of that type with their parameters, pass the type itself as a "
+            f"target, frozen.freeze(model, {name}); "
+            if issubclass(what, nn.Module)
+            else ""
+        )
+        raise ArgumentTypeError(
+            f"frozen.params(what={what.__name__}): expected a path pattern (str) or a predicate "
+            f"(path, parameter) -> bool, received the class {name}. params() selects parameters by path "
+            f"or by predicate, never by type: {by_type}for parameters, pass a pattern or a function, e.g. "
+            f"frozen.params('**.weight') or frozen.params(lambda path, p: p.ndim == 1)."
+        )
     if not isinstance(what, str) and not callable(what):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"frozen.params(...): expected a path pattern (str) or a predicate (path, parameter) -> bool, "
             f"received {type(what).__name__} {what!r}. Pass e.g. frozen.params(lambda path, p: p.ndim == 1)."
         )

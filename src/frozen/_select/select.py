@@ -15,19 +15,30 @@ time linear in the number of module and parameter uses.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from torch import nn
 
 from .._checks import check_model
 from .._core import ModuleUse, ParamUse
-from .._errors import SelectorError, closest
+from .._errors import ArgumentTypeError, SelectorError, closest
 from .patterns import ParamSelector, PathTree, Pattern, compile_pattern, params
 
-__all__ = ["select", "resolve", "params", "ParamSelector", "compile_pattern", "Selection", "Selector", "NORM_TYPES"]
+__all__ = [
+    "NORM_TYPES",
+    "ParamSelector",
+    "Selection",
+    "Selector",
+    "compile_pattern",
+    "is_norm",
+    "params",
+    "resolve",
+    "select",
+]
 
-# What ``train_norms=True`` keeps trainable: every normalisation layer torch ships.
+# Every normalisation layer torch ships; is_norm adds the ones models define themselves.
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
     nn.LayerNorm,
@@ -35,6 +46,32 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.RMSNorm,
     nn.LocalResponseNorm,
 )
+# A class named like a norm: LlamaRMSNorm, T5LayerNorm, ScaleNorm, LayerNorm2d. Not
+# Wav2Vec2GroupNormConvLayer (a convolution) or Normalize: the name must end in Norm.
+_NORM_NAME = re.compile(r"Norm(\d+d)?$")
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalisation layer: the one rule of ``train_norms=True`` and of
+    ``frozen.optim.param_groups(no_decay_bias_and_norm=True)`` (``docs/selectors.md``).
+
+    An instance of torch's norm classes (:data:`NORM_TYPES`), or of a class whose name (or a
+    base class's) ends in ``Norm``, optionally with a dimension (``LayerNorm2d``), that holds
+    no parameter below it: Hugging Face's ``LlamaRMSNorm`` and ``T5LayerNorm`` are plain
+    ``nn.Module`` subclasses. A module named like a norm that holds layers with weights
+    (``PreNorm(dim, fn)``, ``AdaLayerNorm`` and its modulation ``Linear``) wraps a norm
+    rather than being one: keeping it trainable would keep ``fn`` trainable, and the norm
+    inside it is found on its own.
+    """
+    if isinstance(module, NORM_TYPES):
+        return True
+    named = any(_NORM_NAME.search(c.__name__) for c in type(module).__mro__ if c is not nn.Module)
+    return named and not any(True for child in module.children() for _ in child.parameters())
+
+
+def _norm_layer(path: str, module: nn.Module) -> bool:
+    """``train_norms=True`` as an exclusion: a predicate (it may match nothing)."""
+    return is_norm(module)
 
 
 Selector = str | type | nn.Module | nn.Parameter | ParamSelector | Callable[[str, nn.Module], bool]
@@ -63,20 +100,21 @@ def select(
     Args:
         model: the model to select in.
         *targets: patterns (``"encoder.layer.-2:"``, ``"**.bias"``), module types, module or
-            parameter objects, predicates ``(path, module) -> bool`` or ``params(...)``. At
-            least one: the whole model is ``""``.
+            parameter objects, predicates ``(path, module) -> bool`` or ``params(...)``. None
+            (or an empty list unpacked) means the whole model, as ``""`` does.
         exclude: one selector or a list of them, removed from the selection. Types and
             predicates may match nothing here (so a generic recipe such as
             ``exclude=nn.BatchNorm2d`` works on any model); patterns and objects must match.
-        train_norms: also exclude every normalisation layer (BatchNorm, InstanceNorm,
-            LayerNorm, GroupNorm, RMSNorm, LocalResponseNorm) -- fastai's "train the norms".
+        train_norms: also exclude every normalisation layer -- torch's (BatchNorm,
+            InstanceNorm, LayerNorm, GroupNorm, RMSNorm, LocalResponseNorm) and a model's own
+            classes named ``*Norm`` (``LlamaRMSNorm``, ``T5LayerNorm``): fastai's "train the norms".
 
     Returns:
         The selected module and parameter paths.
 
     Raises:
         TypeError: ``model`` is not a module, or a selector has an unsupported type.
-        frozen.SelectorError: no target, a malformed pattern, or a target that matches nothing.
+        frozen.SelectorError: a malformed pattern, or a target that matches nothing.
 
     Example:
         >>> import torch, frozen
@@ -88,7 +126,7 @@ def select(
     """
     check_model(model, "frozen.select")
     tree = PathTree(model)
-    modules, parameters, _ = _choose(tree, targets, exclude, train_norms, "frozen.select", "error")
+    modules, parameters, _ = _choose(tree, targets, exclude, train_norms, "frozen.select")
     by_owner: dict[int, list[str]] = {}
     for j in parameters:
         by_owner.setdefault(tree.owner[j], []).append(tree.params[j].path)
@@ -107,15 +145,15 @@ def resolve(
     *,
     train_norms: bool = False,
     function: str,
-    no_targets: Literal["error", "all"] = "error",
 ) -> Selection:
     """Resolve ``targets`` minus ``exclude`` to uses of ``model``; raise before anything changes.
 
-    ``no_targets="error"`` refuses an empty ``targets`` (``freeze(model, *[])`` is an
-    accident, the whole model is spelled ``""``); ``"all"`` reads it as the whole model.
+    No targets is the whole model (``""``), as in every library users come from: timm's
+    ``freeze(model)``, Lightning's ``BaseFinetuning.freeze(module)``, Keras'
+    ``model.trainable = False``; ``exclude=`` then carves out of the whole model.
     """
     tree = PathTree(model)
-    modules, parameters, matched = _choose(tree, targets, exclude, train_norms, function, no_targets)
+    modules, parameters, matched = _choose(tree, targets, exclude, train_norms, function)
     return Selection(
         [tree.uses[i] for i in modules],
         [use for use, hit in zip(tree.uses, matched) if hit],
@@ -124,16 +162,17 @@ def resolve(
 
 
 def _choose(
-    tree: PathTree, targets: tuple, exclude: Any, train_norms: Any, function: str, no_targets: str
+    tree: PathTree, targets: tuple, exclude: Any, train_norms: Any, function: str
 ) -> tuple[list[int], list[int], list[bool]]:
     """Indices of the selected module uses and parameter uses, and the module hits of the targets."""
     if not isinstance(train_norms, bool):
-        raise TypeError(f"{function}(..., train_norms=...): expected True or False, received {train_norms!r}.")
+        raise ArgumentTypeError(
+            f"{function}(..., train_norms={train_norms!r}): expected True or False, received "
+            f"{type(train_norms).__name__} {train_norms!r}. Pass train_norms=True to keep the norms trainable."
+        )
     excluded = list(_as_selectors(exclude, function))
     if train_norms:
-        excluded.append(NORM_TYPES)
-    if not targets and no_targets != "all":
-        raise SelectorError(_no_targets_message(function, bool(excluded)))
+        excluded.append(_norm_layer)
     if targets:
         target_modules, target_params = _match_all(tree, targets, function, "target", lambda s: True)
     else:
@@ -186,7 +225,7 @@ def _as_selectors(exclude: Any, function: str) -> Iterable[Any]:
         return (exclude,)
     if isinstance(exclude, Iterable):
         return tuple(exclude)
-    raise TypeError(
+    raise ArgumentTypeError(
         f"{function}(..., exclude=...): expected a selector or a list of selectors, received "
         f"{type(exclude).__name__}. Pass e.g. exclude='head' or exclude=(torch.nn.LayerNorm, 'pooler')."
     )
@@ -221,7 +260,7 @@ def _match_one(tree: PathTree, selector: Any, function: str, role: str) -> tuple
         return None, [use.param is selector for use in tree.params]
     if isinstance(selector, type) or (
         isinstance(selector, tuple) and selector and all(isinstance(t, type) for t in selector)
-    ):  # NORM_TYPES, or a tuple of types as isinstance takes it
+    ):  # a tuple of types, as isinstance takes it
         return [isinstance(u.module, selector) or isinstance(u.wrapper, selector) for u in tree.uses], None
     if isinstance(selector, nn.Module):
         return [u.module is selector or u.wrapper is selector for u in tree.uses], None
@@ -229,20 +268,10 @@ def _match_one(tree: PathTree, selector: Any, function: str, role: str) -> tuple
         # The inner module, as paths skip wrapper levels too.
         return [bool(selector(u.path, u.module)) for u in tree.uses], None
     hint = " To pass a list of targets, unpack it: freeze(model, *targets)." if isinstance(selector, list) else ""
-    raise TypeError(
+    raise ArgumentTypeError(
         f"{function}: expected each {role} to be a path pattern (str), a module type, a module or parameter "
         f"object, a predicate (path, module) -> bool or frozen.params(...), received {type(selector).__name__} "
         f"{selector!r}. See docs/selectors.md.{hint}"
-    )
-
-
-def _no_targets_message(function: str, has_exclude: bool) -> str:
-    call = f'{function}(model, ""{", exclude=..." if has_exclude else ""})'
-    return (
-        f"{function}: no targets given. Expected at least one selector (docs/selectors.md). An empty "
-        f"target list is refused, not read as the whole model, because {function}(model, *targets) with a "
-        f'list that came out empty would freeze everything. To name the whole model, pass "" (the model '
-        f"itself): {call}."
     )
 
 

@@ -15,7 +15,7 @@ from ..optim import STATE_POLICIES, sync
 from ..schedule import GradualUnfreezing, Stage
 from ._schedulers import extend_scheduler
 
-__all__ = ["FreezePlan", "unwrap_optimizer", "unwrap_model", "extend_scheduler", "UNITS"]
+__all__ = ["CallbackPlan", "unwrap_optimizer", "unwrap_model", "extend_scheduler", "UNITS"]
 
 UNITS = ("epoch", "step")
 
@@ -47,7 +47,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
-class FreezePlan:
+class CallbackPlan:
     """Targets to freeze before training and stages to thaw during it (framework-neutral).
 
     Validates its arguments at construction, so a mistake fails when the callback is

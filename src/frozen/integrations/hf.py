@@ -53,7 +53,7 @@ from .._core import named_parameters, trainable_ids
 from .._errors import FrozenError
 from ..optim import PARKED, load_state_dict
 from ..schedule import Stage
-from ._common import FreezePlan, extend_scheduler, unwrap_model, unwrap_optimizer
+from ._common import CallbackPlan, extend_scheduler, unwrap_model, unwrap_optimizer
 from ._hf_resume import install, take
 
 __all__ = ["FreezeCallback"]
@@ -100,7 +100,7 @@ class FreezeCallback(TrainerCallback):
         state: str = "drop",
         unit: str = "epoch",
     ) -> None:
-        self.plan = FreezePlan(
+        self.plan = CallbackPlan(
             targets,
             exclude=exclude,
             mode=mode,

@@ -39,7 +39,7 @@ from .._core import iter_module_uses
 from .._errors import SelectorError
 from ..distributed import rewrap
 from ..schedule import Stage
-from ._common import FreezePlan
+from ._common import CallbackPlan
 
 __all__ = ["FreezeCallback"]
 
@@ -84,7 +84,7 @@ class FreezeCallback(Callback):
         state: str = "drop",
         unit: str = "epoch",
     ) -> None:
-        self.plan = FreezePlan(
+        self.plan = CallbackPlan(
             targets,
             exclude=exclude,
             mode=mode,

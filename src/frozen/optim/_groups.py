@@ -17,10 +17,10 @@ from torch import nn
 
 from .._checks import check_model
 from .._core import iter_module_uses, iter_param_uses, trainable_ids
-from .._errors import FrozenError, SelectorError, closest
-from .._select import NORM_TYPES, compile_pattern
+from .._errors import ArgumentTypeError, FrozenError, SelectorError, closest
+from .._select import compile_pattern, is_norm
 
-__all__ = ["param_groups", "PARKED", "is_norm_layer"]
+__all__ = ["param_groups", "PARKED"]
 
 # Group key: paths of this group's parameters that are frozen right now.
 PARKED = "frozen_params"
@@ -37,18 +37,12 @@ def _selects(match: Callable[[str], bool], param_path: str) -> bool:
     return any(match(".".join(segments[:i])) for i in range(1, len(segments) + 1))
 
 
-def is_norm_layer(module: nn.Module) -> bool:
-    """Whether ``module`` is a normalisation layer (torch's, or a class named ``*Norm*``)."""
-    # Hugging Face defines its own norms (LlamaRMSNorm, T5LayerNorm): match them by name.
-    return isinstance(module, NORM_TYPES) or "Norm" in type(module).__name__
-
-
 def _resolve(model: nn.Module, patterns: Sequence[str], argument: str, paths: list[str]) -> list[list[str]]:
     """Paths selected by each pattern; raise naming the first pattern that selects nothing."""
     chosen = []
     for pattern in patterns:
         if not isinstance(pattern, str):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"frozen.optim.param_groups({argument}=...): expected patterns to be str such as 'head.*', received {pattern!r} ({type(pattern).__name__})."
             )
         match = compile_pattern(pattern, f"frozen.optim.param_groups({argument}=...)", "pattern")
@@ -112,7 +106,9 @@ def param_groups(
             group's name.
         no_decay_bias_and_norm: when True, put ``weight_decay=0.0`` on 1-D parameters
             (biases, normalisation weights, scalars) and on every parameter of a
-            normalisation layer, as Hugging Face's Trainer and timm do.
+            normalisation layer (the rule of ``train_norms=``: torch's norm classes and
+            classes named ``*Norm`` such as ``LlamaRMSNorm``), as Hugging Face's Trainer
+            and timm do.
         **group_defaults: options of every group (``lr=1e-3``, ``weight_decay=0.01``).
             With ``parts``, ``lr`` may be fastai's ``slice(top)`` (top level ``top``,
             others ``top/10``) or ``slice(bottom, top)`` (geometric from bottom to top).
@@ -163,7 +159,7 @@ def param_groups(
     for path, param in named:
         level = level_of.get(path, len(labels) - 1)
         applied = [pattern for pattern in overrides if path in selected[pattern]]
-        no_decay = no_decay_bias_and_norm and (param.ndim <= 1 or is_norm_layer(owners[id(param)]))
+        no_decay = no_decay_bias_and_norm and (param.ndim <= 1 or is_norm(owners[id(param)]))
         key = (level, tuple(applied), no_decay)
         if key not in groups:
             lr = lrs[level] if "lr" in group_defaults or lr_decay is not None else None
@@ -177,19 +173,19 @@ def param_groups(
 def _checked_overrides(parts: Any, overrides: Any) -> dict[str, Mapping[str, Any]]:
     """Validate the types of ``parts`` and ``overrides``; return the overrides as a dict."""
     if parts is not None and (isinstance(parts, str) or not isinstance(parts, Sequence)):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"frozen.optim.param_groups(parts=...): expected a list of parts, each a pattern or a list of "
             f"patterns, earliest layers first, received {parts!r}. Write parts=['embeddings', 'encoder.layer.0-5']."
         )
     if overrides is not None and not isinstance(overrides, Mapping):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"frozen.optim.param_groups(overrides=...): expected a dict {{pattern: options}}, received "
             f"{overrides!r}. Write overrides={{'head': {{'lr': 1e-3}}}}."
         )
     checked = dict(overrides or {})
     for pattern, options in checked.items():
         if not isinstance(options, Mapping) or "params" in options or PARKED in options:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"frozen.optim.param_groups(overrides={{{pattern!r}: ...}}): expected a dict of group options "
                 f"such as {{'lr': 1e-3}}, received {options!r}. Leave out 'params'."
             )
