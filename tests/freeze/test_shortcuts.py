@@ -366,6 +366,19 @@ def test_freeze_to_gives_the_same_state_whatever_was_frozen_before():
         assert [n for n, _ in frozen.named_trainable(model)] == [n for n, _ in frozen.named_trainable(straight)]
 
 
+@pytest.mark.parametrize("n", [1, 2, -1], ids=lambda n: f"n={n}")
+def test_freeze_to_leaves_no_frozen_module_above_the_blocks(n):
+    # timm's ViT holds cls_token itself: the stem freezes that parameter alone, and the
+    # model, frozen whole before, is thawed (it would otherwise stay in eval, frozen whole).
+    straight = frozen.freeze_to(TimmViT(), n)
+    model = frozen.freeze(TimmViT(), "")
+    frozen.freeze_to(model, n)
+    assert frozen.state(model) == frozen.state(straight)
+    assert "" not in [entry["path"] for entry in frozen.state(model)["frozen"]] and model.train().training
+    assert frozen.is_frozen(model, "cls_token")
+    check_trained(model, params_under(model, *(p for g in frozen.blocks(model)[n:] for p in g)))
+
+
 def test_freeze_to_zero_thaws_what_freeze_froze():
     model = tiny_bert()
     plain = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -411,6 +424,20 @@ def test_freeze_to_refused_by_thaw_changes_nothing():
     before = snapshot(model)
     with pytest.raises(frozen.FrozenError, match="'bert' is frozen in torch.bfloat16"):
         frozen.freeze_to(model, 1)
+    assert snapshot(model) == before
+
+
+def test_freeze_to_refused_after_its_thaw_puts_the_model_back():
+    # Block 0 shares its weight with block 2, frozen now: freezing block 0 is refused with
+    # tied="error" only once freeze_to has thawed block 2. The thaw is undone.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(6, 4), nn.Linear(4, 4), nn.Linear(4, 6, bias=False))
+    model[2].weight = model[0].weight
+    with pytest.warns(frozen.TiedParameterWarning):
+        frozen.freeze(model, "2", "1")
+    before = snapshot(model)
+    with pytest.raises(frozen.TiedParameterError, match="'0.weight' and '2.weight'"):
+        frozen.freeze_to(model, 1, tied="error")
     assert snapshot(model) == before
 
 

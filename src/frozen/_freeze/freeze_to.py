@@ -13,10 +13,11 @@ import warnings
 from torch import nn
 
 from .._checks import check_mode, check_model, check_tied
-from .._core import LOCK
+from .._core import LOCK, iter_module_uses
 from .._errors import FrozenError
 from .._select import layout, resolve
-from .freeze import freeze
+from .freeze import freeze, plan_freeze
+from .state import load_state, state
 from .thaw import plan_thaw, thaw
 
 __all__ = ["freeze_to"]
@@ -74,13 +75,25 @@ def freeze_to(model: nn.Module, n: int, *, mode: str = "eval", tied: str = "free
                 f"Use n={len(groups)} to freeze every block, n=0 to thaw them all. Nothing was changed."
             )
         frozen_paths = [path for group in groups[: n if n >= 0 else len(groups) + n] for path in group]
-        # Validate the thaw before the freeze changes anything (freeze validates itself first).
-        plan_thaw(model, resolve(model, ("",), frozen_paths, function="frozen.freeze_to"), named=True)
+        # Thaw first, then freeze: a parameter the model holds itself (cls_token) is frozen on its
+        # own, so the module holding it must be thawed (unmarked) rather than left frozen whole.
+        modules = {use.path for use in iter_module_uses(model)}
+        kept = [path for path in frozen_paths if path in modules]
+        plan_thaw(model, resolve(model, ("",), kept, function="frozen.freeze_to"), named=True)
+        if frozen_paths:  # validate the freeze too, before the thaw changes anything
+            plan_freeze(model, resolve(model, tuple(frozen_paths), (), function="frozen.freeze_to"), mode, tied, None)
+        saved = state(model)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if frozen_paths:
-                freeze(model, *frozen_paths, mode=mode, tied=tied)
-            thaw(model, "", exclude=frozen_paths)
+            thaw(model, "", exclude=kept)
+            try:
+                if frozen_paths:
+                    freeze(model, *frozen_paths, mode=mode, tied=tied)
+            except FrozenError:
+                # Only the thaw can make the freeze refuse (a part sharing a weight trains now,
+                # tied="error"): put the model back as it was, so a refusal changes nothing.
+                load_state(model, saved)
+                raise
     for warning in caught:  # said again from the caller's line, not from inside freeze_to
         warnings.warn(warning.message, warning.category, stacklevel=2)
     return model
