@@ -129,15 +129,17 @@ def layout(model: nn.Module, call: str) -> Layout:
     """The :class:`Layout` behind :func:`blocks`; raise naming ``call`` (the user's call) when there is none."""
     tree = PathTree(model)
     children = _children(tree)
-    if isinstance(model, nn.Sequential):
+    root = tree.uses[0].module  # a Frozen wrapper around the whole model adds nothing
+    if isinstance(root, nn.Sequential):
         return Layout((), tuple(tree.uses[i].path for i in children[0]), ())
     trunk = _trunk(tree, children)
     if trunk is None:
         raise FrozenError(
-            f"{call}: found no repeated blocks in this {type(model).__name__}. Expected an "
+            f"{call}: found no repeated blocks in this {type(root).__name__}. Expected an "
             f"nn.Sequential model, an nn.ModuleList of blocks, or two or more consecutive children of one class "
-            f"numbered one after the other ('layer.0', 'layer.1' or 'layer1', 'layer2'), holding parameters. "
-            f"Name the parts yourself instead: frozen.freeze(model, 'embeddings', 'encoder.layer.0-5') or "
+            f"numbered one after the other ('layer.0', 'layer.1' or 'layer1', 'layer2'), holding parameters; "
+            f"received children {[tree.uses[i].path for i in children[0]] or '(none)'}. Name the parts yourself "
+            f"instead: frozen.freeze(model, 'embeddings', 'encoder.layer.0-5') or "
             f"frozen.optim.param_groups(model, parts=[...], lr=..., lr_decay=...)."
         )
     stem, top = _around(tree, children, trunk)
@@ -156,7 +158,7 @@ def _find_head(model: nn.Module, uses: list[ModuleUse]) -> str | None:
         if path is not None:
             return path
     top_level = [use for use in uses if use.path and "." not in use.path]
-    if isinstance(model, nn.Sequential):
+    if isinstance(uses[0].module, nn.Sequential):
         with_params = [use.path for use in top_level if next(use.module.parameters(), None) is not None]
         return with_params[-1] if with_params else None
     names = {use.path for use in top_level}
