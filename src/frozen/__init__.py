@@ -26,6 +26,7 @@ from ._errors import TiedParameterError as TiedParameterError
 from ._errors import TiedParameterWarning as TiedParameterWarning
 from ._errors import UnknownPathError as UnknownPathError
 from ._freeze import freeze as freeze
+from ._freeze import freeze_to as freeze_to
 from ._freeze import freezing as freezing
 from ._freeze import grad as grad
 from ._freeze import is_frozen as is_frozen
@@ -36,9 +37,13 @@ from ._freeze import thaw as thaw
 from ._freeze import trainable as trainable
 from ._lean import lean as lean
 from ._lean import unlean as unlean
+from ._report import Explanation as Explanation
 from ._report import Report as Report
+from ._report import explain as explain
 from ._report import report as report
 from ._rows import Rows as Rows
+from ._select import blocks as blocks
+from ._select import head as head
 from ._select import params as params
 from ._select import select as select
 
@@ -54,6 +59,7 @@ __all__ = [
     "lean",
     "uncache",
     "unlean",
+    "Explanation",
     "Frozen",
     "FrozenError",
     "InvalidModeError",
@@ -64,9 +70,13 @@ __all__ = [
     "TiedParameterError",
     "TiedParameterWarning",
     "UnknownPathError",
+    "blocks",
+    "explain",
     "freeze",
+    "freeze_to",
     "freezing",
     "grad",
+    "head",
     "is_frozen",
     "load_state",
     "distributed",

@@ -3,6 +3,10 @@
 This face is the package's contract: siblings import these names from here, never a module inside.
 """
 
+from .blocks import Layout as Layout
+from .blocks import blocks as blocks
+from .blocks import head as head
+from .blocks import layout as layout
 from .select import NORM_TYPES as NORM_TYPES
 from .select import Selection as Selection
 from .select import Selector as Selector
@@ -13,11 +17,15 @@ from .select import resolve as resolve
 from .select import select as select
 
 __all__ = [
+    "Layout",
     "NORM_TYPES",
     "Selection",
     "Selector",
+    "blocks",
     "compile_pattern",
     "is_norm",
+    "head",
+    "layout",
     "params",
     "resolve",
     "select",

@@ -19,6 +19,7 @@ from .._checks import check_model
 from .._core import iter_module_uses, iter_param_uses, trainable_ids
 from .._errors import ArgumentTypeError, FrozenError, SelectorError, closest
 from .._select import compile_pattern, is_norm
+from ._layers import check_layer_decay, layer_levels
 
 __all__ = ["param_groups", "PARKED"]
 
@@ -85,6 +86,7 @@ def param_groups(
     *,
     parts: Sequence[str | Sequence[str]] | None = None,
     lr_decay: float | None = None,
+    layer_decay: float | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     no_decay_bias_and_norm: bool = False,
     **group_defaults: Any,
@@ -100,6 +102,12 @@ def param_groups(
             to the first. Levels only matter for discriminative learning rates.
         lr_decay: layer-wise decay: the top level gets ``lr``, the one below
             ``lr * lr_decay``, and so on (ULMFiT: ``1/2.6``; BERT-style: ``0.95``).
+        layer_decay: BEiT / ELECTRA layer-wise decay over the model's own blocks
+            (:func:`frozen.blocks`), no ``parts`` needed: with ``M`` blocks, block ``j``
+            (0 = the stem) gets ``lr * layer_decay ** (M - 1 - j)``, so the head gets ``lr``,
+            transformer block ``i`` of ``L`` ``lr * layer_decay ** (L - i)`` and the stem
+            ``lr * layer_decay ** (L + 1)``. Groups are named ``"stem"``, each block's path,
+            ``"head"``. Not with ``parts`` or ``lr_decay``; ``lr`` must be a number.
         overrides: ``{pattern: options}`` applied to the parameters a pattern selects, in
             order (a later pattern wins on the same key, and overrides win over
             ``no_decay_bias_and_norm``). An option ``"name"`` replaces the pattern in the
@@ -137,6 +145,8 @@ def param_groups(
     """
     check_model(model, "frozen.optim.param_groups")
     overrides = _checked_overrides(parts, overrides)
+    if layer_decay is not None:
+        check_layer_decay(layer_decay, group_defaults.get("lr"), parts, lr_decay)
     if parts is None and (isinstance(group_defaults.get("lr"), slice) or lr_decay is not None):
         raise FrozenError(
             f"frozen.optim.param_groups(lr={group_defaults.get('lr')!r}, lr_decay={lr_decay!r}): discriminative "
@@ -151,8 +161,11 @@ def param_groups(
             named.append((use.path, use.param))
     paths = [path for path, _ in named]
     # Validate everything before building anything.
-    level_of, labels = _levels(model, parts, paths)
-    lrs = _level_lrs(group_defaults.get("lr"), lr_decay, len(labels))
+    if layer_decay is not None:
+        level_of, labels, lrs = layer_levels(model, paths, group_defaults["lr"], layer_decay)
+    else:
+        level_of, labels = _levels(model, parts, paths)
+        lrs = _level_lrs(group_defaults.get("lr"), lr_decay, len(labels))
     selected = dict(zip(overrides, _resolve(model, list(overrides), "overrides", paths)))
     ids = trainable_ids(model)
     groups: dict[tuple, dict[str, Any]] = {}
