@@ -4,7 +4,7 @@ This face is the package's contract: siblings import these names from here, neve
 """
 
 from .freeze import freeze as freeze
-from .freeze_to import freeze_to as freeze_to
+from .cut import freeze_to as freeze_to
 from .freezing import freezing as freezing
 from .grad import grad as grad
 from .query import is_frozen as is_frozen

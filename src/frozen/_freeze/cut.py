@@ -1,4 +1,4 @@
-"""``freeze_to``: fastai's ``freeze_to(n)`` over a model's blocks (docs/freeze.md, "Shortcuts").
+"""``freeze_to``: fastai's ``freeze_to(n)`` — the cut between frozen and trainable blocks (docs/freeze.md, "Shortcuts").
 
 fastai freezes parameter groups of a ``Learner``; people think of a model as
 [stem, block_0 ... block_{L-1}, head] (:func:`frozen.blocks`), so this counts those.
