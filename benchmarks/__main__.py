@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .harness import Settings, missing, report, run_scenario, scenarios
+from .harness import FAMILIES, Settings, missing, report, run_scenario, scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,12 @@ __all__ = ["main"]
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[1])
+    families = "; ".join(f"{name}: {what}" for name, what in FAMILIES.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__.split("\n\n")[1],
+        epilog=f"Scenario families (benchmarks/scenarios/<family>.py), in the order of the results: {families}.",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="few rounds, no peak-RSS subprocesses (a few minutes on 2 cores)"
     )
