@@ -51,6 +51,7 @@ from .. import thaw
 from .._cache import cache_stats
 from .._core import named_parameters, trainable_ids
 from .._errors import FrozenError
+from ..distributed import averaged_elsewhere
 from ..optim import PARKED, load_state_dict
 from ..schedule import Stage
 from ._common import FreezePlan, extend_scheduler, unwrap_model, unwrap_optimizer
@@ -145,6 +146,8 @@ class FreezeCallback(TrainerCallback):
             return
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self._reduced = trainable_ids(model) if distributed else None  # DDP wrapped over these, before this event
+        if distributed:
+            averaged_elsewhere(model)  # thawed parameters: averaged in on_pre_optimizer_step, not by a rewrap
         raw = unwrap_optimizer(optimizer)
         stash = take(raw)  # a resumed run: the real layout travelled inside the checkpoint
         counts = [len(group["params"]) for group in raw.param_groups]  # the fresh Trainer's layout
