@@ -52,7 +52,9 @@ def test_the_hook_really_refuses_numpy():
 
 
 def test_import_frozen_and_the_quickstart_run_without_numpy():
-    code = quickstart() + "\nimport sys\nassert 'numpy' not in sys.modules, 'numpy was imported'\nprint('quickstart ok')\n"
+    code = (
+        quickstart() + "\nimport sys\nassert 'numpy' not in sys.modules, 'numpy was imported'\nprint('quickstart ok')\n"
+    )
     done = run_blocked("import frozen, frozen.optim, frozen.distributed, frozen.schedule\n" + code)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "quickstart ok" in done.stdout

@@ -15,8 +15,8 @@ from typing import Any
 from torch import nn
 
 from .._checks import check_model
-from ..distributed import watch
 from .._errors import FrozenError, TiedParameterError, TiedParameterWarning
+from ..distributed import watch
 from .call import UsePlan, keeps_training_flag, slots_of
 from .record import LOCK, install_guard, is_marked, record_of, set_switched_off
 from .record import switched_off as library_switched_off
