@@ -71,7 +71,8 @@ class FreezeCallback(TrainerCallback):
         exclude: selectors kept trainable inside the targets.
         mode: ``"eval"`` (default: frozen parts keep inference behaviour, Dropout off)
             or ``"inherit"``.
-        train_norms: keep normalisation layers inside the targets trainable.
+        train_norms: keep normalisation layers inside the targets trainable (``True``: every kind;
+            ``"batchnorm"``: BatchNorm only).
         unfreeze: :class:`frozen.schedule.Stage` objects; ``Stage(at=1,
             targets=("bert.encoder.layer.3",))`` thaws it once one ``unit`` is done.
             ``growth`` is refused: the Trainer's scheduler sets every rate at every step.
@@ -96,7 +97,7 @@ class FreezeCallback(TrainerCallback):
         *targets: Any,
         exclude: Any = (),
         mode: str = "eval",
-        train_norms: bool = False,
+        train_norms: bool | str = False,
         unfreeze: Iterable[Stage] = (),
         state: str = "drop",
         unit: str = "epoch",
