@@ -35,6 +35,7 @@ from ._freeze import named_trainable as named_trainable
 from ._freeze import state as state
 from ._freeze import thaw as thaw
 from ._freeze import trainable as trainable
+from ._freeze import trainable_state_dict as trainable_state_dict
 from ._lean import lean as lean
 from ._lean import unlean as unlean
 from ._report import Explanation as Explanation
@@ -91,4 +92,5 @@ __all__ = [
     "state",
     "thaw",
     "trainable",
+    "trainable_state_dict",
 ]

@@ -30,12 +30,12 @@ BASH_BLOCKS = re.findall(r"^```bash\n(.*?)^```", README, re.DOTALL | re.MULTILIN
 COMMANDS = [line.strip() for block in BASH_BLOCKS for line in block.splitlines() if line.startswith("frozen ")]
 
 FACTORY = """
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertForSequenceClassification
 
 def build():
     config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=6, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=16)
-    return BertModel(config)
+    return BertForSequenceClassification(config)
 """
 
 
@@ -81,7 +81,7 @@ def _make_files_it_names(argv: list[str], factory: str) -> None:
 
 
 def test_a_suggested_form_works_where_the_readme_form_failed(readme_factory, capsys):
-    base = ["report", readme_factory, "--freeze", "encoder", "--json"]
+    base = ["report", readme_factory, "--freeze", "bert.encoder", "--json"]
     assert main([*base, "--exclude", "LayerNorm"]) == 2
     assert main([*base, "--exclude", "**.LayerNorm"]) == 0
     by_path = capsys.readouterr().out
@@ -163,7 +163,7 @@ def test_run_tests_installs_the_dev_extra_once_and_then_demo_needs_nothing(check
     status, calls, err = run_script(checkout, "tests", "-x")
     assert status == 0 and "-m venv .venv" not in calls
     assert installs(calls) == ["-m pip install --disable-pip-version-check -c constraints.txt -e .[dev]"]
-    assert calls[-1] == "-m pytest -x" and "pytest" in err
+    assert calls[-1] == "-m pytest -v --durations=15 -x" and "pytest" in err  # -v: each test's file as it runs
     assert installs(run_script(checkout, "tests")[1]) == []
     assert installs(run_script(checkout, "bench")[1]) == []
     assert installs(run_script(checkout, "frozen", "--version")[1]) == []  # dev includes demo

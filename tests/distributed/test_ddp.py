@@ -134,16 +134,21 @@ def scenario_guard(rank):
 
 
 def scenario_unsupported(rank):
-    """Today's path: a DDP built directly, thaw + sync, no rewrap. The ranks drift apart."""
+    """A DDP built directly, thaw + sync, no rewrap: the next forward raises instead of drifting."""
     module = frozen.freeze(make_model(), "0", "2")
     ddp = DistributedDataParallel(module)
     optimizer = torch.optim.SGD(frozen.trainable(module), lr=0.1)
+    raised = ""
     for step in range(3):
         if step == 1:
             frozen.thaw(module, "2")
             frozen.optim.sync(optimizer, module)
         optimizer.zero_grad()
-        loss_of(ddp, batch(step, rank)).backward()
+        try:
+            loss_of(ddp, batch(step, rank)).backward()
+        except frozen.FrozenError as error:
+            raised = str(error)
+            break
         optimizer.step()
     try:
         frozen.distributed.check_ddp_consistent(ddp)
@@ -152,7 +157,7 @@ def scenario_unsupported(rank):
         message = str(error)
     weight = module[2][0].weight.detach().clone()
     ddp = frozen.distributed.rewrap(ddp)  # inferred arguments; rank 0's weights broadcast again
-    return {"thawed": weight, "message": message, "resynced": module[2][0].weight.detach().clone()}
+    return {"thawed": weight, "raised": raised, "message": message, "resynced": module[2][0].weight.detach().clone()}
 
 
 def scenario_disagree(rank):
@@ -292,10 +297,12 @@ def test_freeze_or_thaw_after_wrapping_without_rewrap_raises_at_the_next_forward
         assert "rewrap" in messages["freeze"] and "frozen since" in messages["freeze"]
 
 
-def test_todays_path_diverges_silently_and_check_ddp_consistent_catches_it(ranks):
+def test_a_wrapper_built_directly_refuses_the_step_after_a_thaw_and_check_ddp_consistent_catches_it(ranks):
     rs = result(ranks, "unsupported")
-    # A DDP built directly, then thaw + sync: the thawed layer trained on local gradients.
-    assert (rs[0]["thawed"] - rs[1]["thawed"]).abs().max() > 1e-4
+    # A DDP built directly, then thaw + sync: the next forward raises; no step trained the
+    # thawed layer on local gradients, so the ranks did not drift apart.
+    assert all("frozen.distributed.rewrap" in r["raised"] for r in rs)
+    assert torch.equal(rs[0]["thawed"], rs[1]["thawed"])
     assert all("rewrap" in r["message"] for r in rs)  # check_ddp_consistent flags it (count/bytes fingerprint)
     assert torch.equal(rs[0]["resynced"], rs[1]["resynced"])  # rewrap of a plain DDP resyncs from rank 0
 

@@ -13,7 +13,6 @@ import tempfile
 from collections import OrderedDict
 from typing import Any
 
-import numpy as np
 import torch
 
 from .._errors import FrozenError
@@ -60,7 +59,7 @@ class Store:
         self.evictions = 0
         self._entries: OrderedDict[bytes, tuple[Any, int, Any]] = OrderedDict()
         self._file: tempfile._TemporaryFileWrapper | None = None
-        self._map: np.memmap | None = None
+        self._map: Any = None  # a numpy.memmap once the disk store opens its file
         self._free: list[tuple[int, int]] = []  # (offset, size) of the free blocks of the file, by offset
         self._directory = directory
 
@@ -125,7 +124,9 @@ class Store:
             for offset, size, _, _ in meta:
                 self._give_back(offset, size)
 
-    def _open(self) -> np.memmap:
+    def _open(self) -> Any:
+        import numpy as np  # only the disk store needs it: `import frozen` works without numpy
+
         if self._map is None:
             self._file = tempfile.NamedTemporaryFile(prefix="frozen-cache-", suffix=".bin", dir=self._directory)
             os.truncate(self._file.name, self.budget)
@@ -138,6 +139,8 @@ class Store:
         start = self._take(size)
         if start is None:
             return None
+        import numpy as np
+
         meta, offset = [], start
         for row in rows:
             flat = row.detach().cpu().contiguous().reshape(-1)
@@ -148,6 +151,8 @@ class Store:
         return tuple(meta)
 
     def _read(self, meta: tuple) -> tuple[torch.Tensor, ...]:
+        import numpy as np
+
         assert self._map is not None
         rows = []
         for offset, _size, dtype, shape in meta:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .._checks import check_model
 from .._errors import FrozenError, TiedParameterError, TiedParameterWarning
+from ..distributed import watch
 from .call import UsePlan, keeps_training_flag, slots_of
 from .record import LOCK, install_guard, is_marked, record_of, set_switched_off
 from .record import switched_off as library_switched_off
@@ -89,6 +90,7 @@ def settle_flags(model: nn.Module, *, user_frozen: Sequence[nn.Parameter] = (), 
         _write_flags(model, wanted)
         _apply_wrapper_plans(plans, uses)
         _guard_roots(uses, wanted)
+        watch(model)  # a DistributedDataParallel built by hand over it: a stale reducer raises at its next forward
     return model
 
 

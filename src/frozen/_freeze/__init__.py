@@ -13,6 +13,7 @@ from .query import trainable as trainable
 from .state import load_state as load_state
 from .state import state as state
 from .thaw import thaw as thaw
+from .trainable_state import trainable_state_dict as trainable_state_dict
 
 __all__ = [
     "freeze",
@@ -25,4 +26,5 @@ __all__ = [
     "state",
     "thaw",
     "trainable",
+    "trainable_state_dict",
 ]

@@ -6,6 +6,9 @@
 * :func:`rewrap` rebuilds the wrapper after ``freeze`` / ``thaw``:
   ``model = frozen.distributed.rewrap(model)`` on every rank.
 * :func:`check_ddp_consistent` / :func:`needs_rewrap` check a wrapper without changing it.
+* a wrapper built by hand (``DistributedDataParallel(model)``) is checked too: after a
+  freeze/thaw, the model's next forward inside it raises :class:`frozen.FrozenError`
+  naming :func:`rewrap` (``_watch.py``).
 * :func:`local_nbytes` counts what one rank holds of a sharded (FSDP2) tensor.
 
 See ``docs/distributed.md``.
@@ -24,3 +27,5 @@ __all__ = ["wrap", "rewrap", "guard", "needs_rewrap", "check_ddp_consistent", "l
 from ._fsdp import manages_parameter as manages_parameter  # noqa: E402
 from ._fsdp import sharded_sources as sharded_sources  # noqa: E402
 from ._fsdp import watch_loads as watch_loads  # noqa: E402
+from ._watch import averaged_elsewhere as averaged_elsewhere  # noqa: E402
+from ._watch import watch as watch  # noqa: E402

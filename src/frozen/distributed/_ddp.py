@@ -26,23 +26,37 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .._errors import FrozenError
 
-__all__ = ["wrap", "rewrap", "guard", "needs_rewrap", "check_ddp_consistent", "local_nbytes"]
+__all__ = [
+    "wrap",
+    "rewrap",
+    "guard",
+    "needs_rewrap",
+    "check_ddp_consistent",
+    "local_nbytes",
+    "reducer_params",
+    "REDUCED",
+    "GUARD_HOOK",
+]
 
-# Attributes frozen sets on a DDP wrapper it built or guarded.
+# Attributes frozen sets on a DDP wrapper it built, guarded or watched.
 _KWARGS = "_frozen_ddp_kwargs"  # constructor keyword arguments, for rewrap
-_REDUCED = "_frozen_ddp_reduced"  # the parameters in the reducer, in order
-_HOOK = "_frozen_ddp_guard"  # the guard's hook handle
+REDUCED = "_frozen_ddp_reduced"  # the parameters in the reducer, in order
+GUARD_HOOK = "_frozen_ddp_guard"  # the guard's hook handle
+_REDUCED, _HOOK = REDUCED, GUARD_HOOK
 
 _FIX = "call `model = frozen.distributed.rewrap(model)` on every rank after freeze/thaw (before the next forward)"
 
 
-def _reducer_params(module: nn.Module, ignored: set[str]) -> list[nn.Parameter]:
-    # The parameters DDP puts in its reducer: requires grad, not ignored, deduplicated
-    # (the same rule as DistributedDataParallel._build_params_for_reducer).
+def reducer_params(module: nn.Module, ignored: set[str], *, every: bool = False) -> list[nn.Parameter]:
+    """The parameters DDP puts in its reducer: requires grad, not ignored, deduplicated.
+
+    The same rule as ``DistributedDataParallel._build_params_for_reducer``; ``every=True``
+    drops the ``requires_grad`` condition (the candidates, in module order).
+    """
     seen: set[int] = set()
     params = []
     for name, param in module.named_parameters(remove_duplicate=False):
-        if param.requires_grad and name not in ignored and id(param) not in seen:
+        if (every or param.requires_grad) and name not in ignored and id(param) not in seen:
             seen.add(id(param))
             params.append(param)
     return params
@@ -95,7 +109,7 @@ def guard(ddp: DistributedDataParallel) -> DistributedDataParallel:
     """
     _check_ddp(ddp, "frozen.distributed.guard")
     if getattr(ddp, _HOOK, None) is None:
-        setattr(ddp, _REDUCED, _reducer_params(ddp.module, ddp.parameters_to_ignore))
+        setattr(ddp, _REDUCED, reducer_params(ddp.module, ddp.parameters_to_ignore))
         hook = ddp.register_forward_pre_hook(lambda module, args: check_ddp_consistent(module))
         setattr(ddp, _HOOK, hook)
     return ddp
@@ -131,7 +145,7 @@ def needs_rewrap(ddp: DistributedDataParallel) -> bool:
         TypeError: ``ddp`` is not a ``DistributedDataParallel``.
     """
     _check_ddp(ddp, "frozen.distributed.needs_rewrap")
-    now = _reducer_params(ddp.module, ddp.parameters_to_ignore)
+    now = reducer_params(ddp.module, ddp.parameters_to_ignore)
     reduced = getattr(ddp, _REDUCED, None)
     if reduced is not None:
         return len(now) != len(reduced) or any(a is not b for a, b in zip(now, reduced))
@@ -157,7 +171,7 @@ def check_ddp_consistent(model: nn.Module) -> None:
     if not isinstance(model, DistributedDataParallel) or not needs_rewrap(model):
         return
     reduced = getattr(model, _REDUCED, None)
-    now = _reducer_params(model.module, model.parameters_to_ignore)
+    now = reducer_params(model.module, model.parameters_to_ignore)
     detail = ""
     if reduced is not None:
         path_of = {id(p): name for name, p in model.module.named_parameters()}
@@ -220,7 +234,7 @@ def rewrap(ddp: DistributedDataParallel, **overrides: Any) -> DistributedDataPar
     """
     _check_ddp(ddp, "frozen.distributed.rewrap")
     module = ddp.module
-    params = _reducer_params(module, ddp.parameters_to_ignore)
+    params = reducer_params(module, ddp.parameters_to_ignore)
     path_of = {id(p): name for name, p in module.named_parameters()}
     _check_same_on_every_rank(ddp, [path_of[id(p)] for p in params])
     if not needs_rewrap(ddp) and not overrides:

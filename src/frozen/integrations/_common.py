@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -15,9 +16,12 @@ from ..optim import STATE_POLICIES, sync
 from ..schedule import GradualUnfreezing, Stage
 from ._schedulers import extend_scheduler
 
-__all__ = ["CallbackPlan", "unwrap_optimizer", "unwrap_model", "extend_scheduler", "UNITS"]
+__all__ = ["CallbackPlan", "unwrap_optimizer", "unwrap_model", "extend_scheduler", "UNITS", "NORM_CHOICES"]
 
 UNITS = ("epoch", "step")
+# train_norms=: False, True (every normalisation layer: BatchNorm, LayerNorm, GroupNorm, ...),
+# or "batchnorm" (BatchNorm only: Lightning's train_bn=True, for people migrating from it).
+NORM_CHOICES = (False, True, "batchnorm")
 
 
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
@@ -67,6 +71,11 @@ class CallbackPlan:
         unit: str = "epoch",
     ) -> None:
         check_mode(mode)
+        if not (train_norms is True or train_norms is False or train_norms == "batchnorm"):
+            raise FrozenError(
+                f"{owner}(train_norms={train_norms!r}): expected True (every normalisation layer keeps "
+                f"training), False, or 'batchnorm' (BatchNorm only, like Lightning's train_bn=True)."
+            )
         self.unfreeze = list(unfreeze)
         for stage in self.unfreeze:
             if not isinstance(stage, Stage):
@@ -82,15 +91,28 @@ class CallbackPlan:
         self.targets, self.exclude, self.mode, self.train_norms = tuple(targets), exclude, mode, train_norms
         self.state, self.unit = state, unit
         self.schedule: GradualUnfreezing | None = None
-        self._frozen_models: set[int] = set()
+        # Weak: a freed model's id() can be handed to a fresh one, which must still be frozen.
+        self._frozen_models: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
     def freeze(self, model: nn.Module) -> None:
         """Freeze the targets in ``model`` once (a second ``fit`` does not refreeze thawed parts)."""
-        if id(model) in self._frozen_models:
+        if model in self._frozen_models:
             return
+        self.refreeze(model)
+
+    def refreeze(self, model: nn.Module) -> None:
+        """Freeze the targets in ``model`` now, thawed stages included: the plan's state before any stage."""
         if self.targets:
-            freeze(model, *self.targets, exclude=self.exclude, mode=self.mode, train_norms=self.train_norms)
-        self._frozen_models.add(id(model))
+            exclude = tuple(self.exclude) if isinstance(self.exclude, (tuple, list)) else (self.exclude,)
+            train_norms = self.train_norms is True
+            if self.train_norms == "batchnorm":
+                exclude = (*exclude, nn.modules.batchnorm._BatchNorm)
+            freeze(model, *self.targets, exclude=exclude, mode=self.mode, train_norms=train_norms)
+        self._frozen_models.add(model)
+
+    def froze(self, model: nn.Module) -> bool:
+        """Whether this plan froze ``model`` before (the same object, still alive)."""
+        return model in self._frozen_models
 
     def start(self, model: nn.Module, optimizers: Sequence[Any], schedulers: Sequence[Any] = ()) -> None:
         """Make a single optimizer hold exactly the trainable set; bind a fresh schedule to it.

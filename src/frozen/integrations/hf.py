@@ -51,6 +51,7 @@ from .. import thaw
 from .._cache import cache_stats
 from .._core import named_parameters, trainable_ids
 from .._errors import FrozenError
+from ..distributed import averaged_elsewhere
 from ..optim import PARKED, load_state_dict
 from ..schedule import Stage
 from ._common import CallbackPlan, extend_scheduler, unwrap_model, unwrap_optimizer
@@ -70,7 +71,8 @@ class FreezeCallback(TrainerCallback):
         exclude: selectors kept trainable inside the targets.
         mode: ``"eval"`` (default: frozen parts keep inference behaviour, Dropout off)
             or ``"inherit"``.
-        train_norms: keep normalisation layers inside the targets trainable.
+        train_norms: keep normalisation layers inside the targets trainable (``True``: every kind;
+            ``"batchnorm"``: BatchNorm only).
         unfreeze: :class:`frozen.schedule.Stage` objects; ``Stage(at=1,
             targets=("bert.encoder.layer.3",))`` thaws it once one ``unit`` is done.
             ``growth`` is refused: the Trainer's scheduler sets every rate at every step.
@@ -95,7 +97,7 @@ class FreezeCallback(TrainerCallback):
         *targets: Any,
         exclude: Any = (),
         mode: str = "eval",
-        train_norms: bool = False,
+        train_norms: bool | str = False,
         unfreeze: Iterable[Stage] = (),
         state: str = "drop",
         unit: str = "epoch",
@@ -145,6 +147,8 @@ class FreezeCallback(TrainerCallback):
             return
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self._reduced = trainable_ids(model) if distributed else None  # DDP wrapped over these, before this event
+        if distributed:
+            averaged_elsewhere(model)  # thawed parameters: averaged in on_pre_optimizer_step, not by a rewrap
         raw = unwrap_optimizer(optimizer)
         stash = take(raw)  # a resumed run: the real layout travelled inside the checkpoint
         counts = [len(group["params"]) for group in raw.param_groups]  # the fresh Trainer's layout

@@ -53,7 +53,8 @@ class FreezeCallback(Callback):
         exclude: selectors kept trainable inside the targets.
         mode: ``"eval"`` (default) or ``"inherit"``.
         train_norms: keep normalisation layers inside the targets trainable and in
-            training behaviour — Lightning's ``train_bn=True``.
+            training behaviour: ``True`` for every kind (BatchNorm, LayerNorm, GroupNorm, ...),
+            ``"batchnorm"`` for BatchNorm only — exactly Lightning's ``train_bn=True``.
         unfreeze: :class:`frozen.schedule.Stage` objects counted in ``unit``; ``Stage(2,
             ("backbone",), lr_ratio=0.1)`` thaws the backbone at the start of epoch 2
             into a new group at a tenth of the first group's rate.
@@ -79,7 +80,7 @@ class FreezeCallback(Callback):
         *targets: Any,
         exclude: Any = (),
         mode: str = "eval",
-        train_norms: bool = False,
+        train_norms: bool | str = False,
         unfreeze: Iterable[Stage] = (),
         state: str = "drop",
         unit: str = "epoch",
@@ -107,12 +108,12 @@ class FreezeCallback(Callback):
         lr_ratio: float = 0.1,
         growth: float = 2.0,
         align: bool = True,
-        train_norms: bool = True,
+        train_norms: bool | str = "batchnorm",
         **options: Any,
     ) -> FreezeCallback:
         """Lightning's ``BackboneFinetuning`` with its defaults, as a ``FreezeCallback``.
 
-        Freezes ``backbone`` (norm layers keep training: ``train_bn=True``), thaws it at
+        Freezes ``backbone`` (BatchNorm layers keep training: ``train_bn=True``), thaws it at
         the start of epoch ``unfreeze_at`` into a group named ``"backbone"`` at
         ``lr_ratio`` times the first group's rate, then multiplies that rate by
         ``growth`` at each later epoch start, capped at the first group's rate. The rates
@@ -137,6 +138,13 @@ class FreezeCallback(Callback):
             if type(pl_module).configure_model is LightningModule.configure_model:
                 raise
             self._deferred = True
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        # Resuming a model this callback already trained (the same object, a second fit): put it
+        # back in the plan's starting state before configure_optimizers runs, so the optimizer is
+        # built as in the checkpointed run; on_fit_start replays the stages reached.
+        if self.plan.unfreeze and self.plan.froze(pl_module):
+            self.plan.refreeze(pl_module)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self._deferred:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .._checks import check_model, check_optimizer
 from .._core import named_parameters, trainable_ids
@@ -27,6 +28,30 @@ PATHS_KEY = "frozen_param_paths"
 # group's option STASH carries layout and paths, state keys STASH_PREFIX + id the state.
 STASH = "frozen_resume"
 STASH_PREFIX = "frozen:"
+
+
+def _refuse_stashed_state(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Refuse a step of an optimizer that loaded a FreezeCallback checkpoint without the callback.
+
+    The stash (the real layout and state) rides in the first group and under keys no
+    parameter uses, so a plain ``load_state_dict`` accepts it and every moment would
+    silently restart from zero. The callback takes the stash out before the first step.
+    """
+    if optimizer.param_groups and STASH in optimizer.param_groups[0]:
+        raise FrozenError(
+            f"{type(optimizer).__name__}.step(): optimizer.param_groups[0] holds {STASH!r}: this optimizer "
+            f"loaded a checkpoint written with frozen.integrations.hf.FreezeCallback, whose optimizer.pt keeps "
+            f"the run's real state (groups added by thaws, moments by parameter path) inside the Trainer's "
+            f"initial layout. Expected the same FreezeCallback(...) among the resuming Trainer's callbacks; "
+            f"without it every optimizer moment would restart from zero, silently. Fix: pass the callback to "
+            f"the Trainer that resumes (it restores the thawed stages and the optimizer state exactly), or "
+            f"load the file with frozen.optim.load_state_dict(optimizer, model, torch.load(path)) after "
+            f"frozen.load_state(model, ...)."
+        )
+
+
+# Every optimizer in a process that imported frozen: one dict lookup per step.
+register_optimizer_step_pre_hook(_refuse_stashed_state)
 
 
 def _unstash(saved: dict[str, Any]) -> dict[str, Any] | None:
