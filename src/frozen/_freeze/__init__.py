@@ -3,8 +3,8 @@
 This face is the package's contract: siblings import these names from here, never a module inside.
 """
 
-from .freeze import freeze as freeze
 from .cut import freeze_to as freeze_to
+from .freeze import freeze as freeze
 from .freezing import freezing as freezing
 from .grad import grad as grad
 from .query import is_frozen as is_frozen
