@@ -163,7 +163,9 @@ def test_run_tests_installs_the_dev_extra_once_and_then_demo_needs_nothing(check
     status, calls, err = run_script(checkout, "tests", "-x")
     assert status == 0 and "-m venv .venv" not in calls
     assert installs(calls) == ["-m pip install --disable-pip-version-check -c constraints.txt -e .[dev]"]
-    assert calls[-1] == "-m pytest -v --durations=15 -x" and "pytest" in err  # -v: each test's file as it runs
+    assert (
+        calls[-1] == "-m pytest -n 2 --dist loadfile -v --durations=15 -x" and "pytest" in err
+    )  # -v: each test's file as it runs
     assert installs(run_script(checkout, "tests")[1]) == []
     assert installs(run_script(checkout, "bench")[1]) == []
     assert installs(run_script(checkout, "frozen", "--version")[1]) == []  # dev includes demo

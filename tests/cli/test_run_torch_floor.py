@@ -53,7 +53,7 @@ def test_the_floor_run_uses_its_own_venv_and_pins_the_requested_torch(checkout):
     assert install == ["-m pip install --disable-pip-version-check -c .venv-torch2.10/constraints.txt -e .[dev]"]
     pins = (checkout / "calls.log.pins").read_text().splitlines()
     assert "torch==2.10.*" in pins and not [p for p in pins if re.match(r"torch==2\.13", p)]
-    assert calls[-1] == "-m pytest -v --durations=15 -x"
+    assert calls[-1] == "-m pytest -n 2 --dist loadfile -v --durations=15 -x"
     assert "torch 2.10" in err
     status, calls, _ = run_script(checkout, "tests", "--torch", "2.10")  # installed once
     assert status == 0 and not [c for c in calls if c.startswith("-m pip install")]

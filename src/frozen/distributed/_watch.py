@@ -17,6 +17,10 @@ requires grad now: a difference raises :class:`frozen.FrozenError` naming
 ``frozen.distributed.rewrap``, before the step that would diverge or crash. Outside a
 wrapper the hook returns after one attribute read; without a process group there is none
 (single-process models keep plain calls).
+
+DeepSpeed (ZeRO 1-3) chooses what it trains once, inside ``deepspeed.initialize``; the same
+hook finds the engine through the forward pre-hook it registers on the model and refuses a
+forward after ``requires_grad`` changed, naming the fix (destroy the engine, initialize again).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .._errors import FrozenError
 from ._ddp import GUARD_HOOK, REDUCED, check_ddp_consistent, reducer_params
 
 __all__ = ["watch", "averaged_elsewhere"]
@@ -75,9 +80,49 @@ def _reducer_at_construction(ddp: DistributedDataParallel) -> list[nn.Parameter]
     return ordered
 
 
+def _deepspeed_engine(module: nn.Module) -> Any:
+    """The latest DeepSpeed engine built over ``module`` (found through the forward hook it registers), or None."""
+    engine = None
+    for hook in module._forward_pre_hooks.values():
+        if getattr(hook, "__qualname__", "").startswith("DeepSpeedEngine."):
+            for cell in getattr(hook, "__closure__", None) or ():
+                if type(cell.cell_contents).__name__ == "DeepSpeedEngine":
+                    engine = cell.cell_contents  # a later deepspeed.initialize registers a later hook
+    return engine
+
+
+def _check_deepspeed(module: nn.Module, engine: Any) -> None:
+    """Refuse a forward when ``requires_grad`` changed since ``deepspeed.initialize`` chose what trains."""
+    optimizer = getattr(engine, "optimizer", None)
+    groups = getattr(optimizer, "bit16_groups", None) or getattr(optimizer, "fp16_groups", None)
+    if groups is None:
+        groups = [g["params"] for g in getattr(optimizer, "param_groups", [])]
+    held = {id(p) for group in groups for p in group}
+    path_of = {}
+    for name, param in module.named_parameters():
+        path_of.setdefault(id(param), (name, param))
+    thawed = [n for i, (n, p) in path_of.items() if p.requires_grad and i not in held]
+    frozen_ = [n for i, (n, p) in path_of.items() if not p.requires_grad and i in held]
+    if not thawed and not frozen_:
+        return
+    stage = getattr(engine, "zero_optimization_stage", lambda: "?")()
+    raise FrozenError(
+        f"DeepSpeed engine (ZeRO stage {stage}): the parameters that require grad changed since "
+        f"deepspeed.initialize (trainable since: {thawed[:8]}; frozen since: {frozen_[:8]}). DeepSpeed chose "
+        f"what it trains once, at initialize: a thawed part would never train (a silent no-op) and a frozen "
+        f"one would keep moving (momentum, weight decay). Expected freeze/thaw before deepspeed.initialize. "
+        f"Fix: on every rank, engine.destroy(), then deepspeed.initialize(model=engine.module, "
+        f"optimizer=torch.optim.AdamW(frozen.trainable(engine.module), ...), config=...) again — the layers "
+        f"already training restart their optimizer state (docs/distributed.md)."
+    )
+
+
 def _check_active_wrapper(module: nn.Module, args: Any) -> None:
     if torch.compiler.is_compiling():
         return  # compiled graphs are guarded on requires_grad; dynamo must not trace this
+    engine = _deepspeed_engine(module)
+    if engine is not None:
+        _check_deepspeed(module, engine)
     ddp = getattr(DistributedDataParallel, "_active_ddp_module", None)
     if ddp is None or getattr(ddp, GUARD_HOOK, None) is not None:
         return  # not inside a wrapper, or one frozen.distributed.wrap guards already

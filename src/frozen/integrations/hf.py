@@ -26,7 +26,9 @@ and adds gradual unfreezing:
   (``on_pre_optimizer_step``) the callback averages across ranks the gradients of the
   parameters thawed after wrapping — the ones DDP's reducer does not hold — exactly
   what DDP would have done for them;
-* checkpoints resume exactly: see :mod:`frozen.integrations._hf_resume`;
+* checkpoints resume exactly: see :mod:`frozen.integrations._hf_resume`; a Trainer that
+  resumes such a checkpoint *without* the callback raises at its first optimizer step
+  (naming the callback) instead of restarting every optimizer moment from zero;
 * with activation (gradient) checkpointing, non-reentrant (the default), and a part cached by
   :func:`frozen.cache`, it removes the hook the ``Trainer`` installed with
   ``enable_input_require_grads`` (logged once): that hook makes the embeddings' output
