@@ -20,8 +20,9 @@ the ideal's step time in the same round; variants run interleaved, in a rotating
 ``step_ms`` (median), ``dots`` (matrix products in the compiled step's HLO, after XLA
 removed what the step does not use), ``grad_dots`` (those a jitted function returning the
 gradients computes, in its lowered HLO),
-``state_bytes`` (optimizer state) and ``grad_bytes`` (the gradients a jitted gradient
-function returns, from ``jax.eval_shape``).
+``state_bytes`` (optimizer state), ``grad_bytes`` (the gradients a jitted gradient
+function returns, from ``jax.eval_shape``) and ``same_hlo_as_ideal`` (the compiled step
+has the ideal's instructions, counted by opcode).
 
 Run: ``python benchmarks/jax_mlp.py [--size tiny|quick|full]`` (default ``full``).
 """
@@ -32,6 +33,7 @@ import argparse
 import re
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -169,11 +171,14 @@ def _scenario(name: str, frozen: set[int], size: Size) -> dict[str, Any]:
     x, y = jax.random.normal(kx, (size.batch, size.width)), jax.random.normal(ky, (size.batch, size.width))
     runs: dict[str, Any] = {}
     facts: dict[str, dict[str, Any]] = {}
+    shapes: dict[str, Counter[str]] = {}  # compiled instructions by opcode
     for label, build in BUILDERS.items():
         variant = build(MLP(size.width, key=km), frozen)  # each variant owns its arrays (donated below)
         compiled = jax.jit(variant.step, donate_argnums=0).lower(variant.carry, x, y).compile()
+        text = compiled.as_text()
+        shapes[label] = Counter(re.findall(r"= .*?([a-z][a-z0-9_-]*)\(", text))
         facts[label] = {
-            "dots": len(re.findall(r"\bdot\(", compiled.as_text())),
+            "dots": len(re.findall(r"\bdot\(", text)),
             "grad_dots": jax.jit(variant.grads).lower(variant.carry, x, y).as_text().count("dot_general"),
             "state_bytes": _nbytes(variant.state(variant.carry)),
             "grad_bytes": _nbytes(jax.eval_shape(variant.grads, variant.carry, x, y)),
@@ -199,6 +204,7 @@ def _scenario(name: str, frozen: set[int], size: Size) -> dict[str, Any]:
             "time_ratio": round(statistics.median(ratios), 4),
             "step_ms": round(1000 * statistics.median(times[label]), 2),
             **facts[label],
+            "same_hlo_as_ideal": shapes[label] == shapes["ideal"],
         }
     return {"name": name, "variants": variants}
 
@@ -208,7 +214,8 @@ def measure(size: str = "full") -> dict[str, Any]:
 
     Returns:
         ``{"size", "config", "scenarios": [{"name", "variants": {label: {"time_ratio",
-        "step_ms", "dots", "grad_dots", "state_bytes", "grad_bytes"}}}]}`` (plain data).
+        "step_ms", "dots", "grad_dots", "state_bytes", "grad_bytes", "same_hlo_as_ideal"}}}]}``
+        (plain data).
     """
     if size not in SIZES:
         raise ValueError(f"measure: size must be one of {sorted(SIZES)}; received {size!r}.")
@@ -241,13 +248,13 @@ def table(result: dict[str, Any]) -> str:
             f"**{scenario['name']}**",
             "",
             "| variant | time ratio | step (ms) | HLO dots: step | HLO dots: gradients | optimizer state (bytes) "
-            "| gradients (bytes) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| gradients (bytes) | compiled step = ideal's |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
         ]
         for label, v in scenario["variants"].items():
             lines.append(
                 f"| {label} | {v['time_ratio']:.3f} | {v['step_ms']:.1f} | {v['dots']} | {v['grad_dots']} | "
-                f"{v['state_bytes']:,} | {v['grad_bytes']:,} |"
+                f"{v['state_bytes']:,} | {v['grad_bytes']:,} | {'yes' if v['same_hlo_as_ideal'] else 'no'} |"
             )
     return "\n".join(lines)
 

@@ -124,3 +124,25 @@ def test_arrays_in_lists_are_frozen_by_their_module_and_bare_ones_raise():
     assert grads.arrays[0] is None and jnp.array_equal(grads.arrays[1], jnp.ones(2))
     with pytest.raises(fj.FrozenError, match=r"array '0': it is not inside an eqx.Module"):
         fj.freeze([jnp.ones(2)], "0")
+
+
+def test_a_checkpoint_of_the_plain_model_loads_into_the_frozen_one_and_back(tmp_path):
+    frozen_net = fj.freeze(NET, "encoder.layers.0-1", "head.bias")
+    eqx.tree_serialise_leaves(tmp_path / "plain.eqx", NET)
+    loaded = eqx.tree_deserialise_leaves(tmp_path / "plain.eqx", frozen_net)
+    assert leaves_equal(loaded, NET) and fj.is_frozen(loaded, "encoder.layers.1")
+    eqx.tree_serialise_leaves(tmp_path / "frozen.eqx", frozen_net)
+    assert leaves_equal(eqx.tree_deserialise_leaves(tmp_path / "frozen.eqx", NET), NET)
+
+
+def test_a_frozen_stateful_layer_stays_one_for_sequential():
+    def build():
+        layers = [eqx.nn.Linear(3, 3, key=jax.random.PRNGKey(0)), eqx.nn.BatchNorm(3, "batch", mode="batch")]
+        return eqx.nn.Sequential(layers)
+
+    model, state = eqx.nn.make_with_state(build)()
+    training = eqx.nn.inference_mode(fj.freeze(model, "layers.1"), False)
+    assert isinstance(training.layers[1], eqx.nn.StatefulLayer) and isinstance(training.layers[1], fj.Frozen)
+    run = jax.vmap(training, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
+    _, after = run(jnp.ones((4, 3)) * 3, state)
+    assert leaves_equal(after, state)

@@ -79,12 +79,13 @@ def init(tx: Any, model: Any) -> OptState:
     return OptState(tx, (tuple(sorted(paths)),), (tx.init(params),))
 
 
-def update(grads: Any, opt_state: OptState, model: Any) -> tuple[Any, OptState]:
+def update(grads: Any, opt_state: OptState, model: Any, **extra_args: Any) -> tuple[Any, OptState]:
     """Return ``(updates, opt_state)`` for ``grads`` of ``model``; ``None`` updates at frozen leaves.
 
     Apply with ``model = eqx.apply_updates(model, updates)``: frozen arrays stay bit-identical.
     ``grads`` may come from ``fj.grad`` (``None`` at frozen leaves) or hold every gradient
-    (only the trainable ones are read). Works inside ``jax.jit``.
+    (only the trainable ones are read). ``extra_args`` (such as ``value=`` for
+    ``optax.contrib.reduce_on_plateau``) go to ``tx.update``. Works inside ``jax.jit``.
 
     Raises:
         FrozenError: the model's trainable arrays are not the state's (call ``fj.optim.sync``
@@ -118,7 +119,9 @@ def update(grads: Any, opt_state: OptState, model: Any) -> tuple[Any, OptState]:
                 f"fj.optim.update: grads hold None for the trainable arrays {missing[:5]}. Expected a gradient "
                 "for every trainable array; compute grads with fj.grad on the model as it is now."
             )
-        step, state = opt_state.tx.update({p: flat[where[p]] for p in group}, state, {p: params[p] for p in group})
+        step, state = opt_state.tx.update(
+            {p: flat[where[p]] for p in group}, state, {p: params[p] for p in group}, **extra_args
+        )
         for p in group:
             updates[where[p]] = step[p]
         states.append(state)

@@ -18,8 +18,7 @@ import equinox as eqx
 
 from ._errors import SelectorError, closest
 from ._patterns import Pattern, position
-from ._query import analyse
-from ._tree import Walk
+from ._tree import Walk, walk
 from ._wrapper import Frozen
 
 __all__ = ["Selection", "require_targets", "resolve", "select"]
@@ -81,7 +80,7 @@ def _hits(found: Walk, target: Any, function: str, role: str) -> list[bool]:
     raise TypeError(
         f"{function}: expected each {role} to be a path pattern (str), a module type, a module or array "
         f"of the model, or a predicate (path, module) -> bool; received {type(target).__name__} {target!r}. "
-        + ("Unpack a list of targets: fj.freeze(model, *targets)." if isinstance(target, list | tuple) else "")
+        + (f"Unpack a list of targets: {function}(model, *targets)." if isinstance(target, list | tuple) else "")
     )
 
 
@@ -163,12 +162,13 @@ def select(model: Any, *targets: Any, exclude: Any = ()) -> list[str]:
         ['layers.0.weight']
     """
     require_targets(targets, "fj.select")
-    found = analyse(model).walk
+    found = walk(model)
     chosen = resolve(found, targets, exclude, "fj.select")
     return [found.entries[i].path for i in chosen.shown]
 
 
 def require_targets(targets: Sequence[Any], function: str) -> None:
+    """Raise :class:`SelectorError` for an empty target list (``""`` is the whole model)."""
     if not targets:
         raise SelectorError(
             f"{function}: expected at least one target; received none. The whole model is spelled '': "

@@ -26,7 +26,7 @@ import jax
 
 from ._errors import FrozenError, check_choice
 
-__all__ = ["Frozen", "MODES", "TIES", "make_wrapper", "stop_arrays"]
+__all__ = ["Frozen", "FrozenStateful", "MODES", "TIES", "make_wrapper", "stop_arrays"]
 
 MODES = ("eval", "inherit")
 TIES = ("train", "freeze")
@@ -71,6 +71,10 @@ class Frozen(eqx.Module):
     leaves: tuple[tuple[str, str], ...] | None = eqx.field(static=True)
     mark: tuple[str, str] | None = eqx.field(static=True)
     origin: str = eqx.field(static=True)
+
+    def __new__(cls, module: Any = None, *args: Any, **kwargs: Any) -> Frozen:
+        # A stateful layer stays one (eqx.nn.Sequential passes the state only to StatefulLayer-s).
+        return super().__new__(FrozenStateful if cls is Frozen and _stateful(module) else cls)
 
     def __init__(self, module: Any, *, mode: str = "eval", tied: str = "train") -> None:
         check_choice("fj.Frozen", "mode", mode, MODES)
@@ -127,6 +131,17 @@ class Frozen(eqx.Module):
         return True
 
 
+class FrozenStateful(Frozen, eqx.nn.StatefulLayer):
+    """A :class:`Frozen` around an ``eqx.nn.StatefulLayer`` (BatchNorm, a stateful Sequential): one too."""
+
+    def is_stateful(self) -> bool:
+        return bool(self.module.is_stateful())
+
+
+def _stateful(module: Any) -> bool:
+    return isinstance(module, eqx.nn.StatefulLayer)
+
+
 def make_wrapper(
     module: Any,
     *,
@@ -139,7 +154,7 @@ def make_wrapper(
     """Build a wrapper with every field given (as ``eqx`` unflattening does): ``fj.freeze``'s wrappers."""
     if not isinstance(module, eqx.Module):
         raise FrozenError(f"fj.freeze: cannot wrap {type(module).__name__}; expected an eqx.Module.")
-    wrapper = object.__new__(Frozen)
+    wrapper = object.__new__(FrozenStateful if _stateful(module) else Frozen)
     for name, value in (
         ("module", module),
         ("mode", mode),
