@@ -21,7 +21,7 @@ from typing import Any, Literal, NamedTuple
 from torch import nn
 
 from .._checks import check_model
-from .._core import ModuleUse, ParamUse
+from .._core import ModuleUse, ParamUse, View
 from .._errors import SelectorError, closest
 from .patterns import ParamSelector, PathTree, Pattern, compile_pattern, params
 
@@ -108,13 +108,15 @@ def resolve(
     train_norms: bool = False,
     function: str,
     no_targets: Literal["error", "all"] = "error",
+    view: View | None = None,
 ) -> Selection:
     """Resolve ``targets`` minus ``exclude`` to uses of ``model``; raise before anything changes.
 
     ``no_targets="error"`` refuses an empty ``targets`` (``freeze(model, *[])`` is an
     accident, the whole model is spelled ``""``); ``"all"`` reads it as the whole model.
+    ``view``: the caller's walk of ``model``, read instead of walking it again.
     """
-    tree = PathTree(model)
+    tree = PathTree(model, view)
     modules, parameters, matched = _choose(tree, targets, exclude, train_norms, function, no_targets)
     return Selection(
         [tree.uses[i] for i in modules],
