@@ -122,6 +122,7 @@ def _write_flags(params: list[ParamUse], wanted: set[int]) -> None:
             # parameter move it by that gradient, momentum or weight decay; with None it skips it.
             param.grad = None
             set_switched_off(param, True, use.owner, use.name)
+            off.add(id(param))
         elif id(param) in wanted and not param.requires_grad:
             param.requires_grad = True  # trainable_ids counts it only when the library switched it off
             set_switched_off(param, False, use.owner, use.name)

@@ -98,9 +98,8 @@ def _normalise(spec: object, where: str) -> _Spec:
     if isinstance(spec, torch.Tensor):
         if spec.device.type == "meta":
             raise RowsTypeError(
-                f"{where}: received a tensor on the 'meta' device, which holds no values to read rows from. "
-                f"Expected a tensor with data: pass it on the CPU (e.g. rows.to('cpu') after filling it), "
-                f"or as a list of ints."
+                f"{where}: expected {_FORMS} holding values, received a tensor on the 'meta' device, which has "
+                f"none to read rows from. Pass the rows as a CPU tensor or a list of ints."
             )
         if spec.is_floating_point() or spec.is_complex() or spec.dim() > 1:
             raise refuse(f"a {spec.dtype} tensor of shape {tuple(spec.shape)} (expected one dimension of integers)")
