@@ -10,14 +10,14 @@ from torch import nn
 from .record import switched_off
 from .tree import ModuleUse, ParamUse, iter_module_uses, param_uses_of
 
-__all__ = ["frozen_by_other_libraries", "trainable_ids", "trainable_of"]
+__all__ = ["claimed_by_other_libraries", "frozen_by_other_libraries", "trainable_ids", "trainable_of"]
 
 
 def trainable_ids(model: nn.Module) -> set[int]:
     """``id()`` of every parameter that is trainable in ``model`` (one walk; see :func:`trainable_of`)."""
     uses = list(iter_module_uses(model))
     params = list(param_uses_of(uses))
-    return trainable_of(params, frozen_by_other_libraries(uses, params))
+    return trainable_of(params, claimed_by_other_libraries(uses, params))
 
 
 def trainable_of(params: Iterable[ParamUse], claimed: set[int]) -> set[int]:
@@ -26,7 +26,7 @@ def trainable_of(params: Iterable[ParamUse], claimed: set[int]) -> set[int]:
     A parameter is trainable when some non-frozen use reaches it and the user has not
     frozen it by hand. A flag the library itself turned off (by ``settle``/``freeze``)
     still counts as "the user wants it trained", unless another library keeps it off
-    (``claimed``, see :func:`frozen_by_other_libraries`). Reads only: nothing is written.
+    (``claimed``, see :func:`claimed_by_other_libraries`). Reads only: nothing is written.
     """
     ids: set[int] = set()
     for use in params:
@@ -38,7 +38,13 @@ def trainable_of(params: Iterable[ParamUse], claimed: set[int]) -> set[int]:
     return ids
 
 
-def frozen_by_other_libraries(uses: list[ModuleUse], params: list[ParamUse]) -> set[int]:
+def frozen_by_other_libraries(model: nn.Module) -> set[int]:
+    """``id()`` of parameters another library keeps frozen on purpose (see :func:`claimed_by_other_libraries`)."""
+    uses = list(iter_module_uses(model))
+    return claimed_by_other_libraries(uses, list(param_uses_of(uses)))
+
+
+def claimed_by_other_libraries(uses: list[ModuleUse], params: list[ParamUse]) -> set[int]:
     """``id()`` of parameters another library keeps frozen on purpose, which thaw must leave off.
 
     The library cannot see a ``requires_grad=False`` written over its own ``False``, so it

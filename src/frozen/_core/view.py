@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from .record import record_of, rows_of
-from .trainable import frozen_by_other_libraries, trainable_of
+from .trainable import claimed_by_other_libraries, trainable_of
 from .tree import ModuleUse, ParamUse, iter_module_uses, param_uses_of
 
 __all__ = ["View"]
@@ -61,7 +61,7 @@ class View:
 
     def _derive(self) -> None:
         self.params: list[ParamUse] = list(param_uses_of(self.uses))
-        self.claimed = frozen_by_other_libraries(self.uses, self.params)
+        self.claimed = claimed_by_other_libraries(self.uses, self.params)
         self.trainable = trainable_of(self.params, self.claimed)
         for cached in ("named", "first_paths", "param_paths"):
             self.__dict__.pop(cached, None)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .._core import View, rows_of, set_rows
+from .._core import LOCK, View, rows_of, set_rows
 from .._errors import FrozenError
 from ..distributed import manages_parameter
 from .step import Layout, index_rows, indexed_rows
@@ -176,11 +176,12 @@ def watch_slots(module: nn.Module, _args: object) -> None:
             rows.attach(param)  # requires_grad turned on by hand since: the hook it could not have before
             continue
         refuse_replaced(module, name, rows, param, "frozen rows")
-        current = indexed_rows(param)  # already adopted through another slot of the same parameter
-        if current is not None and current.param is param:
-            set_rows(module, name, current, watch_slots)
-        else:
-            write_rows(param, rows.path, [(module, name)], rows.mask.clone())
+        with LOCK:
+            current = indexed_rows(param)  # already adopted through another slot of the same parameter
+            if current is not None and current.param is param:
+                set_rows(module, name, current, watch_slots)
+            else:
+                write_rows(param, rows.path, [(module, name)], rows.mask.clone())
 
 
 def frozen_rows_in(view: View, function: str | None = None) -> dict[str, FrozenRows]:
