@@ -97,7 +97,7 @@ def plan_freeze_rows(view: View, targets: list[Rows], function: str) -> list[Row
     changes: dict[int, RowsChange] = {}
     for target in targets:
         where = f"{function}(model, {target!r})"
-        path, param, use = resolve_param(view, target.path, where)
+        path, param, _ = resolve_param(view, target.path, where)
         if id(param) not in view.trainable:
             raise FrozenError(_frozen_whole(view, where, path, param))
         mask = target.frozen_mask(param.shape[0], where)
@@ -113,8 +113,8 @@ def plan_thaw_rows(view: View, targets: list[Rows | str], covered: set[int], fun
 
     Every row thaws in the parameters in ``covered`` (``id()`` of parameters a thawed part or
     path holds); a ``Rows`` target thaws its rows, and a path every row of its parameter.
-    Thawing rows that are not frozen does nothing, and so does thawing them in a parameter that
-    is frozen whole (its record changes, its flag stays off).
+    Thawing rows that are not frozen does nothing. Thawing rows of a parameter that is also
+    frozen whole changes its row record only: the parameter stays frozen whole.
     """
     changes: dict[int, RowsChange] = {}
     for use, _ in view.rows():
