@@ -14,8 +14,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import frozen
-from frozen._rows import carrier as _rows_carrier
-from frozen._rows import rows as _rows
+from frozen._rows import record as _rows_record
 from frozen._rows import step as _rows_step
 from frozen._rows.rows import Rows, freeze_rows, frozen_rows, thaw_rows
 from frozen._rows.state import load_rows_state, rows_state
@@ -71,10 +70,11 @@ def train(step_loss, optimizer: torch.optim.Optimizer, steps: int) -> None:
 @pytest.fixture(autouse=True)
 def no_leftover_row_freezing():
     yield
-    leftover = list(_rows._RECORDS.items())
+    leftover = list(_rows_step._INDEX.items())
     for param, record in leftover:  # clean up after a failed test, so the next one starts clean
-        _rows.apply_mask(param, record.path, torch.zeros_like(record.mask))
-    assert not leftover and not _rows_step._LAYOUTS and not _rows_step._HANDLES  # every test thaws what it froze
+        record.release()
+        _rows_step.index_rows(param, None)
+    assert not leftover and not _rows_step._INDEX and not _rows_step._HANDLES  # every test thaws what it froze
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -368,7 +368,7 @@ def test_a_copy_of_the_model_keeps_its_frozen_rows(how: str) -> None:
 def test_thawing_rows_removes_their_carriers_from_the_model_and_its_later_copies() -> None:
     model = frozen.freeze(_Tied(), Rows("emb.weight", [0, 1]))
     carriers = [h for m in (model.emb, model.out) for h in m._forward_pre_hooks.values()]
-    assert len(carriers) == 2 and all(isinstance(h, _rows_carrier.RowsCarrier) for h in carriers)
+    assert len(carriers) == 2 and all(h is _rows_record.watch_slots for h in carriers)
     frozen.thaw(model, "emb.weight")
     assert not model.emb._forward_pre_hooks and not model.out._forward_pre_hooks
     assert frozen_rows(copy.deepcopy(model)) == {}
@@ -417,6 +417,6 @@ def test_a_functional_call_leaves_the_carriers_and_records_alone() -> None:
 
     per_sample = vmap(grad(loss), in_dims=(None, 0))(params, ids)
     assert per_sample["emb.weight"].shape == (2, 12, 8)
-    assert list(_rows._RECORDS.values())[0].path == "emb.weight" and len(_rows._RECORDS) == 1
+    assert list(_rows_step._INDEX.values())[0].path == "emb.weight" and len(_rows_step._INDEX) == 1
     assert model.emb._parameters["weight"] is model.out.weight  # the model's own slots are back
     frozen.thaw(model, "emb.weight")

@@ -16,9 +16,8 @@ from typing import Any
 from torch import nn
 
 from .._checks import check_model
-from .._core import find, install, iter_module_uses, remove, settle, trainable_ids
+from .._core import View, find, install, iter_module_uses, remove, settle_flags
 from .._errors import UnknownPathError, closest
-from .._freeze import is_frozen
 from .handle import CacheHandle
 from .hooks import INNER_HOOKS, refuse_inner_hooks
 from .keys import CacheError, forward_parameters
@@ -28,9 +27,9 @@ from .store import STORES, Store, parse_budget
 __all__ = ["CacheError", "CacheHandle", "cache", "cache_stats", "uncache"]
 
 
-def _module_at(model: nn.Module, path: str, function: str) -> nn.Module:
-    """The module at ``path``, checked to be a frozen constant everywhere it is used."""
-    uses = list(iter_module_uses(model))
+def _module_at(view: View, path: str, function: str) -> nn.Module:
+    """The module at ``path``, checked to be a frozen constant everywhere it is used (read from ``view``)."""
+    uses = view.uses
     found = next((u for u in uses if u.path == path), None)
     if found is None:
         raise UnknownPathError(
@@ -38,9 +37,9 @@ def _module_at(model: nn.Module, path: str, function: str) -> nn.Module:
             f"{closest(path, [u.path for u in uses if u.path])}. Paths are state_dict style."
         )
 
-    ids = trainable_ids(model)
+    ids = view.trainable
     for use in uses:
-        if use.module is found.module and not is_frozen(model, use.path):
+        if use.module is found.module and not view.frozen_at(use):
             raise CacheError(
                 f"{function}(model, {path!r}): the part at {use.path!r} is not frozen; only a frozen part is a "
                 f"constant function of its inputs. Freeze it first: frozen.freeze(model, {use.path!r})."
@@ -149,7 +148,8 @@ def cache(
         )
     if not paths or not all(isinstance(p, str) and p for p in paths) or len(set(paths)) != len(paths):
         raise CacheError(f"frozen.cache(model, *paths): expected distinct non-empty module paths, got {paths!r}.")
-    modules = [_module_at(model, p, "frozen.cache") for p in paths]
+    view = View(model)  # one walk for every path, and for settling
+    modules = [_module_at(view, p, "frozen.cache") for p in paths]
     _check_shared(shared, paths, modules)
     for p, module in zip(paths, modules, strict=True):
         if find(module, "forward", Part) is not None:
@@ -161,7 +161,7 @@ def cache(
     # As freeze and thaw do: unsettled, a Frozen(...) wrapper detaches its parameters and switches
     # its module to eval at every call, which the part's snapshot sees as a changed part -- every
     # call invalidated and recomputed, no hit ever.
-    settle(model)
+    settle_flags(model, view=view)
     handle = CacheHandle(Store(store, size, path), inner_hooks, grad_inputs, tuple(shared))
     for index, (p, module) in enumerate(zip(paths, modules, strict=True)):
         part = Part(handle, model, module, p, index)

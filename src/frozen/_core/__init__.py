@@ -17,6 +17,8 @@ from .record import is_marked as is_marked
 from .record import mark as mark
 from .record import record_of as record_of
 from .record import release_slot as release_slot
+from .record import rows_of as rows_of
+from .record import set_rows as set_rows
 from .record import switched_off as switched_off
 from .record import unmark as unmark
 from .settle import settle as settle
@@ -36,12 +38,15 @@ from .standins import remove as remove
 from .standins import standing as standing
 from .trainable import frozen_by_other_libraries as frozen_by_other_libraries
 from .trainable import trainable_ids as trainable_ids
+from .trainable import trainable_of as trainable_of
 from .tree import ModuleUse as ModuleUse
 from .tree import ParamUse as ParamUse
 from .tree import iter_module_uses as iter_module_uses
 from .tree import iter_param_uses as iter_param_uses
 from .tree import join as join
 from .tree import named_parameters as named_parameters
+from .tree import param_uses_of as param_uses_of
+from .view import View as View
 from .wrapper import Frozen as Frozen
 
 __all__ = [
@@ -57,6 +62,7 @@ __all__ = [
     "StandIn",
     "TensorState",
     "find",
+    "View",
     "floating_tensors",
     "freeze_slot",
     "frozen_by_other_libraries",
@@ -71,18 +77,22 @@ __all__ = [
     "named_parameters",
     "own_attribute",
     "own_tensors",
+    "param_uses_of",
     "record_of",
     "release_slot",
     "remove",
     "reserve_recompiles",
     "restore_precision",
+    "rows_of",
     "same_tensor",
     "settle",
+    "set_rows",
     "settle_flags",
     "standing",
     "switched_off",
     "tensor_entry",
     "trainable_ids",
+    "trainable_of",
     "under_torch_func",
     "unmark",
 ]

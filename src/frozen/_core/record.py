@@ -26,6 +26,7 @@ model cannot lose each other's entries.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,8 @@ __all__ = [
     "record_of",
     "set_storage",
     "release_slot",
+    "rows_of",
+    "set_rows",
     "set_switched_off",
     "switched_off",
     "unmark",
@@ -69,16 +72,15 @@ def switched_off(param: torch.Tensor, owner: nn.Module | None = None, name: str 
 
     Ownership follows the parameter object. With ``owner``/``name`` it also follows the
     slot when the object there was *replaced* by a new one (FSDP2's ``fully_shard``
-    swaps in DTensor parameters, ``load_state_dict(assign=True)`` new ones): the new
-    object inherits the entry, so a part frozen before sharding still thaws.
+    swaps in DTensor parameters, ``load_state_dict(assign=True)`` new ones, a copy of
+    the model): the slot's entry answers for the new object, and the next ``settle``
+    writes it to the new object. Reads only, so a query (``frozen.trainable``,
+    ``frozen.report``) on a copied model changes nothing.
     """
     if param in _SWITCHED_OFF:
         return True
     record = None if owner is None else owner.__dict__.get(KEY)
-    if record is not None and name in record.off_slots:
-        set_switched_off(param, True, owner, name)
-        return True
-    return False
+    return record is not None and name in record.off_slots
 
 
 def set_switched_off(param: torch.Tensor, off: bool, owner: nn.Module | None = None, name: str = "") -> None:
@@ -119,6 +121,8 @@ class Record:
     storage: Storage | None = None
     guard: GuardedForward | None = None  # the white-box guard at the root of a frozen part
     off_slots: set[str] = field(default_factory=set)  # own slots whose flag the library turned off
+    rows: dict[str, Any] = field(default_factory=dict)  # own slots with frozen rows -> their rows (frozen._rows)
+    rows_hook: RemovableHandle | None = None  # the forward pre-hook watching those slots, while there are any
 
     @property
     def is_empty(self) -> bool:
@@ -130,6 +134,7 @@ class Record:
             and self.storage is None
             and self.guard is None
             and not self.off_slots
+            and not self.rows
         )
 
 
@@ -263,3 +268,38 @@ def set_storage(module: nn.Module, storage: Storage | None) -> Storage | None:
         record.storage = None
         drop_if_empty(module)
     return old
+
+
+# -- frozen rows ---------------------------------------------------------------------
+
+
+def rows_of(module: nn.Module) -> Mapping[str, Any]:
+    """The frozen rows recorded on ``module``'s own parameter slots: ``{name: rows}`` (read only).
+
+    The rows object belongs to ``frozen._rows`` (its ``FrozenRows``); one object is shared by
+    every slot holding the same parameter. Living in the record, it travels with the module
+    through ``copy.deepcopy``, pickle and ``torch.save``, which rebuild it for the copy.
+    """
+    record = module.__dict__.get(KEY)
+    return record.rows if record is not None else {}
+
+
+def set_rows(module: nn.Module, name: str, rows: Any | None, hook: Callable[[nn.Module, Any], None]) -> None:
+    """Record (``None``: forget) the frozen rows of ``module.<name>``.
+
+    While the module holds any, it carries ``hook`` as a forward pre-hook (it sees a parameter
+    replaced in the slot); the handle is kept here and the hook leaves with ``.remove()``.
+    """
+    if rows is not None:
+        record = ensure_record(module)
+        record.rows[name] = rows
+        if record.rows_hook is None:
+            record.rows_hook = module.register_forward_pre_hook(hook)
+        return
+    held = record_of(module)
+    if held is None or held.rows.pop(name, None) is None:
+        return
+    if not held.rows and held.rows_hook is not None:
+        held.rows_hook.remove()
+        held.rows_hook = None
+    drop_if_empty(module)

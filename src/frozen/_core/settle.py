@@ -18,10 +18,10 @@ from .._checks import check_model
 from .._errors import FrozenError, TiedParameterError, TiedParameterWarning
 from ..distributed import watch
 from .call import UsePlan, keeps_training_flag, slots_of
-from .record import LOCK, install_guard, is_marked, record_of, set_switched_off
+from .record import LOCK, install_guard, is_marked, record_of, rows_of, set_switched_off
 from .record import switched_off as library_switched_off
-from .trainable import trainable_ids
-from .tree import ModuleUse, iter_module_uses, iter_param_uses, join
+from .tree import ModuleUse, ParamUse, join
+from .view import View
 from .wrapper import Frozen
 
 __all__ = ["settle", "settle_flags"]
@@ -69,34 +69,39 @@ def settle(model: nn.Module) -> nn.Module:
     return settle_flags(model)
 
 
-def settle_flags(model: nn.Module, *, user_frozen: Sequence[nn.Parameter] = (), pin: bool = True) -> nn.Module:
+def settle_flags(
+    model: nn.Module, *, user_frozen: Sequence[nn.Parameter] = (), pin: bool = True, view: View | None = None
+) -> nn.Module:
     """:func:`settle`, after first setting ``requires_grad=False`` on ``user_frozen``.
 
     ``frozen.load_state`` restores the flags the user had turned off through this, so
     that every ``requires_grad`` write of the library happens here. ``pin=False`` (thaw)
     leaves every train/eval flag as it is: thawing restores modes exactly, and wrappers
-    whose modules are in training mode switch them per call instead.
+    whose modules are in training mode switch them per call instead. ``view``: the
+    caller's walk of ``model`` (:class:`View`), re-read here rather than walked again.
     """
     with LOCK:
-        uses = list(iter_module_uses(model))
-        wanted = trainable_ids(model) - {id(p) for p in user_frozen}
-        _check_can_train(model, wanted)
+        view = View(model) if view is None else view.refresh()
+        uses = view.uses
+        wanted = view.trainable - {id(p) for p in user_frozen}
+        _check_can_train(view.params, wanted)
         plans = _plan_wrappers(uses, wanted, pin)
         for wrapper, path, plan, _ in plans:
             if plan.detach and wrapper.tied == "error":
                 _check_tied_use(wrapper, path, uses, [p for i, (_, _, p) in enumerate(plan.slots) if i in plan.detach])
         for param in user_frozen:
             param.requires_grad = False  # the user's own flag, as saved
-        _write_flags(model, wanted)
+        _write_flags(view.params, wanted)
+        _attach_rows(view.params)
         _apply_wrapper_plans(plans, uses)
         _guard_roots(uses, wanted)
         watch(model)  # a DistributedDataParallel built by hand over it: a stale reducer raises at its next forward
     return model
 
 
-def _check_can_train(model: nn.Module, wanted: set[int]) -> None:
+def _check_can_train(params: list[ParamUse], wanted: set[int]) -> None:
     """Refuse, before any change, a parameter that must train again but never can."""
-    for use in iter_param_uses(model):
+    for use in params:
         param = use.param
         if id(param) in wanted and not param.requires_grad and param.is_inference():
             path = use.path
@@ -107,8 +112,10 @@ def _check_can_train(model: nn.Module, wanted: set[int]) -> None:
             )
 
 
-def _write_flags(model: nn.Module, wanted: set[int]) -> None:
-    for use in iter_param_uses(model):
+def _write_flags(params: list[ParamUse], wanted: set[int]) -> None:
+    # Read before writing: a slot record (a copied model's) names the flag's owner for every slot of it.
+    off = {id(u.param) for u in params if library_switched_off(u.param, u.owner, u.name)}
+    for use in params:
         param = use.param
         if id(param) not in wanted and param.requires_grad:
             param.requires_grad = False  # not requires_grad_(): lazy (uninitialised) parameters refuse methods
@@ -117,13 +124,26 @@ def _write_flags(model: nn.Module, wanted: set[int]) -> None:
             # parameter move it by that gradient, momentum or weight decay; with None it skips it.
             param.grad = None
             set_switched_off(param, True, use.owner, use.name)
+            off.add(id(param))
         elif id(param) in wanted and not param.requires_grad:
             param.requires_grad = True  # trainable_ids counts it only when the library switched it off
             set_switched_off(param, False, use.owner, use.name)
         elif id(param) in wanted:
             set_switched_off(param, False, use.owner, use.name)  # a slot record left by a replaced object
-        elif library_switched_off(param):
+        elif id(param) in off:
             set_switched_off(param, True, use.owner, use.name)  # every slot of it carries the entry
+
+
+def _attach_rows(params: list[ParamUse]) -> None:
+    """Give each row-frozen parameter that requires grad now its gradient hook (``frozen._rows``).
+
+    A hook cannot be put on a tensor that needs no gradient, so rows frozen (or copied) while
+    their parameter was frozen whole get theirs here, when a thaw lets the parameter train.
+    """
+    for use in params:
+        rows = rows_of(use.owner).get(use.name)
+        if rows is not None and use.param.requires_grad:
+            rows.attach(use.param)
 
 
 def _plan_wrappers(

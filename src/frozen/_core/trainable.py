@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 
 from torch import nn
 
 from .record import switched_off
-from .tree import iter_param_uses
+from .tree import ModuleUse, ParamUse, iter_module_uses, param_uses_of
 
-__all__ = ["frozen_by_other_libraries", "trainable_ids"]
+__all__ = ["claimed_by_other_libraries", "frozen_by_other_libraries", "trainable_ids", "trainable_of"]
 
 
 def trainable_ids(model: nn.Module) -> set[int]:
-    """``id()`` of every parameter that is trainable in ``model``.
+    """``id()`` of every parameter that is trainable in ``model`` (one walk; see :func:`trainable_of`)."""
+    uses = list(iter_module_uses(model))
+    params = list(param_uses_of(uses))
+    return trainable_of(params, claimed_by_other_libraries(uses, params))
+
+
+def trainable_of(params: Iterable[ParamUse], claimed: set[int]) -> set[int]:
+    """``id()`` of every parameter of the walked parameter uses ``params`` that trains.
 
     A parameter is trainable when some non-frozen use reaches it and the user has not
     frozen it by hand. A flag the library itself turned off (by ``settle``/``freeze``)
-    still counts as "the user wants it trained".
+    still counts as "the user wants it trained", unless another library keeps it off
+    (``claimed``, see :func:`claimed_by_other_libraries`). Reads only: nothing is written.
     """
     ids: set[int] = set()
-    claimed = frozen_by_other_libraries(model)
-    for use in iter_param_uses(model):
+    for use in params:
         param = use.param
         if use.frozen:
             continue
@@ -31,22 +39,37 @@ def trainable_ids(model: nn.Module) -> set[int]:
 
 
 def frozen_by_other_libraries(model: nn.Module) -> set[int]:
+    """``id()`` of parameters another library keeps frozen on purpose (see :func:`claimed_by_other_libraries`)."""
+    uses = list(iter_module_uses(model))
+    return claimed_by_other_libraries(uses, list(param_uses_of(uses)))
+
+
+def claimed_by_other_libraries(uses: list[ModuleUse], params: list[ParamUse]) -> set[int]:
     """``id()`` of parameters another library keeps frozen on purpose, which thaw must leave off.
 
     The library cannot see a ``requires_grad=False`` written over its own ``False``, so it
     recognises the libraries that do so. PEFT (LoRA and the other tuners) freezes every
     parameter of the model it tunes except its adapters (named with the tuner's prefix, e.g.
     ``lora_``) and ``modules_to_save``: after ``freeze`` -> ``get_peft_model`` -> ``thaw``,
-    those stay frozen. PEFT is never imported here.
+    those stay frozen. PEFT is never imported here. Read from an existing walk of the model
+    (``uses`` and their ``params``), so asking costs no walk of its own.
     """
     peft_tuners = sys.modules.get("peft.tuners.tuners_utils")
     if peft_tuners is None:
         return set()
     claimed: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, peft_tuners.BaseTuner):
-            prefix = getattr(module, "prefix", "lora_")
-            for name, param in module.named_parameters():
-                if prefix not in name and "modules_to_save" not in name and not param.requires_grad:
-                    claimed.add(id(param))
+    seen: set[int] = set()
+    for use in uses:
+        module = use.module
+        if not isinstance(module, peft_tuners.BaseTuner) or id(module) in seen:
+            continue
+        seen.add(id(module))
+        prefix = getattr(module, "prefix", "lora_")
+        inside = f"{use.path}." if use.path else ""
+        for puse in params:
+            if not puse.path.startswith(inside):
+                continue
+            name = puse.path[len(inside) :]
+            if prefix not in name and "modules_to_save" not in name and not puse.param.requires_grad:
+                claimed.add(id(puse.param))
     return claimed

@@ -8,7 +8,7 @@ non-frozen use reaches it (contract S4).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from torch import nn
@@ -16,7 +16,7 @@ from torch import nn
 from .._errors import FrozenError
 from .record import record_of
 
-__all__ = ["ModuleUse", "ParamUse", "iter_module_uses", "iter_param_uses", "named_parameters", "join"]
+__all__ = ["ModuleUse", "ParamUse", "iter_module_uses", "iter_param_uses", "join", "named_parameters", "param_uses_of"]
 
 
 class ModuleUse(NamedTuple):
@@ -27,6 +27,7 @@ class ModuleUse(NamedTuple):
     frozen: bool  # whether this use is frozen (inside a Frozen wrapper or frozen in place)
     wrapper: nn.Module | None  # the Frozen wrapper standing at this path, if any
     mode: str | None = None  # the freezing mode in force at a frozen use ("eval"/"inherit")
+    wrapped: str | None = None  # the mode of the Frozen wrappers at or above this use (None: no wrapper)
 
 
 class ParamUse(NamedTuple):
@@ -76,7 +77,7 @@ def iter_module_uses(model: nn.Module) -> Iterator[ModuleUse]:
         # sub-part can be thawed alone and a module added to a frozen part later trains.
         record = record_of(module)
         own = mode or (record.mode if record is not None else None)
-        yield ModuleUse(path, module, own is not None, wrapper, own)
+        yield ModuleUse(path, module, own is not None, wrapper, own, mode)
         on_path.add(id(module))
         stack.append((module, path, mode, True))
         children = [(child, join(path, name)) for name, child in module._modules.items() if child is not None]
@@ -85,7 +86,12 @@ def iter_module_uses(model: nn.Module) -> Iterator[ModuleUse]:
 
 def iter_param_uses(model: nn.Module) -> Iterator[ParamUse]:
     """Yield every use of every parameter (not deduplicated), in model order."""
-    for use in iter_module_uses(model):
+    return param_uses_of(iter_module_uses(model))
+
+
+def param_uses_of(uses: Iterable[ModuleUse]) -> Iterator[ParamUse]:
+    """Yield the parameter uses of already walked module ``uses`` (the walk is not repeated)."""
+    for use in uses:
         record = record_of(use.module)
         slots = record.frozen_slots if record is not None else {}
         for name, param in use.module._parameters.items():

@@ -1,9 +1,11 @@
 """``freeze`` / ``thaw``: freezing after construction, in place (contract S6, S9).
 
 Each call reads validate -> plan -> apply. Validation and planning walk the model
-once and change nothing; apply writes the records (``_record.py``) and then
-:func:`frozen.settle` writes the flags. ``load_state`` reuses the same apply step.
-No module type, tree shape, parameter object or ``state_dict`` key changes.
+once (one :class:`~frozen._core.View`, which selection, rows, tied-weight planning and
+settling all read) and change nothing; apply writes the records (``_core/record.py``,
+and the row records through ``frozen._rows``) and then settling writes the flags.
+``load_state`` reuses the same apply step. No module type, tree shape, parameter
+object or ``state_dict`` key changes.
 """
 
 from __future__ import annotations
@@ -20,19 +22,17 @@ from .._core import (
     LOCK,
     ModuleUse,
     ParamUse,
+    View,
     floating_tensors,
     freeze_slot,
     is_marked,
-    iter_module_uses,
-    iter_param_uses,
     lower_precision,
     mark,
     record_of,
-    settle,
-    trainable_ids,
+    settle_flags,
 )
 from .._errors import FrozenError, TiedParameterError, TiedParameterWarning
-from .._rows import check_rows, freeze_rows, split_rows
+from .._rows import RowsChange, apply_rows, plan_freeze_rows, split_rows
 from .._select import Selection, Selector, resolve
 
 __all__ = ["FreezePlan", "apply_freeze", "freeze"]
@@ -50,6 +50,7 @@ class FreezePlan:
     dtype: torch.dtype | None = None
     shared: list[tuple[str, str]] = field(default_factory=list)  # (frozen path, other path) pairs
     requested_training: bool | None = None  # load_state: the train/eval mode saved with the marks
+    rows: list[RowsChange] = field(default_factory=list)  # frozen.Rows targets: each parameter's rows after
 
 
 def freeze(
@@ -138,12 +139,14 @@ def freeze(
     check_dtype(dtype)
     rows, targets = split_rows(targets)
     with LOCK:
-        row_masks = [check_rows(model, target, "frozen.freeze") for target in rows]
+        view = View(model)
+        row_changes = plan_freeze_rows(view, rows, "frozen.freeze")
         if rows and not targets:
             plan = FreezePlan(mode=mode, tied=tied)  # only rows: nothing else to select
         else:
-            selection = resolve(model, targets, exclude, train_norms=train_norms, function="frozen.freeze")
-            plan = plan_freeze(model, selection, mode, tied, dtype)
+            selection = resolve(model, targets, exclude, train_norms=train_norms, function="frozen.freeze", view=view)
+            plan = plan_freeze(view, selection, mode, tied, dtype)
+        plan.rows = row_changes
         if plan.shared and tied == "freeze":
             listing = "; ".join(f"{a!r} and {b!r}" for a, b in plan.shared)
             warnings.warn(
@@ -154,13 +157,11 @@ def freeze(
                 stacklevel=2,
             )
         apply_freeze(plan)
-        for target, _ in row_masks:
-            freeze_rows(model, target)
-        settle(model)
+        settle_flags(model, view=view)
     return model
 
 
-def plan_freeze(model: nn.Module, selection: Selection, mode: str, tied: str, dtype: torch.dtype | None) -> FreezePlan:
+def plan_freeze(view: View, selection: Selection, mode: str, tied: str, dtype: torch.dtype | None) -> FreezePlan:
     """Validate a ``freeze`` call and return what it will change; change nothing."""
     plan = FreezePlan(mode=mode, tied=tied, dtype=dtype)
     new: dict[int, ModuleUse] = {}
@@ -176,8 +177,8 @@ def plan_freeze(model: nn.Module, selection: Selection, mode: str, tied: str, dt
             new.setdefault(id(use.module), use)
     plan.marks = list(new.values())
     selected = {u.path for u in selection.uses}
-    _plan_shared_modules(model, selected, new, tied, plan)
-    _plan_shared_params(model, selected, new, selection.params, tied, plan)
+    _plan_shared_modules(view, selected, new, tied, plan)
+    _plan_shared_params(view, selected, new, selection.params, tied, plan)
     if plan.shared and tied == "error":
         listing = "; ".join(f"{a!r} and {b!r}" for a, b in plan.shared)
         raise TiedParameterError(
@@ -186,15 +187,15 @@ def plan_freeze(model: nn.Module, selection: Selection, mode: str, tied: str, dt
             f"training it, or select both parts. Nothing was changed."
         )
     if dtype is not None:
-        plan.low_roots = _low_precision_roots(selection, dtype, plan.shared)
+        plan.low_roots = _low_precision_roots(view, selection, dtype, plan.shared)
     return plan
 
 
 def _plan_shared_modules(
-    model: nn.Module, selected: set[str], new: dict[int, ModuleUse], tied: str, plan: FreezePlan
+    view: View, selected: set[str], new: dict[int, ModuleUse], tied: str, plan: FreezePlan
 ) -> None:
     """Module *objects* also used at an unselected, unfrozen path (freezing in place freezes the object)."""
-    for use in iter_module_uses(model):
+    for use in view.uses:
         if use.path not in selected and not use.frozen and id(use.module) in new:
             plan.shared.append((new[id(use.module)].path, use.path))
             if tied == "train":
@@ -207,7 +208,7 @@ def _plan_shared_modules(
 
 
 def _plan_shared_params(
-    model: nn.Module, selected: set[str], new: dict[int, ModuleUse], params: list[ParamUse], tied: str, plan: FreezePlan
+    view: View, selected: set[str], new: dict[int, ModuleUse], params: list[ParamUse], tied: str, plan: FreezePlan
 ) -> None:
     """Parameters of the selection also trained at an unselected slot: the tied policy decides."""
     owned: dict[int, tuple[nn.Module | None, str]] = {}
@@ -219,8 +220,8 @@ def _plan_shared_params(
         plan.slots.append((puse.owner, puse.name, "selected", None))
         owned.setdefault(id(puse.param), (None, puse.path))
     chosen = {(id(p.owner), p.name) for p in params}
-    training = trainable_ids(model)
-    for puse in iter_param_uses(model):
+    training = view.trainable
+    for puse in view.params:
         key = id(puse.param)
         if key not in owned or id(puse.owner) in new or (id(puse.owner), puse.name) in chosen:
             continue
@@ -232,7 +233,7 @@ def _plan_shared_params(
             plan.slots.append((puse.owner, puse.name, "tied", holder))
 
 
-def _low_precision_roots(selection: Selection, dtype: torch.dtype, shared: list) -> list[nn.Module]:
+def _low_precision_roots(view: View, selection: Selection, dtype: torch.dtype, shared: list) -> list[nn.Module]:
     """Validate ``freeze(..., dtype=...)``; return the roots of the parts to cast (once each).
 
     A part stored in low precision is cast at its root, so it must be frozen whole:
@@ -252,10 +253,11 @@ def _low_precision_roots(selection: Selection, dtype: torch.dtype, shared: list)
     for use in selection.uses:
         if use.path and use.path.rpartition(".")[0] in selected:
             continue  # inside a selected part: its root casts it
-        outside = [path for path, m in use.module.named_modules() if id(m) not in ids]
+        outside = [u.path for u in view.subtree(use) if id(u.module) not in ids]
         if outside:
+            inner = outside[0][len(use.path) + 1 :] if use.path else outside[0]
             raise FrozenError(
-                f"frozen.freeze(..., dtype={dtype}): the part {use.path!r} contains {outside[0]!r}, which is "
+                f"frozen.freeze(..., dtype={dtype}): the part {use.path!r} contains {inner!r}, which is "
                 f"excluded and would keep training in full precision inside a low-precision part. Expected a "
                 f"part frozen whole: drop the exclusion (or train_norms=), or freeze the sub-parts separately."
             )
@@ -289,3 +291,4 @@ def apply_freeze(plan: FreezePlan) -> None:
         if plan.dtype is not None:
             for root in plan.low_roots:
                 lower_precision(root, plan.dtype)
+        apply_rows(plan.rows)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .._checks import check_model
-from .._core import named_parameters, trainable_ids
+from .._core import View
 from .._errors import NonScalarLossError
 
 __all__ = ["grad"]
@@ -52,8 +52,8 @@ def grad(
             f"frozen.grad(loss, model): expected loss to have exactly one element, received "
             f"a tensor of shape {tuple(loss.shape)}. Reduce it first, e.g. loss.sum() or loss.mean()."
         )
-    named = named_parameters(model)
-    ids = trainable_ids(model)
+    view = View(model)
+    named, ids = view.named, view.trainable
     result: dict[str, torch.Tensor | None] = {path: None for path, _ in named}
     wanted = [(path, p) for path, p in named if id(p) in ids and p.requires_grad]
     if wanted and loss.requires_grad:

@@ -1,13 +1,18 @@
-"""Questions about a model: which parameters train, and is this part frozen?"""
+"""Questions about a model: which parameters train, and is this part frozen?
+
+Questions change nothing: not the model, its records, its parameters' hooks or flags, nor
+the library's registries -- on a copied model as on the original. Each walks the model
+once (a :class:`~frozen._core.View`).
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
 from .._checks import check_model
-from .._core import iter_module_uses, iter_param_uses, join, named_parameters, trainable_ids
+from .._core import View, join
 from .._errors import UnknownPathError, closest
-from .._rows import restore_carried
+from .._rows import frozen_rows_in
 
 __all__ = ["trainable", "named_trainable", "is_frozen"]
 
@@ -26,8 +31,7 @@ def named_trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         ['0.weight', '0.bias']
     """
     check_model(model, "frozen.named_trainable")
-    ids = trainable_ids(model)
-    return [(path, p) for path, p in named_parameters(model) if id(p) in ids]
+    return _named_trainable(View(model), "frozen.named_trainable")
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -36,8 +40,14 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
     This is the list to give an optimizer: ``torch.optim.AdamW(frozen.trainable(model))``.
     """
     check_model(model, "frozen.trainable")
-    restore_carried(model)  # a copied model's row freezing, before an optimizer sees it
-    return [p for _, p in named_trainable(model)]
+    return [p for _, p in _named_trainable(View(model), "frozen.trainable")]
+
+
+def _named_trainable(view: View, function: str) -> list[tuple[str, nn.Parameter]]:
+    # A row-frozen slot whose parameter was replaced by one that cannot take its rows (an
+    # FSDP2 shard) is refused here, before an optimizer is built from the list.
+    frozen_rows_in(view, function)
+    return [(path, p) for path, p in view.named if id(p) in view.trainable]
 
 
 def is_frozen(model: nn.Module, path: str = "") -> bool:
@@ -67,19 +77,16 @@ def is_frozen(model: nn.Module, path: str = "") -> bool:
         raise TypeError(
             f"frozen.is_frozen(model, path): expected path to be a str such as '0.weight', received {type(path).__name__}."
         )
-    ids = trainable_ids(model)
+    view = View(model)
     module_paths, param_paths = [], []
-    for use in iter_module_uses(model):
+    for use in view.uses:
         module_paths.append(use.path)
         if use.path == path:
-            if use.frozen:
-                return True
-            params = {id(p) for p in use.module.parameters()}
-            return bool(params) and not (params & ids)
+            return view.frozen_at(use)
         param_paths += [join(use.path, name) for name, p in use.module._parameters.items() if p is not None]
-    for puse in iter_param_uses(model):
+    for puse in view.params:
         if puse.path == path:
-            return id(puse.param) not in ids
+            return id(puse.param) not in view.trainable
     raise UnknownPathError(
         f"frozen.is_frozen(model, path={path!r}): no module or parameter has that path. "
         f"Expected a state_dict-style path; closest existing paths: "

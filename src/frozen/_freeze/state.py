@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from .._checks import MODES, TIED_POLICIES, check_dtype, check_model
-from .._core import LOCK, ModuleUse, is_marked, iter_module_uses, iter_param_uses, join, record_of, settle_flags
+from .._core import LOCK, ModuleUse, View, is_marked, join, record_of, settle_flags
 from .._core import switched_off as library_switched_off
 from .._errors import FrozenError, UnknownPathError, closest
-from .._rows import check_rows_state, load_rows_state, rows_state
+from .._rows import apply_rows, plan_rows_state, rows_state
 from .freeze import FreezePlan, apply_freeze
 from .thaw import apply_thaw
 
@@ -54,21 +54,20 @@ def state(model: nn.Module) -> dict[str, Any]:
         ([{'path': '0', 'mode': 'eval', 'tied': 'freeze', 'training': True, 'tied_slots': []}], ['0.weight', '0.bias'])
     """
     check_model(model, "frozen.state")
-    first_path: dict[int, str] = {}
-    for use in iter_module_uses(model):
-        first_path.setdefault(id(use.module), use.path)
+    view = View(model)
     return {
         "version": STATE_VERSION,
-        "frozen": _marked_entries(model, first_path),
-        **_slot_lists(model, first_path),
-        "rows": rows_state(model),
+        "frozen": _marked_entries(view),
+        **_slot_lists(view),
+        "rows": rows_state(view),
     }
 
 
-def _marked_entries(model: nn.Module, first_path: dict[int, str]) -> list[dict[str, Any]]:
+def _marked_entries(view: View) -> list[dict[str, Any]]:
     """One entry per module frozen in place, under its first path."""
+    first_path = view.first_paths
     entries: list[dict[str, Any]] = []
-    for use in iter_module_uses(model):
+    for use in view.uses:
         record = record_of(use.module)
         if use.path != first_path[id(use.module)] or record is None or record.mode is None:
             continue
@@ -85,11 +84,12 @@ def _marked_entries(model: nn.Module, first_path: dict[int, str]) -> list[dict[s
     return entries
 
 
-def _slot_lists(model: nn.Module, first_path: dict[int, str]) -> dict[str, list[str]]:
+def _slot_lists(view: View) -> dict[str, list[str]]:
     """Parameter paths by kind: frozen slots, selected parameters, flags off (by the library, by hand)."""
+    first_path = view.first_paths
     lists: dict[str, list[str]] = {k: [] for k in ("frozen_slots", "frozen_params", "switched_off", "user_frozen")}
     seen: set[tuple[int, str]] = set()
-    for puse in iter_param_uses(model):
+    for puse in view.params:
         if first_path[id(puse.owner)] != puse.path.rpartition(".")[0] or (id(puse.owner), puse.name) in seen:
             continue  # one entry per slot, under the owner's first path
         seen.add((id(puse.owner), puse.name))
@@ -130,26 +130,24 @@ def load_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
     """
     check_model(model, "frozen.load_state")
     with LOCK:
-        plans, user_frozen = _validate(model, saved)
-        rows = saved.get("rows", {})  # version 1 had no rows
-        check_rows_state(model, rows)
-        apply_thaw(model, [u.module for u in iter_module_uses(model) if is_marked(u.module)], _all_slots(model))
+        view = View(model)
+        plans, user_frozen = _validate(view, saved)
+        rows = plan_rows_state(view, saved.get("rows", {}))  # version 1 had no rows
+        apply_thaw(view, [u.module for u in view.uses if is_marked(u.module)], _all_slots(view))
         for plan in plans:
             apply_freeze(plan)
-        load_rows_state(model, rows)
-        settle_flags(model, user_frozen=user_frozen)
+        apply_rows(rows)
+        settle_flags(model, user_frozen=user_frozen, view=view)
     return model
 
 
-def _all_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
+def _all_slots(view: View) -> list[tuple[nn.Module, str]]:
     return [
-        (u.owner, u.name)
-        for u in iter_param_uses(model)
-        if (r := record_of(u.owner)) is not None and u.name in r.frozen_slots
+        (u.owner, u.name) for u in view.params if (r := record_of(u.owner)) is not None and u.name in r.frozen_slots
     ]
 
 
-def _validate(model: nn.Module, saved: object) -> tuple[list[FreezePlan], list[nn.Parameter]]:
+def _validate(view: View, saved: object) -> tuple[list[FreezePlan], list[nn.Parameter]]:
     """Check every field of ``saved`` against ``model``; return the plans and user-frozen parameters."""
     if not isinstance(saved, dict):
         raise TypeError(
@@ -163,10 +161,10 @@ def _validate(model: nn.Module, saved: object) -> tuple[list[FreezePlan], list[n
             f"(version {saved.get('version')!r}). Save the state with frozen.state(model)."
         )
     modules: dict[str, nn.Module] = {}
-    for use in iter_module_uses(model):
+    for use in view.uses:
         modules.setdefault(use.path, use.module)
     slots: dict[str, tuple[nn.Module, str, nn.Parameter]] = {}
-    for puse in iter_param_uses(model):
+    for puse in view.params:
         slots.setdefault(puse.path, (puse.owner, puse.name, puse.param))
     plans = []
     for entry in _list(saved, "frozen"):

@@ -1,9 +1,9 @@
 """``thaw``: undo what ``freeze`` changed, exactly, for the selected parts (contract S6).
 
-Like ``freeze`` it reads validate -> plan -> apply: :func:`plan_thaw` checks everything
-and changes nothing, :func:`apply_thaw` writes the records (``frozen.load_state`` reuses
-it), and the model is settled without touching any train/eval flag, so modes come back
-exactly as they were.
+Like ``freeze`` it reads validate -> plan -> apply on one walk of the model (a
+:class:`~frozen._core.View`): :func:`plan_thaw` checks everything and changes nothing,
+:func:`apply_thaw` writes the records (``frozen.load_state`` reuses it), and the model is
+settled without touching any train/eval flag, so modes come back exactly as they were.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from torch import nn
 from .._checks import check_model
 from .._core import (
     LOCK,
+    View,
     is_marked,
-    iter_module_uses,
-    iter_param_uses,
-    named_parameters,
     record_of,
     release_slot,
     restore_precision,
@@ -27,7 +25,7 @@ from .._core import (
     unmark,
 )
 from .._errors import FrozenError
-from .._rows import check_rows, frozen_rows, split_rows, thaw_rows
+from .._rows import apply_rows, plan_thaw_rows, split_rows
 from .._select import Selection, Selector, resolve
 
 __all__ = ["apply_thaw", "plan_thaw", "thaw"]
@@ -78,35 +76,28 @@ def thaw(model: nn.Module, *targets: Selector, exclude: Any = ()) -> nn.Module:
     check_model(model, "frozen.thaw")
     rows, selectors = split_rows(targets)
     with LOCK:
-        for target in rows:
-            check_rows(model, target, "frozen.thaw")
+        view = View(model)
         modules: list[nn.Module] = []
         slots: list[tuple[nn.Module, str]] = []
-        row_paths: list[str] = []
+        covered: set[int] = set()
         if selectors or not rows:
-            selection = resolve(model, selectors, exclude, function="frozen.thaw")
-            modules, slots = plan_thaw(model, selection, named=bool(selectors))
-            row_paths = _row_frozen_in(model, selection)
-        apply_thaw(model, modules, slots)
-        for path in row_paths:
-            thaw_rows(model, path)
-        for target in rows:
-            thaw_rows(model, target)
-        settle_flags(model, pin=False)
+            selection = resolve(model, selectors, exclude, function="frozen.thaw", view=view)
+            modules, slots = plan_thaw(view, selection, named=bool(selectors))
+            covered = _covered(selection)
+        row_changes = plan_thaw_rows(view, list(rows), covered, "frozen.thaw")
+        apply_thaw(view, modules, slots)
+        apply_rows(row_changes)
+        settle_flags(model, pin=False, view=view)
     return model
 
 
-def _row_frozen_in(model: nn.Module, selection: Selection) -> list[str]:
-    """Paths of row-frozen parameters that a thaw selection covers (its modules, or the parameter)."""
+def _covered(selection: Selection) -> set[int]:
+    """``id()`` of the parameters a thaw selection covers (its modules', or the parameter): their rows thaw."""
     covered = {id(p) for use in selection.uses for p in use.module._parameters.values() if p is not None}
-    covered |= {id(p.param) for p in selection.params}
-    named = dict(named_parameters(model))
-    return [path for path in frozen_rows(model) if id(named[path]) in covered]
+    return covered | {id(p.param) for p in selection.params}
 
 
-def plan_thaw(
-    model: nn.Module, selection: Selection, *, named: bool
-) -> tuple[list[nn.Module], list[tuple[nn.Module, str]]]:
+def plan_thaw(view: View, selection: Selection, *, named: bool) -> tuple[list[nn.Module], list[tuple[nn.Module, str]]]:
     """Validate a ``thaw``; return the modules to unmark and the parameter slots to release."""
     if named:
         for use in selection.matched:
@@ -118,25 +109,25 @@ def plan_thaw(
                     f"(state_dict keys do not change)."
                 )
     modules = list({id(u.module): u.module for u in selection.uses}.values())
-    _check_low_precision_parts_whole(model, modules)
+    _check_low_precision_parts_whole(view, modules)
     chosen = {id(p.param) for p in selection.params}
     slots = [
         (use.owner, use.name)
-        for use in iter_param_uses(model)
+        for use in view.params
         if id(use.param) in chosen and (r := record_of(use.owner)) is not None and use.name in r.frozen_slots
     ]
     for use in selection.uses:  # parameters selected on their own inside a thawed part thaw with it
         record = record_of(use.module)
         if record is not None:
             slots += [(use.module, n) for n, why in record.frozen_slots.items() if why == "selected"]
-    _check_can_thaw(model, modules, slots)
+    _check_can_thaw(view, modules, slots)
     return modules, slots
 
 
-def _check_can_thaw(model: nn.Module, modules: list[nn.Module], slots: list[tuple[nn.Module, str]]) -> None:
+def _check_can_thaw(view: View, modules: list[nn.Module], slots: list[tuple[nn.Module, str]]) -> None:
     """Refuse, before any change, to thaw a parameter created under ``torch.inference_mode()``."""
     thawing = {id(m) for m in modules} | {id(o) for o, _ in slots}
-    for use in iter_param_uses(model):
+    for use in view.params:
         if id(use.owner) in thawing and use.param.is_inference() and switched_off(use.param, use.owner, use.name):
             raise FrozenError(
                 f"frozen.thaw: the parameter at {use.path!r} was created under torch.inference_mode() and "
@@ -145,13 +136,13 @@ def _check_can_thaw(model: nn.Module, modules: list[nn.Module], slots: list[tupl
             )
 
 
-def _check_low_precision_parts_whole(model: nn.Module, thawing: list[nn.Module]) -> None:
+def _check_low_precision_parts_whole(view: View, thawing: list[nn.Module]) -> None:
     ids = {id(m) for m in thawing}
-    for use in iter_module_uses(model):
+    for use in view.uses:
         record = record_of(use.module)
         if record is None or record.storage is None:
             continue
-        thawed = [id(m) in ids for m in use.module.modules() if is_marked(m)]
+        thawed = [id(u.module) in ids for u in view.subtree(use) if is_marked(u.module)]
         if any(thawed) and not all(thawed):
             raise FrozenError(
                 f"frozen.thaw: the part {use.path!r} is frozen in {record.storage.dtype}, and only "
@@ -160,7 +151,7 @@ def _check_low_precision_parts_whole(model: nn.Module, thawing: list[nn.Module])
             )
 
 
-def apply_thaw(model: nn.Module, modules: list[nn.Module], slots: list[tuple[nn.Module, str]]) -> None:
+def apply_thaw(view: View, modules: list[nn.Module], slots: list[tuple[nn.Module, str]]) -> None:
     """Unmark ``modules``, release ``slots`` and the tied slots only the unmarked ones held."""
     released: list[tuple[nn.Module, str]] = list(slots)
     for module in modules:
@@ -169,9 +160,7 @@ def apply_thaw(model: nn.Module, modules: list[nn.Module], slots: list[tuple[nn.
             restore_precision(module)
         if is_marked(module):
             released += unmark(module)
-    still_held = {
-        (id(o), n) for use in iter_module_uses(model) if (r := record_of(use.module)) for o, n in r.tied_slots
-    }
+    still_held = {(id(o), n) for use in view.uses if (r := record_of(use.module)) for o, n in r.tied_slots}
     for owner, name in released:
         if (id(owner), name) not in still_held:
             release_slot(owner, name)

@@ -14,16 +14,9 @@ from torch import nn
 
 from .._cache import cache_stats
 from .._checks import check_model
-from .._core import (
-    frozen_by_other_libraries,
-    iter_module_uses,
-    iter_param_uses,
-    named_parameters,
-    switched_off,
-    trainable_ids,
-)
+from .._core import View, switched_off
 from .._errors import FrozenError
-from .._rows import frozen_rows
+from .._rows import frozen_rows_in
 
 __all__ = ["Report", "ReportRow", "report"]
 
@@ -192,7 +185,7 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
             f"frozen.report(model, depth={depth}): expected depth >= 0 (0 shows the model only, "
             f"1 its children too) or None for every row, received {depth}."
         )
-    census = _Census(model)
+    census = _Census(View(model))
     rows = [_row(use, census) for use in census.uses if depth is None or _depth(use.path) <= depth]
     sizes, wanted = census.sizes, census.wanted
     trainable_keys = [key for key in sizes if key in wanted]
@@ -209,18 +202,18 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
 
 
 class _Census:
-    """One walk over the model: what each parameter is, where it is reached and where it trains."""
+    """What each parameter is, where it is reached and where it trains: read from one view of the model."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.wanted = trainable_ids(model)
-        self.uses = list(iter_module_uses(model))
+    def __init__(self, view: View) -> None:
+        self.wanted = view.trainable
+        self.uses = view.uses
         # Per module path: parameter id -> trains through some use under this path.
         self.under: dict[str, dict[int, bool]] = {use.path: {} for use in self.uses}
         self.reached_at: dict[int, list[str]] = {}
         self.trained_at: dict[int, list[str]] = {}
         self.sizes: dict[int, tuple[int, int, str]] = {}  # elements, bytes, dtype name
         self.params: dict[int, Any] = {}  # id -> its first ParamUse
-        for puse in iter_param_uses(model):
+        for puse in view.params:
             key, param = id(puse.param), puse.param
             self.params.setdefault(key, puse)
             self.reached_at.setdefault(key, []).append(puse.path)
@@ -235,9 +228,9 @@ class _Census:
             for prefix in _ancestors(puse.path):
                 held = self.under[prefix]
                 held[key] = held.get(key, False) or trains_here
-        self.claimed = frozen_by_other_libraries(model)
-        named = dict(named_parameters(model))
-        self.frozen_rows = {id(named[path]): int(r.mask.sum()) for path, r in frozen_rows(model).items()}
+        self.claimed = view.claimed
+        named = dict(view.named)
+        self.frozen_rows = {id(named[path]): int(r.mask.sum()) for path, r in frozen_rows_in(view).items()}
 
 
 def _row(use: Any, census: _Census) -> ReportRow:

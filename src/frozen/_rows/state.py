@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from .._checks import check_model
-from .._core import named_parameters
+from .._core import LOCK, View
 from .._errors import FrozenError
-from .rows import apply_mask, frozen_rows, resolve_param
+from .plan import RowsChange, apply_rows, resolve_param, rows_at
+from .record import frozen_rows_in
 
-__all__ = ["check_rows_state", "load_rows_state", "rows_state"]
+__all__ = ["load_rows_state", "plan_rows_state", "rows_state"]
 
 
 def _ranges(mask: torch.Tensor) -> list[list[int]]:
@@ -24,8 +25,8 @@ def _ranges(mask: torch.Tensor) -> list[list[int]]:
     return [[a, b] for a, b in zip(starts, stops, strict=True)]
 
 
-def rows_state(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Return the frozen rows of ``model`` as JSON-serialisable data.
+def rows_state(model: nn.Module | View) -> dict[str, dict[str, Any]]:
+    """Return the frozen rows of ``model`` (or of a view of it) as JSON-serialisable data. Changes nothing.
 
     Example:
         >>> import torch, frozen
@@ -35,64 +36,79 @@ def rows_state(model: nn.Module) -> dict[str, dict[str, Any]]:
         {'weight': {'rows': 6, 'frozen': [[0, 3], [5, 6]]}}
         >>> _ = frozen.thaw(emb, "weight")
     """
-    return {path: {"rows": r.layout.n, "frozen": _ranges(r.mask)} for path, r in frozen_rows(model).items()}
+    view = model if isinstance(model, View) else View(model)
+    return {path: {"rows": r.layout.n, "frozen": _ranges(r.mask)} for path, r in frozen_rows_in(view).items()}
 
 
-def check_rows_state(model: nn.Module, saved: object) -> list[tuple[nn.Parameter, str, torch.Tensor]]:
-    """Validate ``saved`` (from :func:`rows_state`) against ``model``; change nothing.
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    Returns ``[(parameter, first path, frozen mask)]``, the plan :func:`load_rows_state` applies.
+
+def plan_rows_state(view: View, saved: object) -> list[RowsChange]:
+    """Validate ``saved`` (from :func:`rows_state`) against the model; return the changes that make it so.
+
+    Parameters with frozen rows that ``saved`` does not name are thawed. Changes nothing.
 
     Raises:
         TypeError: ``saved`` is not a dict.
-        frozen.UnknownPathError: a saved path is not a parameter of ``model``.
-        frozen.FrozenError: an entry is malformed or saved for another number of rows.
+        frozen.UnknownPathError: a saved path is not a parameter of the model.
+        frozen.FrozenError: an entry is malformed (a row count or bound that is not an int, a
+            run out of order) or saved for another number of rows.
     """
-    check_model(model, "frozen.load_rows_state")
     if not isinstance(saved, dict):
         raise TypeError(f"frozen.load_rows_state(model, saved): expected the dict rows_state returned, got {saved!r}.")
-    plan = []
+    changes: dict[int, RowsChange] = {}
     for path, entry in saved.items():
-        where = f"frozen.load_rows_state(model, saved[{path!r}])"
-        first, param = resolve_param(model, path, where)
-        try:
-            n, runs = int(entry["rows"]), [(int(a), int(b)) for a, b in entry["frozen"]]
-        except (KeyError, TypeError, ValueError) as error:
+        where = f"frozen.load_state: the saved state's 'rows' entry {path!r}"
+        first, param, _ = resolve_param(view, path, where)
+        runs = entry.get("frozen") if isinstance(entry, dict) else None
+        n = entry.get("rows") if isinstance(entry, dict) else None
+        if (
+            not _int(n)
+            or not isinstance(runs, list)
+            or not all(isinstance(r, list | tuple) and len(r) == 2 and all(map(_int, r)) for r in runs)
+        ):
             raise FrozenError(
-                f"{where}: expected {{'rows': int, 'frozen': [[start, stop], ...]}}, got {entry!r}."
-            ) from error
+                f"{where} is {entry!r}; expected {{'rows': int, 'frozen': [[start, stop], ...]}} with int row "
+                f"counts and bounds, as frozen.state(model) saves it. Save the state with frozen.state(model) "
+                f"and do not edit it. Nothing was changed."
+            )
         if n != param.shape[0] or any(not 0 <= a < b <= n for a, b in runs):
             raise FrozenError(
                 f"{where}: saved for {n} rows as runs {runs[:3]}..., the parameter has {param.shape[0]} rows; "
-                f"load the rows state saved with this model."
+                f"load the rows state saved with this model. Nothing was changed."
             )
-        plan.append((param, first, torch.zeros(n, dtype=torch.bool)))
+        mask = torch.zeros(n, dtype=torch.bool)
         for a, b in runs:
-            plan[-1][2][a:b] = True
-    return plan
+            mask[a:b] = True
+        slots, _ = rows_at(view, param, where, strict=False)
+        changes[id(param)] = RowsChange(param, first, slots, mask)
+    for use, _ in view.rows():  # frozen now, not saved: thawed
+        if id(use.param) not in changes:
+            slots, _ = rows_at(view, use.param, "frozen.load_state", strict=False)
+            path = view.param_paths[id(use.param)]
+            changes[id(use.param)] = RowsChange(use.param, path, slots, torch.zeros(0, dtype=torch.bool))
+    return list(changes.values())
 
 
 def load_rows_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
     """Make the frozen rows of ``model`` exactly those in ``saved`` (from :func:`rows_state`).
 
-    Validates every entry (:func:`check_rows_state`) before changing anything; parameters
+    Validates every entry (:func:`plan_rows_state`) before changing anything; parameters
     with frozen rows that ``saved`` does not name are thawed.
 
-    Raises: as :func:`check_rows_state`.
+    Raises: as :func:`plan_rows_state`.
 
     Example:
         >>> import torch
         >>> emb = torch.nn.Embedding(6, 2)
         >>> _ = load_rows_state(emb, {"weight": {"rows": 6, "frozen": [[1, 4]]}})
+        >>> from frozen._rows.rows import frozen_rows
         >>> frozen_rows(emb)["weight"].trainable.tolist()
         [0, 4, 5]
         >>> _ = load_rows_state(emb, {})
     """
-    plan = check_rows_state(model, saved)
-    named = dict(named_parameters(model))
-    for path, record in frozen_rows(model).items():
-        if not any(param is named[path] for param, _, _ in plan):
-            apply_mask(named[path], path, torch.zeros_like(record.mask), model)
-    for param, first, mask in plan:
-        apply_mask(param, first, mask, model)
+    check_model(model, "frozen.load_rows_state")
+    with LOCK:
+        apply_rows(plan_rows_state(View(model), saved))
     return model

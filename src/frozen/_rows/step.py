@@ -28,7 +28,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .._errors import FrozenError
 
-__all__ = ["LAYOUT_KEY", "Layout", "layout_of", "set_layout"]
+__all__ = ["LAYOUT_KEY", "Layout", "index_rows", "indexed_rows", "layout_of"]
 
 LAYOUT_KEY = "frozen_rows_layout"
 
@@ -74,7 +74,11 @@ class Layout:
         return full.index_copy_(0, self.trainable.to(rows.device), rows)
 
 
-_LAYOUTS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Layout by parameter identity (tensors compare by value)
+# The row records (``record.py``'s ``FrozenRows``) by parameter identity: an optimizer step sees
+# parameters, not the modules whose records hold them. Only ``record.py`` writes it, with the
+# record, so it is an index of the records, not a second account of which rows are frozen.
+# Weak keys, and records refer to their parameter weakly: a freed model leaves nothing here.
+_INDEX: WeakIdKeyDictionary = WeakIdKeyDictionary()
 _SEEN: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()  # optimizers that stepped narrowed rows
 _ACTIVE: dict[int, list[tuple[torch.Tensor, Layout, torch.Tensor, torch.Tensor | None]]] = {}
 _HANDLES: list[RemovableHandle] = []
@@ -82,28 +86,42 @@ _HANDLES: list[RemovableHandle] = []
 
 def layout_of(param: torch.Tensor) -> Layout | None:
     """Return the row layout of ``param`` when some of its rows are frozen, else ``None``."""
-    return _LAYOUTS.get(param)
+    rows = _INDEX.get(param)
+    return None if rows is None else rows.layout
 
 
-def set_layout(param: torch.Tensor, layout: Layout | None) -> None:
-    """Make ``layout`` (or no row freezing) the one optimizers see for ``param``.
+def indexed_rows(param: torch.Tensor) -> Any:
+    """The row record indexed for ``param``, or ``None``."""
+    return _INDEX.get(param)
+
+
+def index_rows(param: torch.Tensor, rows: Any) -> None:
+    """Make ``rows`` (a row record with a ``layout``; ``None``: no row freezing) the one optimizers see for ``param``.
 
     Optimizer state already narrowed to the old layout is widened back to the full shape
     (zeros for rows that had none), so the next step narrows it to the new layout: rows
     that keep training keep their state, rows that join start from zero state.
     """
-    old = _LAYOUTS.get(param)
+    old = layout_of(param)
     for optimizer in list(_SEEN):
         state = optimizer.state.get(param)
         if old is not None and state and state.get(LAYOUT_KEY) == old.key:
             _relayout(param, state, old.widen, rows=old.trainable.numel(), full=True)
-    if layout is None:
-        _LAYOUTS.pop(param, None)
+    if rows is None:
+        _INDEX.pop(param, None)
     else:
-        _LAYOUTS[param] = layout
-    if _LAYOUTS and not _HANDLES:
+        if param not in _INDEX:
+            weakref.finalize(param, _sync_hooks).atexit = False  # a model freed with frozen rows leaves no hooks
+        _INDEX[param] = rows
+    _sync_hooks()
+
+
+def _sync_hooks() -> None:
+    """Install the global optimizer hooks while some live parameter has frozen rows; remove them after."""
+    live = any(True for _ in _INDEX.keys())  # a parameter being freed no longer counts
+    if live and not _HANDLES:
         _HANDLES.extend([register_optimizer_step_pre_hook(_pre_step), register_optimizer_step_post_hook(_post_step)])
-    elif not _LAYOUTS:
+    elif not live:
         while _HANDLES:
             _HANDLES.pop().remove()
 
@@ -139,7 +157,7 @@ def _narrowed(optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tensor, Layo
     found = []
     for group in optimizer.param_groups:
         for param in group["params"]:
-            layout = _LAYOUTS.get(param)
+            layout = layout_of(param)
             if layout is not None and param.grad is not None:
                 _check_state(optimizer, param, layout)
                 found.append((param, layout))

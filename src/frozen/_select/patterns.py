@@ -20,7 +20,7 @@ from functools import cached_property
 
 from torch import nn
 
-from .._core import ModuleUse, ParamUse, iter_module_uses, iter_param_uses
+from .._core import ModuleUse, ParamUse, View, iter_module_uses, iter_param_uses
 from .._errors import ArgumentTypeError, SelectorError
 
 __all__ = ["Pattern", "PathTree", "ParamSelector", "compile_pattern", "params", "position"]
@@ -257,9 +257,10 @@ class PathTree:
         ([False, False, True], [False, True])
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, view: View | None = None) -> None:
         self.model = model
-        self.uses: list[ModuleUse] = list(iter_module_uses(model))
+        self.view = view  # the caller's walk of the model, if it has one: not walked again
+        self.uses: list[ModuleUse] = view.uses if view is not None else list(iter_module_uses(model))
         self.index = {use.path: i for i, use in enumerate(self.uses)}
         # A child's path is its parent's path, a dot and its name (names never hold dots).
         split = [use.path.rpartition(".") for use in self.uses]
@@ -272,7 +273,7 @@ class PathTree:
     @cached_property
     def params(self) -> list[ParamUse]:
         """Every parameter use, in model order (only built when a selector needs it)."""
-        return list(iter_param_uses(self.model))
+        return self.view.params if self.view is not None else list(iter_param_uses(self.model))
 
     @cached_property
     def owner(self) -> list[int]:

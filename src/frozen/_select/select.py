@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from .._checks import check_model
-from .._core import ModuleUse, ParamUse
+from .._core import ModuleUse, ParamUse, View
 from .._errors import ArgumentTypeError, SelectorError, closest
 from .patterns import ParamSelector, PathTree, Pattern, compile_pattern, params
 
@@ -145,14 +145,16 @@ def resolve(
     *,
     train_norms: bool = False,
     function: str,
+    view: View | None = None,
 ) -> Selection:
     """Resolve ``targets`` minus ``exclude`` to uses of ``model``; raise before anything changes.
 
     No targets is the whole model (``""``), as in every library users come from: timm's
     ``freeze(model)``, Lightning's ``BaseFinetuning.freeze(module)``, Keras'
     ``model.trainable = False``; ``exclude=`` then carves out of the whole model.
+    ``view``: the caller's walk of ``model``, read instead of walking it again.
     """
-    tree = PathTree(model)
+    tree = PathTree(model, view)
     modules, parameters, matched = _choose(tree, targets, exclude, train_norms, function)
     return Selection(
         [tree.uses[i] for i in modules],

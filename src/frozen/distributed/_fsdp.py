@@ -71,7 +71,7 @@ def manages_parameter(module: nn.Module, name: str) -> bool:
     """Whether FSDP2 manages the parameter ``name`` registered on ``module`` (``False`` when unreadable).
 
     Inside ``forward`` that slot holds FSDP2's unsharded parameter, a plain ``Parameter``
-    that looks like any other; row freezing must refuse it (``_rows_carrier.py``). The
+    that looks like any other; row freezing must refuse it (``frozen._rows``' ``watch_slots``). The
     FSDP2 units are found through torch's composable-state registry, as no public API
     maps a module to the unit that manages it.
     """
