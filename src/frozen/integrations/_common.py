@@ -64,7 +64,7 @@ class FreezePlan:
         *,
         exclude: Any,
         mode: str,
-        train_norms: bool,
+        train_norms: bool | str,
         unfreeze: Iterable[Stage],
         owner: str,
         state: str = "drop",
