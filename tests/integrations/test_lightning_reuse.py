@@ -112,3 +112,16 @@ def test_train_norms_keeps_every_norm_layer_training_and_train_bn_batchnorm_only
     model = nn.Sequential(nn.Linear(4, 8), norm(8), nn.Linear(8, 2))
     FreezeCallback("0-1", train_norms="batchnorm").plan.freeze(model)
     assert frozen.is_frozen(model, "1") == (norm is nn.LayerNorm) and frozen.is_frozen(model, "0")
+
+
+def test_a_callback_pickles_after_freezing_a_model_and_its_copy_freezes_again():
+    # Lightning's ddp_spawn pickles the callbacks; the copy freezes the copy of the model it gets.
+    import pickle
+
+    cb = FreezeCallback("layer.0-2")
+    model = Layers()
+    cb.setup(None, model, "fit")
+    copy = pickle.loads(pickle.dumps(cb))
+    fresh = Layers()
+    copy.setup(None, fresh, "fit")
+    assert frozen.is_frozen(fresh, "layer.0") and not copy.plan.froze(model)
