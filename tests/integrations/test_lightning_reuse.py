@@ -90,7 +90,7 @@ def test_a_reused_callback_freezes_every_fresh_model_even_one_at_a_freed_models_
     cb = FreezeCallback("layer.0-2")
     unfrozen, reused = 0, 0
     seen: set[int] = set()
-    for _ in range(30):
+    for _ in range(30):  # until the interpreter hands out freed models' addresses a few times
         model = Layers()
         reused += id(model) in seen
         seen.add(id(model))
@@ -98,7 +98,9 @@ def test_a_reused_callback_freezes_every_fresh_model_even_one_at_a_freed_models_
         unfrozen += not frozen.is_frozen(model, "layer.0")
         del model
         gc.collect()
-    assert reused > 0  # the interpreter did hand out a freed model's address again
+        if reused >= 3:
+            break
+    assert reused > 0  # a fresh model did get a freed model's id()
     assert unfrozen == 0
 
 
