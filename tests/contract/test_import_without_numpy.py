@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BLOCK_NUMPY = '''
 import sys
 
+HIDDEN = {"numpy"}
+
 class HideNumpy:
     """Every finder answers "no such module" for numpy, as in a venv without it."""
 
@@ -22,7 +24,7 @@ class HideNumpy:
         self.inner = inner
 
     def find_spec(self, name, path=None, target=None):
-        if name == "numpy" or name.startswith("numpy."):
+        if name.split(".")[0] in HIDDEN:
             return None
         return self.inner.find_spec(name, path, target)
 
@@ -58,3 +60,25 @@ def test_import_frozen_and_the_quickstart_run_without_numpy():
     done = run_blocked("import frozen, frozen.optim, frozen.distributed, frozen.schedule\n" + code)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "quickstart ok" in done.stdout
+
+
+OPTIONAL = (
+    "numpy",
+    "rich",
+    "matplotlib",
+    "sklearn",
+    "tqdm",
+    "transformers",
+    "lightning",
+    "accelerate",
+    "peft",
+    "deepspeed",
+)
+
+
+def test_the_command_line_report_runs_with_torch_alone():
+    hide_all = f"HIDDEN.update({OPTIONAL!r})\n"
+    code = hide_all + "import runpy\nsys.argv = ['frozen', 'report', 'torch.nn:Identity']\n"
+    done = run_blocked(code + "runpy.run_module('frozen', run_name='__main__')\n")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trainable: 0 params" in done.stdout

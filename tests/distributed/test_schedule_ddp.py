@@ -59,6 +59,7 @@ def scenario_hf_late_thaw(rank: int) -> dict[str, torch.Tensor]:
     module = frozen.freeze(make_model(), "2")
     callback = FreezeCallback()
     callback._model, callback._reduced = module, frozen._core.trainable_ids(module)  # as on_train_begin
+    frozen.distributed.averaged_elsewhere(module)  # as on_train_begin: no rewrap, the callback averages
     ddp = DistributedDataParallel(module)  # the Trainer's wrapper: built once, never rebuilt
     optimizer = torch.optim.SGD(frozen.trainable(module), lr=0.1)
     step(ddp, optimizer, rank, 0)

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,22 +71,30 @@ def run(tmp_path: Path, mode: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_an_accelerate_loop_resumed_after_a_thaw_in_a_fresh_process_is_bit_identical(tmp_path):
-    for mode in ("straight", "first", "resume"):
-        done = run(tmp_path, mode)
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    """The straight run, and the first run saved after its thaw (both in fresh processes)."""
+    folder = tmp_path_factory.mktemp("accelerate")
+    for mode in ("straight", "first"):
+        done = run(folder, mode)
         assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "ckpt" / "frozen_state.pt").exists()
-    straight = torch.load(tmp_path / "ckpt-straight.pt")
-    resumed = torch.load(tmp_path / "ckpt-resume.pt")
+    return folder
+
+
+def test_an_accelerate_loop_resumed_after_a_thaw_in_a_fresh_process_is_bit_identical(saved):
+    done = run(saved, "resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (saved / "ckpt" / "frozen_state.pt").exists()
+    straight = torch.load(saved / "ckpt-straight.pt")
+    resumed = torch.load(saved / "ckpt-resume.pt")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight), [
         k for k in straight if not torch.equal(straight[k], resumed[k])
     ]
-    first = torch.load(tmp_path / "ckpt-first.pt")
+    first = torch.load(saved / "ckpt-first.pt")
     assert torch.equal(first["0.weight"], resumed["0.weight"])  # frozen all along
     assert not torch.equal(first["2.weight"], resumed["2.weight"])  # thawed, and trained on after the resume
 
 
-def test_without_it_load_state_fails_loudly_not_silently(tmp_path):
-    assert run(tmp_path, "first").returncode == 0
-    done = run(tmp_path, "plain")
+def test_without_it_load_state_fails_loudly_not_silently(saved):
+    done = run(saved, "plain")
     assert done.returncode != 0 and "parameter group" in done.stderr

@@ -90,7 +90,7 @@ def test_a_reused_callback_freezes_every_fresh_model_even_one_at_a_freed_models_
     cb = FreezeCallback("layer.0-2")
     unfrozen, reused = 0, 0
     seen: set[int] = set()
-    for _ in range(30):
+    for _ in range(30):  # until the interpreter hands out freed models' addresses a few times
         model = Layers()
         reused += id(model) in seen
         seen.add(id(model))
@@ -98,7 +98,9 @@ def test_a_reused_callback_freezes_every_fresh_model_even_one_at_a_freed_models_
         unfrozen += not frozen.is_frozen(model, "layer.0")
         del model
         gc.collect()
-    assert reused > 0  # the interpreter did hand out a freed model's address again
+        if reused >= 3:
+            break
+    assert reused > 0  # a fresh model did get a freed model's id()
     assert unfrozen == 0
 
 
@@ -112,3 +114,16 @@ def test_train_norms_keeps_every_norm_layer_training_and_train_bn_batchnorm_only
     model = nn.Sequential(nn.Linear(4, 8), norm(8), nn.Linear(8, 2))
     FreezeCallback("0-1", train_norms="batchnorm").plan.freeze(model)
     assert frozen.is_frozen(model, "1") == (norm is nn.LayerNorm) and frozen.is_frozen(model, "0")
+
+
+def test_a_callback_pickles_after_freezing_a_model_and_its_copy_freezes_again():
+    # Lightning's ddp_spawn pickles the callbacks; the copy freezes the copy of the model it gets.
+    import pickle
+
+    cb = FreezeCallback("layer.0-2")
+    model = Layers()
+    cb.setup(None, model, "fit")
+    copy = pickle.loads(pickle.dumps(cb))
+    fresh = Layers()
+    copy.setup(None, fresh, "fit")
+    assert frozen.is_frozen(fresh, "layer.0") and not copy.plan.froze(model)

@@ -98,7 +98,7 @@ def _check_deepspeed(module: nn.Module, engine: Any) -> None:
     if groups is None:
         groups = [g["params"] for g in getattr(optimizer, "param_groups", [])]
     held = {id(p) for group in groups for p in group}
-    path_of = {}
+    path_of: dict[int, tuple[str, nn.Parameter]] = {}
     for name, param in module.named_parameters():
         path_of.setdefault(id(param), (name, param))
     thawed = [n for i, (n, p) in path_of.items() if p.requires_grad and i not in held]

@@ -64,7 +64,7 @@ class CallbackPlan:
         *,
         exclude: Any,
         mode: str,
-        train_norms: bool,
+        train_norms: bool | str,
         unfreeze: Iterable[Stage],
         owner: str,
         state: str = "drop",
@@ -109,6 +109,17 @@ class CallbackPlan:
                 exclude = (*exclude, nn.modules.batchnorm._BatchNorm)
             freeze(model, *self.targets, exclude=exclude, mode=self.mode, train_norms=train_norms)
         self._frozen_models.add(model)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled with its callback (Lightning's ddp_spawn): a WeakSet cannot be, and the models
+        # it names are not the copies the other process gets (which carry their freeze state).
+        state = dict(self.__dict__)
+        state["_frozen_models"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._frozen_models = weakref.WeakSet()
 
     def froze(self, model: nn.Module) -> bool:
         """Whether this plan froze ``model`` before (the same object, still alive)."""
