@@ -13,7 +13,7 @@ import warnings
 from torch import nn
 
 from .._checks import check_mode, check_model, check_tied
-from .._core import LOCK, iter_module_uses
+from .._core import LOCK, View
 from .._errors import FrozenError
 from .._select import layout, resolve
 from .freeze import freeze, plan_freeze
@@ -77,11 +77,13 @@ def freeze_to(model: nn.Module, n: int, *, mode: str = "eval", tied: str = "free
         frozen_paths = [path for group in groups[: n if n >= 0 else len(groups) + n] for path in group]
         # Thaw first, then freeze: a parameter the model holds itself (cls_token) is frozen on its
         # own, so the module holding it must be thawed (unmarked) rather than left frozen whole.
-        modules = {use.path for use in iter_module_uses(model)}
+        view = View(model)  # one walk for both validations
+        modules = {use.path for use in view.uses}
         kept = [path for path in frozen_paths if path in modules]
-        plan_thaw(model, resolve(model, ("",), kept, function="frozen.freeze_to"), named=True)
+        plan_thaw(view, resolve(model, ("",), kept, function="frozen.freeze_to", view=view), named=True)
         if frozen_paths:  # validate the freeze too, before the thaw changes anything
-            plan_freeze(model, resolve(model, tuple(frozen_paths), (), function="frozen.freeze_to"), mode, tied, None)
+            selection = resolve(model, tuple(frozen_paths), (), function="frozen.freeze_to", view=view)
+            plan_freeze(view, selection, mode, tied, None)
         saved = state(model)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
