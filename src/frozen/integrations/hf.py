@@ -26,7 +26,7 @@ and adds gradual unfreezing:
   (``on_pre_optimizer_step``) the callback averages across ranks the gradients of the
   parameters thawed after wrapping — the ones DDP's reducer does not hold — exactly
   what DDP would have done for them;
-* checkpoints resume exactly: see :mod:`frozen.integrations._hf_resume`; a Trainer that
+* checkpoints resume exactly: see :mod:`frozen.integrations._trainer_checkpoint`; a Trainer that
   resumes such a checkpoint *without* the callback raises at its first optimizer step
   (naming the callback) instead of restarting every optimizer moment from zero;
 * with activation (gradient) checkpointing, non-reentrant (the default), and a part cached by
@@ -57,7 +57,7 @@ from ..distributed import averaged_elsewhere
 from ..optim import PARKED, load_state_dict
 from ..schedule import Stage
 from ._common import CallbackPlan, extend_scheduler, unwrap_model, unwrap_optimizer
-from ._hf_resume import install, take
+from ._trainer_checkpoint import install, take
 
 __all__ = ["FreezeCallback"]
 

@@ -24,7 +24,7 @@ __all__ = ["state_dict", "load_state_dict", "PATHS_KEY", "STASH", "STASH_PREFIX"
 
 PATHS_KEY = "frozen_param_paths"
 # A Hugging Face FreezeCallback makes optimizer.state_dict() return the Trainer's initial
-# layout with the real one inside (see frozen/integrations/_hf_resume.py): the first
+# layout with the real one inside (see frozen/integrations/_trainer_checkpoint.py): the first
 # group's option STASH carries layout and paths, state keys STASH_PREFIX + id the state.
 STASH = "frozen_resume"
 STASH_PREFIX = "frozen:"
