@@ -8,6 +8,8 @@ that the README's API reference names every public name of ``frozen``.
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,11 @@ BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_python_blocks_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # blocks that write files write them here
-    namespace: dict = {"__name__": f"docs_{page.stem}"}
+    # A registered module, as a script's __main__ is: dataclasses (and Equinox modules) look their
+    # string annotations up in sys.modules[cls.__module__].
+    module = types.ModuleType(f"docs_{page.stem}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    namespace = module.__dict__
     for number, block in enumerate(BLOCK.findall(page.read_text()), start=1):
         code = compile(block, f"{page.relative_to(ROOT)} (python block {number})", "exec")
         exec(code, namespace)

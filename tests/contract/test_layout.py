@@ -203,8 +203,8 @@ def _face_sources(face: str, names: list[str]) -> set[str]:
 # Writes into a module's own __dict__: a stand-in (forward, train, _apply), the record
 # (_frozen), or a key held in a variable (which may be any of them).
 _DICT_WRITE = re.compile(
-    r"""__dict__\[\s*(?P<k1>[^]]+?)\s*\]\s*=(?!=)"""
-    r"""|__dict__\.(pop|setdefault)\(\s*(?P<k2>[^,)]+)"""
+    r"""(?<!self\.)__dict__\[\s*(?P<k1>[^]]+?)\s*\]\s*=(?!=)"""
+    r"""|(?<!self\.)__dict__\.(pop|setdefault)\(\s*(?P<k2>[^,)]+)"""
     r"""|del\s+[\w.]*__dict__\[\s*(?P<k3>[^]]+?)\s*\]"""
     r"""|(object\.__setattr__|setattr)\([^,]+,\s*(?P<k4>["'](forward|train|_apply)["'])"""
 )
@@ -213,6 +213,8 @@ _STANDIN_KEYS = {"forward", "train", "_apply", "_frozen"}
 
 def _writes_standin(text: str) -> bool:
     for match in _DICT_WRITE.finditer(text):
+        if match.group(0).startswith("del self."):
+            continue  # an object's own attribute cache, not a module's stand-in
         key = next(k for k in match.group("k1", "k2", "k3", "k4") if k is not None).strip()
         literal = key[:1] in "'\"" and key[-1:] == key[:1]
         if not literal or key[1:-1] in _STANDIN_KEYS:

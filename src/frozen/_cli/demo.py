@@ -26,7 +26,7 @@ import torch
 
 import frozen
 
-from .demo_train import Curve, DigitNet, accuracy, digits_splits, train
+from .training import Curve, DigitNet, accuracy, digits_splits, train
 
 __all__ = ["Thaw", "Variant", "DemoResult", "run_demo", "write_plot", "draw_curves"]
 

@@ -9,13 +9,14 @@ with no segment for a :class:`Frozen` wrapper. The walk visits the tree in the o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import jax
 import jax.tree_util as jtu
 
-from ._wrapper import Frozen
+if TYPE_CHECKING:  # the wrapper imports this walk; the walk knows a wrapper by its class flag
+    from ._wrapper import Frozen
 
 __all__ = ["Entry", "Walk", "check_alignment", "leaf_paths", "segment", "walk"]
 
@@ -88,7 +89,7 @@ def walk(model: Any) -> Walk:
 
     def visit(value: Any, path: str, name: str, parent: int, scope: _Scope) -> None:
         wrappers = []
-        while isinstance(value, Frozen):
+        while getattr(type(value), "frozen_wrapper", False):
             wrappers.append(value)
             value = value.module
         for wrapper in wrappers:

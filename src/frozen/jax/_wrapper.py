@@ -19,12 +19,13 @@ from __future__ import annotations
 import inspect
 import types
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
 
 from ._errors import FrozenError, check_choice
+from ._tree import leaf_paths
 
 __all__ = ["Frozen", "FrozenStateful", "MODES", "TIES", "make_wrapper", "stop_arrays"]
 
@@ -65,6 +66,7 @@ class Frozen(eqx.Module):
         ((2, 2), (2,))
     """
 
+    frozen_wrapper: ClassVar[bool] = True  # how the walk (_tree.py) knows a wrapper without importing this
     module: Any
     mode: str = eqx.field(static=True)
     tied: str = eqx.field(static=True)
@@ -100,8 +102,6 @@ class Frozen(eqx.Module):
     def _view(self) -> Any:
         """The module as this use sees it: arrays stopped, inference behaviour per ``mode``."""
         if self.leaves is not None:
-            from ._tree import leaf_paths  # the walk knows about wrappers; import it lazily
-
             listed = {path for path, _ in self.leaves}
             only = frozenset(k for k, path in enumerate(leaf_paths(self.module)) if path in listed)
             return stop_arrays(self.module, only)

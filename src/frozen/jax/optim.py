@@ -4,10 +4,10 @@
 ``sync(opt_state, model)`` follows ``fj.freeze`` / ``fj.thaw``, ``state_nbytes`` measures it.
 """
 
-from ._optim import OptState as OptState
-from ._optim import init as init
-from ._optim import state_nbytes as state_nbytes
-from ._optim import update as update
-from ._optim_sync import sync as sync
+from ._state import OptState as OptState
+from ._state import init as init
+from ._state import state_nbytes as state_nbytes
+from ._state import update as update
+from ._sync import sync as sync
 
 __all__ = ["OptState", "init", "state_nbytes", "sync", "update"]

@@ -4,7 +4,7 @@ The state holds the ``optax`` transformation (``tx``, a static field, so the sam
 keeps a jitted step's cache) and one or more *groups*: a tuple of array paths and the
 ``optax`` state of ``tx`` over the dict ``{path: array}`` of those arrays. Paths are
 wrapper-transparent, so freezing or thawing other parts never renames a state entry.
-``fj.optim.init`` makes one group. ``fj.optim.sync`` (``_optim_sync.py``) keeps the groups'
+``fj.optim.init`` makes one group. ``fj.optim.sync`` (``_sync.py``) keeps the groups'
 entries for arrays that still train and gives thawed arrays a group of their own, with
 their own step count.
 

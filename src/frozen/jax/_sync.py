@@ -22,7 +22,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from ._errors import FrozenError
-from ._optim import OptState, check_state, trainable_params
+from ._state import OptState, check_state, trainable_params
 
 __all__ = ["sync"]
 
