@@ -54,3 +54,23 @@ def test_a_feature_that_needs_dynamo_still_gets_it():
         "assert torch.equal(net(x), net(x)) and frozen.cache_stats(net)['0']['hits'] == 4\n"
     )
     assert "torch._dynamo" in _loaded_after(code)
+
+
+def test_import_frozen_jax_never_imports_torch():
+    # The package root loads its names on first use, so the JAX backend's users never pay for torch.
+    probe = "import sys, frozen.jax\nprint('torch' in sys.modules, 'frozen._core' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
+
+
+def test_names_load_on_first_use_and_unknown_names_still_raise():
+    code = (
+        "import frozen\n"
+        "assert 'frozen._core' not in sys.modules\n"
+        "assert frozen.freeze.__module__ == 'frozen._freeze.freeze' and 'frozen._core' in sys.modules\n"
+        "assert frozen.optim.sync is frozen.optim._sync.sync and callable(frozen._core.trainable_ids)\n"
+        "assert sorted(frozen.__all__) == sorted(n for n in dir(frozen) if n in frozen.__all__)\n"
+        "try:\n    frozen.not_a_name\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n"
+    )
+    assert _loaded_after(code) == []
