@@ -64,20 +64,29 @@ def reducer_params(module: nn.Module, ignored: set[str], *, every: bool = False)
 
 def _inferred_kwargs(ddp: DistributedDataParallel) -> dict[str, Any]:
     # The constructor arguments of a wrapper frozen did not build, read back from the
-    # attributes DistributedDataParallel keeps.
-    return {
+    # attributes DistributedDataParallel keeps (their names moved between torch releases).
+    config = getattr(ddp, "_bucket_config", None)  # torch >= 2.13
+    if config is not None:
+        bucket_cap_mb = config.bucket_cap_mb
+    else:  # torch 2.10-2.12: only the byte cap, and whether it was the default
+        bucket_cap_mb = None if getattr(ddp, "bucket_bytes_cap_default", False) else ddp.bucket_bytes_cap / 2**20
+    kwargs = {
         "device_ids": ddp.device_ids,
         "output_device": ddp.output_device,
         "dim": ddp.dim,
         "process_group": ddp.process_group,
-        "bucket_cap_mb": ddp._bucket_config.bucket_cap_mb,
+        "bucket_cap_mb": bucket_cap_mb,
         "find_unused_parameters": ddp.find_unused_parameters,
         "gradient_as_bucket_view": ddp.gradient_as_bucket_view,
         "static_graph": ddp.static_graph,
         "mixed_precision": ddp.mixed_precision,
         "skip_all_reduce_unused_params": getattr(ddp, "skip_all_reduce_unused_params", False),
-        "forward_sync_buffers": ddp.forward_sync_buffers,
     }
+    if "forward_sync_buffers" in vars(ddp):  # torch >= 2.13 (broadcast_buffers became a property)
+        kwargs["forward_sync_buffers"] = ddp.forward_sync_buffers
+    else:
+        kwargs["broadcast_buffers"] = ddp.broadcast_buffers
+    return kwargs
 
 
 def _check_ddp(ddp: object, function: str) -> DistributedDataParallel:
