@@ -6,7 +6,7 @@ construction, so a thaw after wrapping trains the thawed parameters on each rank
 gradient (the replicas drift apart silently) and a freeze after wrapping crashes a later
 step inside torch ("Expected to have finished reduction in the prior iteration").
 
-A module knows nothing of the wrappers that hold it, and finding them through ``gc`` costs
+A module knows nothing of the wrappers that hold it, and locating them through ``gc`` costs
 a walk over the whole heap. But every wrapper announces itself while it runs: during its
 forward, ``DistributedDataParallel._active_ddp_module`` is the wrapper (torch sets it for
 dynamo). So whenever ``settle`` writes flags in a process with a process group — freeze,
