@@ -243,7 +243,7 @@ def test_no_private_torch_hook_dict_is_mutated() -> None:
 
 def test_the_repository_names_behaviours_not_issue_history() -> None:
     # The verb (locating something) is fine; the plural names a list of old results. Spelled in two
-    # that this line does not match itself.
+    # pieces so that this line does not match itself.
     history = re.compile(r"\bissues? ?#?[0-9]+\b|\bfind" + r"ings\b", re.IGNORECASE)
     offenders = []
     for folder in ("src", "tests", "benchmarks"):
