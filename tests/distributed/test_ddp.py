@@ -9,14 +9,13 @@ all-reduce sums in another order); between ranks: bit-identical.
 
 from __future__ import annotations
 
-import datetime
 import os
-import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_ranks import run_scenarios
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -207,25 +206,9 @@ def scenario_resume(rank, out_dir):
 
 
 def worker(rank: int, out_dir: str) -> None:
-    store = os.path.join(out_dir, "store")
-    timeout = datetime.timedelta(seconds=40)  # a rank that failed must not hang the other forever
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD, timeout=timeout)
-    torch.set_num_threads(1)
-    results = {}
-    try:
-        for name, scenario in SCENARIOS.items():
-            try:
-                results[name] = scenario(rank, out_dir) if name == "resume" else scenario(rank)
-            except Exception:
-                results[name] = {"error": traceback.format_exc()}
-            dist.barrier()
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()  # both ranks done before either tears gloo down (else the peer may abort)
-    finally:
-        dist.destroy_process_group()
-    # Leave without the interpreter's teardown: a gloo thread still alive at exit makes C++ call
-    # std::terminate now and then (SIGABRT after the results were written). Errors still propagate.
-    os._exit(0)
+    run_scenarios(
+        rank, WORLD, out_dir, {n: (lambda r, s=s: s(r, out_dir)) if n == "resume" else s for n, s in SCENARIOS.items()}
+    )
 
 
 SCENARIOS = {

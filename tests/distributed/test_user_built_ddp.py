@@ -9,14 +9,10 @@ file-store rendezvous) runs every scenario; the tests read what each rank saw.
 
 from __future__ import annotations
 
-import datetime
-import os
-import traceback
-
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_ranks import run_scenarios
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -109,23 +105,7 @@ SCENARIOS = {
 
 
 def worker(rank: int, out_dir: str) -> None:
-    store = os.path.join(out_dir, "store")
-    timeout = datetime.timedelta(seconds=40)  # a rank that failed must not hang the other forever
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD, timeout=timeout)
-    torch.set_num_threads(1)
-    results = {}
-    try:
-        for name, scenario in SCENARIOS.items():
-            try:
-                results[name] = scenario(rank)
-            except Exception:
-                results[name] = {"error": traceback.format_exc()}
-            dist.barrier()
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    os._exit(0)  # a gloo thread alive at interpreter exit can abort the process after the results were written
+    run_scenarios(rank, WORLD, out_dir, SCENARIOS)
 
 
 @pytest.fixture(scope="module")

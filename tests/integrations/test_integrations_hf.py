@@ -7,26 +7,12 @@ import logging
 import pytest
 import torch
 from counting import count_runs
-from tiny_models import RandomTokens, tiny_bert
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from hf_trainers import make_trainer
+from tiny_models import tiny_bert
+from transformers import Trainer, TrainerCallback
 
 import frozen
 from frozen.integrations.hf import FreezeCallback
-
-
-def make_trainer(model, tmp_path, callbacks=(), epochs: float = 1, **options) -> Trainer:
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        num_train_epochs=epochs,
-        learning_rate=1e-2,
-        report_to="none",
-        use_cpu=True,
-        logging_strategy="no",
-        disable_tqdm=True,
-        **{"save_strategy": "no", **options},
-    )
-    return Trainer(model=model, args=args, train_dataset=RandomTokens(), callbacks=list(callbacks))
 
 
 def optimizer_ids(trainer: Trainer) -> set[int]:
