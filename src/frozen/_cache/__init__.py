@@ -10,6 +10,7 @@ from .api import cache_stats as cache_stats
 from .api import uncache as uncache
 from .features import features as features
 from .hooks import observed_globally as observed_globally
+from .hooks import watch_steps as watch_steps
 from .part import Passthrough as Passthrough
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "features",
     "observed_globally",
     "uncache",
+    "watch_steps",
 ]

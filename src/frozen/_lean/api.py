@@ -32,8 +32,10 @@ def _eligible(conv: nn.Module) -> bool:
     return type(conv) in _CONVS and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
-def _plan(model: nn.Module, path: str) -> list[tuple[nn.Module, nn.Module | None, nn.Module | None, str]]:
-    """``(conv, norm or None, ReLU or None, conv's path)`` for every eligible convolution under ``path``.
+def _plan(
+    model: nn.Module, path: str
+) -> list[tuple[nn.Module, nn.Module | None, nn.Module | None, str, nn.Module | None]]:
+    """``(conv, norm or None, ReLU or None, conv's path, its Sequential)`` for every eligible convolution under ``path``.
 
     Norms are given only where folding them is safe; ReLUs only where the convolution's
     output (through the norm, if any) goes to them alone.
@@ -46,6 +48,7 @@ def _plan(model: nn.Module, path: str) -> list[tuple[nn.Module, nn.Module | None
     where = {id(u.module): u.path for u in reversed(uses)}  # each module's first path
     norms: dict[int, nn.Module] = {}
     relus: dict[int, nn.Module] = {}
+    parents: dict[int, nn.Module] = {}  # the Sequential whose own forward feeds the norm and the ReLU
     for use in uses:
         seq = use.module
         if type(seq).forward is not nn.Sequential.forward or not isinstance(seq, nn.Sequential):
@@ -56,11 +59,12 @@ def _plan(model: nn.Module, path: str) -> list[tuple[nn.Module, nn.Module | None
             if id(first) not in convs or counts[id(first)] != 1:
                 continue
             following = children[index + 1 :]
+            parents[id(first)] = seq
             if isinstance(following[0], nn.modules.batchnorm._BatchNorm) and counts[id(following[0])] == 1:
                 norms[id(first)] = following.pop(0)
             if following and type(following[0]) is nn.ReLU and counts[id(following[0])] == 1:
                 relus[id(first)] = following[0]
-    return [(conv, norms.get(key), relus.get(key), where[key]) for key, conv in convs.items()]
+    return [(conv, norms.get(key), relus.get(key), where[key], parents.get(key)) for key, conv in convs.items()]
 
 
 def lean(model: nn.Module, *paths: str) -> nn.Module:
@@ -103,13 +107,14 @@ def lean(model: nn.Module, *paths: str) -> nn.Module:
             )
     settle(model)  # unsettled, a Frozen(...) wrapper's per-call detaching refolded at every call
     plans = [item for path in paths or ("",) for item in _plan(model, path)]
-    for conv, norm, relu, where in plans:
+    for conv, norm, relu, where, parent in plans:
         existing = conv.__dict__.get("forward")
         # frozen's own white-box guard may stand there (the convolution is the root of a frozen
         # part): lean replaces it while lean and puts it back on unlean. Anything else is foreign.
         if existing is None or isinstance(existing, GuardedForward):
             conv.__dict__["forward"] = lean_conv = LeanConv(conv, norm, model, where)
             lean_conv.own = existing
+            lean_conv.parent = ModuleRef(parent)
             if norm is not None and "forward" not in norm.__dict__:
                 norm.__dict__["forward"] = LeanNorm(norm, lean_conv)
             elif norm is not None:

@@ -10,22 +10,75 @@ module's ``__dict__``.
 
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._cache import Passthrough, observed_globally
+from .._cache import Passthrough, observed_globally, watch_steps
 from .._core import GuardedForward, ModuleRef, TensorState, under_torch_func
 from ..distributed import sharded_sources, watch_loads
 from .fold import InputGradConv, InputGradConvJvp, autocast_operands, fold, foldable, kept_by_producer, state_of
 
-__all__ = ["LeanConv", "LeanNorm", "LeanReLU"]
+__all__ = ["LeanConv", "LeanNorm", "LeanReLU", "in_sequence"]
 
 
 def _conv_args(conv: Any) -> tuple:
     return (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+
+
+_SEQUENTIAL = nn.Sequential.forward.__code__
+_CALLER: list[int] = []  # [frames from a stand-in's __call__ up to nn.Sequential.forward, references then]
+
+
+class _Fresh:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.empty(0)  # a tensor only the Sequential's loop variable holds, as a convolution's output
+
+
+class _Probe:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        frame: Any = sys._getframe(1)
+        depth = 1
+        while frame is not None and frame.f_code is not _SEQUENTIAL:
+            frame, depth = frame.f_back, depth + 1
+        _CALLER[:] = [depth, sys.getrefcount(x)]
+        return x
+
+
+def _calibrate() -> list[int]:
+    """How a stand-in's ``__call__`` sees a call from ``nn.Sequential.forward``: frame depth, references to its input.
+
+    Measured once on this interpreter and torch (both change how many frames and tuples a
+    module call goes through), with a probe called exactly the way a lean stand-in is.
+    """
+    if not _CALLER:
+        fresh, probe = nn.Module(), nn.Module()
+        fresh.__dict__["forward"], probe.__dict__["forward"] = _Fresh(), _Probe()
+        nn.Sequential(fresh, probe)(torch.empty(0))
+    return _CALLER
+
+
+def in_sequence(parent: Any, depth: int = 1) -> bool:
+    """Whether the stand-in ``depth`` frames below the caller is called by ``nn.Sequential.forward`` (its ``parent``'s).
+
+    Only there is a module's output handed to the next child alone and the variable holding
+    it rebound at once. A loop over the children in user code (perceptual features of
+    ``vgg.features`` kept as taps: before this check, the taps read ReLU(conv) and, folded,
+    BatchNorm's output instead of the convolution's) keeps what each child returned. The
+    frame's code object is compared, never its locals: reading ``f_locals`` makes the frame
+    hold a reference to every local, the activations included.
+    """
+    if parent is None:
+        return False
+    try:
+        frame = sys._getframe(_calibrate()[0] + depth)
+    except ValueError:
+        return False
+    # lean() took only children used once in the model, so a Sequential's forward calling one is its parent's
+    return frame.f_code is _SEQUENTIAL
 
 
 class LeanConv:
@@ -53,6 +106,9 @@ class LeanConv:
         self.own: Any = None  # frozen's guard it replaced, if any: unlean puts it back
         # FSDP2 loads into shards with version counters preserved: a load must refold (_fsdp_sources.py).
         self.load_hooks = watch_loads([conv] if norm is None else [conv, norm], self.forget)
+        # A fused optimizer step writes parameters without bumping their version: refold after one.
+        watch_steps([p for m in ([conv] if norm is None else [conv, norm]) for p in m.parameters()], self.forget)
+        self.parent = ModuleRef(None)  # the nn.Sequential the convolution and its norm sit in (set by lean)
 
     @property
     def conv(self) -> Any:
@@ -78,11 +134,14 @@ class LeanConv:
         return plain, folding, fold(conv, norm) if folding else (conv.weight, conv.bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # Folded, the convolution returns BatchNorm's output: only right when its parent Sequential
+        # hands that output to the norm (a pass-through then) and to no one else.
+        sequence = self.norm_ref() is not None and not torch.compiler.is_compiling() and in_sequence(self.parent())
         if isinstance(self.own, GuardedForward):  # the guard this replaced: its slots still detach
-            return self.own.around(self._run, x)
-        return self._run(x)
+            return self.own.around(self._run, x, sequence)
+        return self._run(x, sequence)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, sequence: bool = True) -> torch.Tensor:
         conv = self.conv
         self.last = self.produced = None
         lean_input = x.requires_grad and torch.is_grad_enabled()
@@ -104,6 +163,8 @@ class LeanConv:
                 self.plain, self.folding, self.weights = self._decide()
                 self.state = TensorState(tensors, flags)
             plain, folding, (weight, bias) = self.plain, self.folding, self.weights  # type: ignore[misc]
+            if folding and not sequence:  # called outside its Sequential: the convolution's own output
+                folding, weight, bias = False, conv.weight, conv.bias
             # torch's own convolution where its saved input is a storage that is kept anyway
             lean_input = lean_input and not kept_by_producer(x)
         if plain:
@@ -164,7 +225,14 @@ class LeanReLU(_AfterConv):
     """
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fresh(self.conv.produced, x) and not self._watched():
+        # Overwritten only where nobody else can hold it: called by the parent Sequential's own
+        # forward (its loop variable is rebound at once), no other reference (_calibrate).
+        if (
+            self.fresh(self.conv.produced, x)  # never under compile: it traces no refcount
+            and sys.getrefcount(x) <= _calibrate()[1]
+            and not self._watched()
+            and in_sequence(self.conv.parent())
+        ):
             return torch.relu_(x)
         return self.plain(x)
 

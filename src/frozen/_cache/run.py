@@ -1,0 +1,171 @@
+"""A run of sibling modules cached as one part: ``frozen.cache(resnet, "conv1-layer4")``.
+
+A torchvision-style ResNet has no backbone module: its parent calls ``conv1``, ``bn1``,
+``relu``, ``maxpool``, ``layer1`` ... ``layer4`` one after the other. Cached one by one,
+every intermediate output was stored (62 MB for 96 small images) where the last one is all
+a later epoch needs. ``"first-last"`` (as the last part of a path: ``"conv1-layer4"``,
+``"encoder.layer.0-7"``) names the children of one parent from ``first`` to ``last`` in
+their registration order, cached as one part that stores only the last one's output:
+
+* the first sibling's call (its stand-in, a :class:`~frozen._cache.part.Part`) is keyed
+  by its arguments and answers with the *last* sibling's output -- stored, or computed
+  by running the siblings one after the other on the samples not seen yet;
+* each following sibling (a :class:`RunLink`) receives that very tensor from the parent
+  and passes it on, untouched; the last one returns it to the parent.
+
+That is right only if the parent calls the siblings in sequence, each on the previous
+one's output and the same other arguments as the first, and keeps no intermediate
+output. So the first call of a run is a *checked* pass: every sibling runs for real, and
+the run is refused (:class:`~frozen._cache.keys.CacheError`, naming the siblings) if a
+sibling is called out of order, on anything but its predecessor's output, or with other
+arguments, or if an intermediate output is still alive after the run -- a skip
+connection, a list of hidden states. A later call that breaks the sequence is refused too.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._core import ModuleRef, join
+from .keys import CacheError
+
+__all__ = ["RunLink", "RunState", "finish_check", "run_forward", "run_members", "start_check"]
+
+
+def run_members(spec: str, uses: list[Any]) -> tuple[str, list[str]] | None:
+    """``(parent path, member paths)`` of a run spelled ``"prefix.first-last"``, or ``None`` if ``spec`` is no run."""
+    prefix, _, last = spec.rpartition(".")
+    if "-" not in last:
+        return None
+    parent = next((u.module for u in uses if u.path == prefix), None)
+    if parent is None:
+        return None
+    names = [name for name, child in parent._modules.items() if child is not None]
+    for at in (i for i, c in enumerate(last) if c == "-"):
+        first, final = last[:at], last[at + 1 :]
+        if first in names and final in names and names.index(first) < names.index(final):
+            return prefix, [join(prefix, n) for n in names[names.index(first) : names.index(final) + 1]]
+    return None
+
+
+class RunState:
+    """What the first sibling's part knows about its run between the siblings' calls."""
+
+    def __init__(self, paths: list[str], owns: list[Any]) -> None:
+        self.paths = paths  # the siblings' paths, in order
+        self.owns = owns  # what stood in each sibling's forward before the cache (None: the class's)
+        self.checked = False  # the parent was seen calling the siblings in sequence
+        self.trace: list[Any] | None = None  # during the checked pass: the outputs so far (weakly)
+        self.extra: tuple[tuple, dict] = ((), {})  # the first sibling's other arguments
+        self.pending: tuple[Any, int | None, int] | None = None  # (the run's output, its version, next sibling)
+        self.left: weakref.ref | None = None  # the last sibling's input after the checked pass: must die
+
+    def refuse(self, why: str) -> CacheError:
+        self.trace = self.pending = None
+        first, last = self.paths[0], self.paths[-1]
+        return CacheError(
+            f"frozen.cache: the run {first!r} ... {last!r} of sibling modules cannot be cached as one part: {why}. "
+            f"A run is replayed only when the parent calls its siblings one after the other, each on the previous "
+            f"one's output, and keeps no intermediate output. Cache the siblings as parts of their own "
+            f"(frozen.cache(model, {', '.join(map(repr, self.paths[:3]))}, ...)), or a run that ends earlier."
+        )
+
+
+def _same_extra(args: tuple, kwargs: dict, extra: tuple[tuple, dict]) -> bool:
+    rest, named = extra
+    return (
+        len(args) == len(rest) + 1
+        and all(a is b for a, b in zip(args[1:], rest, strict=True))
+        and kwargs.keys() == named.keys()
+        and all(kwargs[k] is named[k] for k in kwargs)
+    )
+
+
+def _plain(module: nn.Module, own: Any, args: tuple, kwargs: dict) -> Any:
+    return own(*args, **kwargs) if own is not None else type(module).forward(module, *args, **kwargs)
+
+
+def run_forward(state: RunState, modules: list[nn.Module], args: tuple, kwargs: dict) -> Any:
+    """The siblings one after the other, each on the previous one's output and the first one's other arguments."""
+    out = _plain(modules[0], state.owns[0], args, kwargs)
+    for module, own in zip(modules[1:], state.owns[1:], strict=True):
+        out = _plain(module, own, (out, *args[1:]), kwargs)
+    return out
+
+
+def start_check(state: RunState, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """The checked pass: the first sibling runs for real; the links check what the parent does next."""
+    state.trace, state.extra, state.pending = [], (args[1:], dict(kwargs)), None
+    out = _plain(module, state.owns[0], args, kwargs)
+    state.trace.append(out)
+    return out
+
+
+def finish_check(state: RunState) -> None:
+    """At the next call of the first sibling: the last sibling's input from the checked pass must be gone."""
+    if state.left is not None and state.left() is not None:
+        raise state.refuse(
+            f"after the run, the parent still held the input of {state.paths[-1]!r} (the output of {state.paths[-2]!r})"
+        )
+    state.left, state.checked = None, True
+
+
+class RunLink:
+    """The ``forward`` of a sibling after the first in a cached run: passes the run's output on (see the module docstring)."""
+
+    def __init__(self, head: Any, module: nn.Module, index: int) -> None:
+        # Weak both ways: this lives in the sibling's __dict__, the part in the first sibling's.
+        self.head, self.module_ref, self.index = weakref.ref(head), ModuleRef(module), index
+
+    def __reduce__(self) -> tuple:
+        from .part import Passthrough  # a copy runs uncached, as a copy of any cached part
+
+        head = self.head()
+        return (Passthrough, (self.module_ref(), head.run.owns[self.index] if head is not None else None))
+
+    @torch.compiler.disable  # like the part: its state would become guards of a compiled graph
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        head = self.head()
+        module = self.module_ref()
+        state: RunState | None = head.run if head is not None else None
+        own = state.owns[self.index] if state is not None else None
+        if state is None or (state.pending is None and state.trace is None):
+            return _plain(module, own, args, kwargs)  # no run in progress (a bypassed call, a direct call)
+        last = self.index == len(state.paths) - 1
+        if state.pending is not None:
+            value, version, expected = state.pending
+            if self.index != expected or not args or args[0] is not value or not _same_extra(args, kwargs, state.extra):
+                raise state.refuse(f"{state.paths[self.index]!r} was not called on the run's output next")
+            if isinstance(value, torch.Tensor) and not value.is_inference() and value._version != version:
+                raise state.refuse(f"the output passed to {state.paths[self.index]!r} was modified in place")
+            state.pending = None if last else (value, version, expected + 1)
+            return value
+        trace = state.trace
+        assert trace is not None
+        if (
+            self.index != len(trace)
+            or not args
+            or args[0] is not trace[-1]
+            or not _same_extra(args, kwargs, state.extra)
+        ):
+            raise state.refuse(
+                f"{state.paths[self.index]!r} was called on something else than the output of "
+                f"{state.paths[self.index - 1]!r}, or with other arguments than {state.paths[0]!r}"
+            )
+        out = _plain(module, own, args, kwargs)
+        if not isinstance(trace[-1], torch.Tensor):
+            raise state.refuse(f"{state.paths[self.index - 1]!r} returned a {type(trace[-1]).__name__}, not a tensor")
+        trace[-1] = weakref.ref(trace[-1])  # the parent holds its current value; frozen holds none
+        # an in-place sibling (ReLU(inplace=True)) returns its input: that object is the current one
+        alive = [state.paths[i] for i, ref in enumerate(trace[:-1]) if ref() is not None and ref() is not args[0]]
+        if alive:
+            raise state.refuse(f"the parent kept the output of {alive[0]!r}")
+        if last:
+            state.left, state.trace = trace[-1], None  # type: ignore[assignment]
+        else:
+            trace.append(out)
+        return out
