@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     for scenario in scenarios():
         if args.scenario and scenario.key not in args.scenario:
             continue
+        if device.type not in scenario.devices and not args.scenario:
+            left_out.append(f"`{scenario.key}` runs on {', '.join(scenario.devices)} only (its sizes)")
+            continue
         if args.quick and not scenario.quick and not args.scenario:
             left_out.append(f"`{scenario.key}` is not in `--quick`: {scenario.quick_note}")
             print(f"\n{scenario.title}: LEFT OUT of --quick: {scenario.quick_note}", flush=True)

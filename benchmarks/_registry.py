@@ -30,7 +30,14 @@ if TYPE_CHECKING:  # only for annotations: _harness imports nothing from here
 __all__ = ["Setup", "Bar", "Scenario", "scenarios", "load_errors", "BUILTIN_MODULES", "EXTENSION_MODULES", "AA"]
 
 BUILTIN_MODULES = ("benchmarks._scenarios", "benchmarks._users", "benchmarks._checkpointing")
-EXTENSION_MODULES = ("benchmarks._selectors", "benchmarks._beyond", "benchmarks._perceptual", "benchmarks._rows")
+EXTENSION_MODULES = (
+    "benchmarks._selectors",
+    "benchmarks._beyond",
+    "benchmarks._perceptual",
+    "benchmarks._rows",
+    "benchmarks.cache_host",
+    "benchmarks.gpu_scenarios",
+)
 AA = " (A/A)"  # suffix of the A/A control's variant name
 
 
@@ -94,6 +101,8 @@ class Scenario:
         quick: whether ``--quick`` runs it (when ``False`` the output says it was left out and why).
         quick_note: why it is left out of ``--quick``.
         notes: ``notes(result) -> list[str]``, extra markdown paragraphs for its results file.
+        devices: the device types it runs on outside tiny mode (sizes made for a GPU take
+            minutes per step on a CPU); ``--scenario KEY`` runs it anyway.
     """
 
     key: str
@@ -110,6 +119,7 @@ class Scenario:
     quick: bool = True
     quick_note: str = ""
     notes: Callable[[ScenarioResult], list[str]] | None = None
+    devices: tuple[str, ...] = ("cpu", "cuda")
 
 
 _errors: dict[str, str] = {}

@@ -31,13 +31,14 @@ sample of a call shares.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 
 import numpy as np
 import torch
 
-__all__ = ["hash_rows", "lanes", "mix"]
+__all__ = ["hash_rows", "host_bytes", "host_u64", "lanes", "mix"]
 
 _SECRET = os.urandom(16)  # keys live in one process only: the stores are not persistent
 _VIEWS = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
@@ -82,6 +83,27 @@ def hash_rows(tensor: torch.Tensor, rows: int, salt: bytes) -> torch.Tensor:
     words = t.numel() // rows if rows else 0
     flat = t.reshape(rows, words, 1)
     return (flat * _multipliers(words, t.device, salt)).sum(1)
+
+
+def host_u64(tensor: torch.Tensor) -> np.ndarray:
+    """An int64 tensor's values as a uint64 numpy array: a copy to the host for a device tensor, then raw memory.
+
+    Read through the pointer, not ``Tensor.numpy()``: that dispatches a ``detach`` of its own
+    at every call, an operation the cache need not add.
+    """
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()  # the one small copy to the host of a content-keyed call
+    tensor = tensor if tensor.is_contiguous() else tensor.contiguous()
+    count = tensor.numel()
+    if not count:
+        return np.zeros(tuple(tensor.shape), np.uint64)
+    memory = (ctypes.c_uint64 * count).from_address(tensor.data_ptr())
+    return np.frombuffer(memoryview(memory).cast("B"), dtype=np.uint64, count=count).reshape(tuple(tensor.shape)).copy()
+
+
+def host_bytes(tensor: torch.Tensor) -> bytes:
+    """A CPU tensor's bytes (a generator's state), read through its pointer (no operation dispatched)."""
+    return ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size())
 
 
 def lanes(digest: bytes) -> np.ndarray:

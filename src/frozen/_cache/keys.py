@@ -39,7 +39,7 @@ import torch
 
 from .._core import same_tensor, tensor_entry
 from .._errors import FrozenError
-from .digest import hash_rows, lanes, mix
+from .digest import hash_rows, host_u64, lanes, mix
 
 __all__ = [
     "CacheError",
@@ -155,16 +155,6 @@ def _check_arguments(named: list[tuple[int | str, Any]], where: str) -> None:
             )
 
 
-def _autocast_state(kinds: set[str]) -> str:
-    """Whether (and to which dtype) autocast is on for the devices of the call's tensors.
-
-    It changes what the part computes -- under ``torch.autocast`` a float32 part returns
-    bfloat16 -- so an output stored outside autocast must not answer a call inside it.
-    """
-    on = [f"{kind}:{torch.get_autocast_dtype(kind)}" for kind in sorted(kinds) if torch.is_autocast_enabled(kind)]
-    return f"autocast={','.join(on)};"
-
-
 def forward_parameters(forward: Callable[..., Any]) -> tuple[list[str], set[str] | None]:
     """``forward``'s parameters (the instance left out): those passed by position, in order, and every name.
 
@@ -210,8 +200,7 @@ def _memo_put(memo: dict[int, tuple[tuple[Any, ...], Any]], tensor: torch.Tensor
 
 def _row_digests(tensor: torch.Tensor, rows: int, salt: bytes = b"") -> np.ndarray:
     """``(rows, 2)`` uint64 content hashes of ``tensor``'s rows, on the host (a copy from a device waits)."""
-    hashed = hash_rows(tensor, rows, salt or f"{tensor.dtype}{tuple(tensor.shape[1:])}".encode())
-    return (hashed if hashed.device.type == "cpu" else hashed.cpu()).numpy().view(np.uint64)
+    return host_u64(hash_rows(tensor, rows, salt or f"{tensor.dtype}{tuple(tensor.shape[1:])}".encode()))
 
 
 def _whole_digest(tensor: torch.Tensor) -> bytes:
@@ -275,45 +264,73 @@ def call_keys(
         )
     batched = [(n, t) for n, t in tensors if t.dim() > 0 and t.shape[0] == batch]
     split = {id(t) for _, t in batched}
-    kinds = {a.device.type for _, a in named if isinstance(a, torch.Tensor)}
-    context = hashlib.blake2b(f"{ROW_HASH};{ids.kind if ids is not None else 'rows'};".encode(), digest_size=_DIGEST)
-    context.update(_autocast_state(kinds).encode())
+    kinds = sorted({a.device.type for _, a in named if isinstance(a, torch.Tensor)})
+    # What the context digest covers, as a hashable layout: digested once per layout, not at every call. The
+    # autocast state is in it: under torch.autocast a float32 part returns bfloat16, so an output stored
+    # outside autocast must not answer a call inside it.
+    layout: list[Any] = [ids.kind if ids is not None else "rows"]
+    layout += [(kind, torch.get_autocast_dtype(kind)) for kind in kinds if torch.is_autocast_enabled(kind)]
     device_rows: torch.Tensor | None = None
     host_rows: list[np.ndarray] = []
-    hashed = [] if ids is not None or not batch else [(n, t) for n, t in batched if _memo_get(_MEMO, t) is None]
+    by_content = ids is None and batch > 0
+    hashed = by_content and any(_memo_get(_MEMO, t) is None for _, t in batched)
+    device = next((t.device for _, t in batched), None)
     for name, value in named:
         if not isinstance(value, torch.Tensor):
-            context.update(f"{name}={type(value).__name__}:{value!r};".encode())
+            layout.append((name, type(value), repr(value) if isinstance(value, float) else value))
             continue
-        salt = f"{name}:{value.dtype}{tuple(value.shape[1:])}".encode()
         if id(value) in split:
-            context.update(b"rows:" + salt + b";")
-            if ids is not None or not batch:
+            layout.append((name, "rows", value.dtype, value.shape[1:]))
+            if not by_content:
                 continue  # the ids stand for the rows (an empty batch has none)
+            salt = _salt(name, value)
             derived = _memo_get(_MEMO, value)
             if derived is not None:  # a cached part's output: its keys, no hashing
-                host_rows.append(mix(derived, lanes(hashlib.blake2b(salt, digest_size=_DIGEST).digest())))
+                host_rows.append(mix(derived, lanes(salt)))
             else:
                 hashed_rows = hash_rows(value, batch, salt)
                 device_rows = hashed_rows if device_rows is None else device_rows + hashed_rows
-            continue
-        context.update(f"whole:{name}:{value.dtype}{tuple(value.shape)};".encode())
-        if ids is None and hashed and value.device.type != "cpu" and value.device == hashed[0][1].device:
+        elif by_content and hashed and value.device.type != "cpu" and value.device == device:
             # folded into the rows' device hashes: no copy of its own to the host
-            folded = _whole_on_device(value, salt)
+            folded = _whole_on_device(value, _salt(name, value))
             device_rows = folded if device_rows is None else device_rows + folded
-            context.update(b"folded;")
+            layout.append((name, "folded", value.dtype, value.shape))
         else:
-            context.update(_whole_digest(value))
-    digest = context.digest()
+            layout.append((name, "whole", value.dtype, value.shape, _whole_digest(value)))
+    digest = _context(tuple(layout))
     if ids is not None:
         return CallKeys(batch, digest, ids.values, batched, True)
     rows = np.zeros((batch, 2), dtype=np.uint64)
     if device_rows is not None:
-        rows += (device_rows if device_rows.device.type == "cpu" else device_rows.cpu()).numpy().view(np.uint64)
+        rows += host_u64(device_rows)
     for part in host_rows:
         rows += part
     return CallKeys(batch, digest, rows, batched, False)
+
+
+_CONTEXTS: dict[tuple, bytes] = {}
+_SALTS: dict[tuple, bytes] = {}
+
+
+def _context(layout: tuple) -> bytes:
+    """The 16-byte digest of a call's layout (what every sample shares), computed once per layout."""
+    found = _CONTEXTS.get(layout)
+    if found is None:
+        if len(_CONTEXTS) >= 4096:
+            _CONTEXTS.clear()
+        found = _CONTEXTS[layout] = hashlib.blake2b(f"{ROW_HASH};{layout!r}".encode(), digest_size=_DIGEST).digest()
+    return found
+
+
+def _salt(name: int | str, tensor: torch.Tensor) -> bytes:
+    """What tells an argument's rows apart from the same bytes elsewhere: its name, dtype and row shape."""
+    key = (name, tensor.dtype, tensor.shape[1:])
+    found = _SALTS.get(key)
+    if found is None:
+        if len(_SALTS) >= 4096:
+            _SALTS.clear()
+        found = _SALTS[key] = hashlib.blake2b(repr(key).encode(), digest_size=_DIGEST).digest()
+    return found
 
 
 def derive(token: bytes, keys: CallKeys, leaf: int) -> np.ndarray:

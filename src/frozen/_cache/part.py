@@ -39,7 +39,7 @@ from .keys import CacheError, call_keys, derive, forward_parameters, remember
 from .out import assemble, flatten, rebuild, signature
 from .purity import check_rows, draws_randomly, generator_marks
 from .run import RunLink, RunState, finish_check, run_forward, start_check
-from .table import index_on
+from .table import index_now, index_on
 from .watch import PartWatch
 
 __all__ = ["COUNTERS", "GRAD_INPUTS", "Part", "Passthrough"]
@@ -125,11 +125,10 @@ class Part:
         counts["calls"] += 1
         run = self.run
         if run is not None and not run.checked:
-            if run.trace is not None or run.left is None:  # the first pass of a run: checked, not cached
+            if run.trace is not None or run.left is None:  # the first pass of a run: every sibling runs
                 if run.trace is not None:
                     raise run.refuse(f"the parent did not call {run.paths[len(run.trace)]!r} after the others")
-                counts["forwards"] += 1
-                return start_check(run, self.module, args, kwargs)
+                return self._check_pass(args, kwargs)
             finish_check(run)
         if run is not None and run.pending is not None:
             raise run.refuse(f"the parent did not call {run.paths[run.pending[2]]!r} after the others")
@@ -166,8 +165,28 @@ class Part:
                 remember(leaf, derive(self.token, keys, n))
         if run is not None:  # the siblings after the first pass this output on (run.py)
             version = None if not isinstance(output, torch.Tensor) or output.is_inference() else output._version
-            run.pending = (output, version, 1)
+            run.pending, run.extra = (output, version, 1), (args[1:], dict(kwargs))
         return output
+
+    def _check_pass(self, args: tuple, kwargs: dict) -> Any:
+        """A run's first call: every sibling runs as itself, checked (run.py); the last output is stored."""
+        run = self.run
+        assert run is not None
+        self.counts["forwards"] += 1
+        passed = self.handle.grad_inputs == "pass" and _any_requires_grad(args, kwargs)
+        if not passed and self._cacheable_now():
+            keys = call_keys(args, kwargs, self.path, self.handle.current_ids(), self.shared)
+            run.keys = keys if keys.batch else None
+        return start_check(run, self.module, args, kwargs)
+
+    def store_checked(self, output: Any) -> None:
+        """Store the output of a run's checked pass under the keys of its first call (``RunLink``)."""
+        keys, self.run.keys = self.run.keys, None  # type: ignore[union-attr]
+        if keys is None:
+            return
+        spec, leaves = flatten(output, keys.batch, self.path)
+        self.counts["misses"] += keys.batch
+        self._store(self.handle.store.table(self.prefix + keys.context, keys.by_ids), keys.rows, spec, leaves)
 
     def _mixed(self, args: tuple, kwargs: dict, keys: Any, table: Any, slots: np.ndarray, missing: np.ndarray) -> Any:
         """A batch of seen and new samples: the part on the new ones only, then one gather of them all."""
@@ -213,7 +232,7 @@ class Part:
         else:  # repeated samples in the batch, or rows beyond the budget: each stored key once
             fits = slots >= 0
             if fits.any():
-                index = index_on(first[fits], leaves[0].device)
+                index = index_now(first[fits], leaves[0].device)
                 store.write(table, slots[fits], [leaf.index_select(0, index) for leaf in leaves])
         return table, per_row
 
@@ -356,7 +375,7 @@ def _subset(args: tuple, kwargs: dict, batched: list, rows: np.ndarray) -> tuple
     """The call's arguments restricted to ``rows`` of the batch (split tensors only): one gather each."""
     positional, named = list(args), dict(kwargs)
     for name, tensor in batched:
-        picked = tensor.index_select(0, index_on(rows, tensor.device))
+        picked = tensor.index_select(0, index_now(rows, tensor.device))
         if isinstance(name, int):
             positional[name] = picked
         else:

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .digest import host_bytes
 from .keys import CacheError
 from .out import flatten
-from .table import index_on
+from .table import index_now
 
 __all__ = ["check_rows", "draws_randomly", "generator_marks"]
 
@@ -46,7 +47,7 @@ def generator_marks(devices: set[torch.device]) -> list[bytes]:
         {d.index if d.index is not None else torch.cuda.current_device() for d in devices if d.type == "cuda"}
     )
     states = [torch.default_generator.get_state(), *(torch.cuda.get_rng_state(i) for i in cuda)]
-    return [state.numpy().tobytes() for state in states]
+    return [host_bytes(state) for state in states]
 
 
 class _Draws(TorchDispatchMode):
@@ -98,7 +99,7 @@ def check_rows(part: Any, args: tuple, kwargs: dict, names: list[int | str], lea
     positional, named = list(args), dict(kwargs)
     for name in names:
         source = positional if isinstance(name, int) else named
-        source[name] = source[name].index_select(0, index_on(half, source[name].device))  # type: ignore[index]
+        source[name] = source[name].index_select(0, index_now(half, source[name].device))  # type: ignore[index]
     try:
         with torch.no_grad():
             alone = part.forward(*positional, **named)

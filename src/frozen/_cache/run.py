@@ -63,6 +63,7 @@ class RunState:
         self.extra: tuple[tuple, dict] = ((), {})  # the first sibling's other arguments
         self.pending: tuple[Any, int | None, int] | None = None  # (the run's output, its version, next sibling)
         self.left: weakref.ref | None = None  # the last sibling's input after the checked pass: must die
+        self.keys: Any = None  # the keys of the checked pass's first call: its output is stored
 
     def refuse(self, why: str) -> CacheError:
         self.trace = self.pending = None
@@ -166,6 +167,7 @@ class RunLink:
             raise state.refuse(f"the parent kept the output of {alive[0]!r}")
         if last:
             state.left, state.trace = trace[-1], None  # type: ignore[assignment]
+            head.store_checked(out)  # type: ignore[union-attr]
         else:
             trace.append(out)
         return out

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import weakref
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch
 
 from .._errors import FrozenError
 from .keys import CacheError
-from .table import Table, index_on
+from .table import Table, index_now
 
 __all__ = ["STORES", "Store", "parse_budget"]
 
@@ -63,6 +64,12 @@ def check_disk(budget: int, directory: str | None, shown: object) -> None:
         )
 
 
+def _close_files(files: list[Any]) -> None:
+    for handle in files:
+        handle.close()
+    files.clear()
+
+
 class Store:
     """The tables of one :func:`frozen.cache` call within ``budget`` bytes.
 
@@ -81,6 +88,8 @@ class Store:
         self._used: dict[bytes, int] = {}  # table key -> the store's clock at its last use
         self._clock = 0
         self._directory = directory
+        self._files: list[Any] = []  # the temporary files of a "disk" store: closed (deleted) with it
+        weakref.finalize(self, _close_files, self._files)
 
     def __len__(self) -> int:
         return sum(t.count for t in self._tables.values())
@@ -121,6 +130,7 @@ class Store:
         for buffer in table.buffers:
             if isinstance(buffer, tuple):
                 buffer[0].close()  # the temporary file: deleted
+                self._files.remove(buffer[0])
         table.buffers = []
 
     # -- buffers ------------------------------------------------------------------------
@@ -166,6 +176,7 @@ class Store:
             row_bytes = int(np.prod(row_shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
             if old is None:
                 handle = tempfile.NamedTemporaryFile(prefix="frozen-cache-", suffix=".bin", dir=self._directory)
+                self._files.append(handle)
             else:
                 handle = old[0]
             os.truncate(handle.name, max(capacity * row_bytes, 1))  # extends the file; its rows stay
@@ -186,7 +197,7 @@ class Store:
                 buffer[1][slots] = rows.numpy()
                 continue
             with torch.no_grad():
-                buffer.index_copy_(0, index_on(slots, buffer.device), leaf if leaf.device == buffer.device
+                buffer.index_copy_(0, index_now(slots, buffer.device), leaf if leaf.device == buffer.device
                                    else leaf.to(buffer.device))  # fmt: skip
 
     def read(self, table: Table, slots: np.ndarray) -> list[torch.Tensor]:
@@ -199,9 +210,9 @@ class Store:
                 rows = raw.view(dtype).reshape(len(slots), *row_shape)
                 leaves.append(rows if device.type == "cpu" else rows.to(device))
             elif buffer.device == device:
-                leaves.append(buffer.index_select(0, index_on(slots, device)))
+                leaves.append(buffer.index_select(0, index_now(slots, device)))
             else:  # a host store for a GPU part: gather into page-locked memory, copy without waiting
                 staged = torch.empty((len(slots), *row_shape), dtype=dtype, pin_memory=True)
-                torch.index_select(buffer, 0, torch.from_numpy(slots), out=staged)
+                torch.index_select(buffer, 0, index_now(slots, buffer.device), out=staged)
                 leaves.append(staged.to(device, non_blocking=True))
         return leaves

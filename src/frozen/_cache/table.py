@@ -64,10 +64,10 @@ class Table:
         self.tick += 2  # this call's hits get the tick, its new rows the tick + 1: evicted last
         n = len(rows)
         if self.by_ids:
-            inside = (rows >= 0) & (rows < len(self.dense))
-            if inside.all():
+            if n and rows.min() >= 0 and rows.max() < len(self.dense):  # the usual case: dataset indices
                 slots = self.dense[rows]
             else:
+                inside = (rows >= 0) & (rows < len(self.dense))
                 slots = np.full(n, -1, np.int64)
                 slots[inside] = self.dense[rows[inside]]
                 if self.index:
@@ -75,8 +75,8 @@ class Table:
                     slots[outside] = np.fromiter(map(self.index.get, rows[outside].tolist(), repeat(-1)), np.int64)
         else:
             slots = np.fromiter(map(self.index.get, self._keys(rows).tolist(), repeat(-1)), np.int64, count=n)
-        found = slots[slots >= 0]
-        self.last_used[found] = self.tick
+        found = slots >= 0
+        self.last_used[slots if found.all() else slots[found]] = self.tick
         return slots
 
     def insert(self, rows: np.ndarray, store: Any, protect: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -193,9 +193,31 @@ class Table:
         return self.count * self.row_bytes
 
 
+_NOW: dict[int, tuple[torch.Tensor, np.ndarray]] = {}  # reused CPU index tensors, by length
+
+
 def index_on(slots: np.ndarray, device: torch.device) -> torch.Tensor:
     """``slots`` as an int64 index tensor on ``device``: a pinned, non-blocking copy for a GPU (no wait)."""
-    index = torch.from_numpy(slots)
+    index = torch.from_numpy(np.ascontiguousarray(slots, dtype=np.int64))
     if device.type == "cpu":
         return index
     return index.pin_memory().to(device, non_blocking=True)
+
+
+def index_now(slots: np.ndarray, device: torch.device) -> torch.Tensor:
+    """:func:`index_on` for an index used at once and dropped (a gather, a scatter): on the CPU, no new tensor.
+
+    A CPU index tensor of each length is kept and refilled through its numpy view: making a
+    tensor from an array is an operation of its own (``lift_fresh``) under dispatch modes.
+    """
+    if device.type != "cpu":
+        return index_on(slots, device)
+    found = _NOW.get(len(slots))
+    if found is None:
+        if len(_NOW) >= 64:
+            _NOW.clear()
+        with torch.inference_mode(False):
+            tensor = torch.empty(len(slots), dtype=torch.int64)
+        found = _NOW[len(slots)] = (tensor, tensor.numpy())
+    found[1][:] = slots
+    return found[0]
