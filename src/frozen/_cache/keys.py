@@ -115,7 +115,9 @@ def sample_keys(ids: Any) -> SampleIds:
     """
     if isinstance(ids, torch.Tensor) and ids.dim() == 1 and not ids.is_floating_point() and not ids.is_complex():
         host = ids if ids.device.type == "cpu" else ids.cpu()  # give ids on the host: a device copy waits
-        return SampleIds(host.numpy().astype(np.int64, copy=False), "int")
+        if host.dtype == torch.int64:  # read through the pointer: Tensor.numpy() dispatches an operation
+            return SampleIds(host_u64(host).view(np.int64), "int")
+        return SampleIds(host.numpy().astype(np.int64), "int")
     if isinstance(ids, list | tuple | range):
         values = list(ids)
         if all(type(v) is int for v in values):

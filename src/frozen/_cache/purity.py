@@ -37,8 +37,10 @@ from .table import index_now
 
 __all__ = ["check_rows", "draws_randomly", "generator_marks"]
 
-_TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 5e-2}  # relative to the rows' largest value
-_FLOAT_TOLERANCE = 1e-3
+# Relative to the rows' largest value: wide enough for TF32 convolutions and half-precision kernels whose
+# blocking (and so rounding) depends on the batch size, far below what a statistic over the batch changes.
+_TOLERANCE = {torch.float16: 5e-2, torch.bfloat16: 5e-2}
+_FLOAT_TOLERANCE = 1e-2
 
 
 def generator_marks(devices: set[torch.device]) -> list[bytes]:

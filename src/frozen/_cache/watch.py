@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
+from functools import partial
 from itertools import chain
-from operator import attrgetter, call, is_
+from operator import attrgetter, call, is_, is_not
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules import module as module_globals
 
 __all__ = ["PartWatch"]
 
@@ -35,6 +37,19 @@ _GRAD = attrgetter("requires_grad")
 _TRAINING = attrgetter("training")
 _MODULES = attrgetter("_modules")
 _STORAGE = torch.Tensor.untyped_storage
+_PRESENT = partial(is_not, None)
+_REGISTERED = [0]  # modules assigned as children anywhere since the hook below was installed
+_HOOKED: list[Any] = []  # the global registration hook, installed at the first snapshot
+
+
+def _registered(_module: nn.Module, _name: str, _child: Any) -> None:
+    _REGISTERED[0] += 1
+
+
+def _watch_registrations() -> None:
+    """Count every child module assignment (``model[0][1] = new``): a tree is compared child by child only then."""
+    if not _HOOKED:
+        _HOOKED.append(module_globals.register_module_module_registration_hook(_registered))
 
 
 def _dead() -> None:
@@ -49,7 +64,7 @@ def _storage_ref(tensor: torch.Tensor) -> Any:
 
 
 def _tensors(dicts: list[dict[str, Any]], extra: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    found = [t for t in chain.from_iterable(map(dict.values, dicts)) if t is not None]
+    found = list(filter(_PRESENT, chain.from_iterable(map(dict.values, dicts))))
     return [*found, *extra] if extra else found
 
 
@@ -57,10 +72,15 @@ def _children(modules: list[nn.Module]) -> list[tuple]:
     return list(map(tuple, map(dict.values, map(_MODULES, modules))))
 
 
+def _counts(modules: list[nn.Module]) -> list[int]:
+    return list(map(len, map(_MODULES, modules)))
+
+
 class PartWatch:
     """The part's module tree and tensors at one moment (see the module docstring)."""
 
-    __slots__ = ("children", "dicts", "grads", "refs", "storages", "tensors", "training", "versions")
+    __slots__ = ("children", "counts", "dicts", "grads", "refs", "registered", "storages", "tensors", "training",
+                 "versions")  # fmt: skip
 
     def __init__(self, roots: nn.Module | list[nn.Module], extra: Sequence[torch.Tensor] = ()) -> None:
         # a part's module, or the siblings of a run (run.py), each with its whole tree
@@ -68,7 +88,8 @@ class PartWatch:
         # Weak: the snapshot lives in a stand-in on the root module (a cached part), and a strong
         # reference back to the root would keep the whole part in a reference cycle.
         self.refs = [weakref.ref(m) for m in modules]
-        self.children = _children(modules)
+        _watch_registrations()
+        self.children, self.counts, self.registered = _children(modules), _counts(modules), _REGISTERED[0]
         self.training = list(map(_TRAINING, modules))
         # the modules' own dicts: no reference to a module, and a replaced buffer is seen
         self.dicts = [d for m in modules for d in (m._parameters, m._buffers)]
@@ -87,8 +108,14 @@ class PartWatch:
         """Whether ``module`` is the recorded tree with the same flags, and its tensors are unchanged."""
         if live is None or live[0] is not module:
             return False
-        if list(map(_TRAINING, live)) != self.training or _children(live) != self.children:
+        if list(map(_TRAINING, live)) != self.training or _counts(live) != self.counts:
             return False
+        # A child replaced by assignment fires the registration hook: only then is each child compared
+        # (a removed or inserted one changes a count above).
+        if _REGISTERED[0] != self.registered:
+            if _children(live) != self.children:
+                return False
+            self.registered = _REGISTERED[0]
         tensors = _tensors(self.dicts, extra)
         if len(tensors) != len(self.tensors) or not all(map(is_, map(call, self.tensors), tensors)):
             return False
