@@ -132,3 +132,17 @@ def test_features_of_a_run_stop_the_model_after_its_last_sibling() -> None:
     assert one.shape == (10, 8, 4, 4)
     with pytest.raises(frozen.UnknownPathError, match="part='conv1-layer9'"):
         frozen.features(model, loader, part="conv1-layer9", progress=False)
+
+
+def test_a_compiled_model_replays_its_run() -> None:
+    # Compiled, each sibling is a graph break and the frames that resume after them hold the values passed
+    # along: the order of the calls is still checked, and the run hits as in eager mode.
+    model = frozen.freeze(TorchvisionStyleResNet(), "", exclude="fc")
+    reference = frozen.freeze(TorchvisionStyleResNet(), "", exclude="fc")
+    handle = frozen.cache(model, "conv1-layer4")
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randn(6, 3, 16, 16)
+    for rows in (torch.arange(6), torch.randperm(6), torch.randperm(6)):
+        torch.testing.assert_close(compiled(x[rows]), reference(x[rows]), **TOL)
+    stats = handle.stats()["conv1-layer4"]
+    assert (stats["misses"], stats["hits"]) == (6, 12)

@@ -125,7 +125,7 @@ class Part:
         counts["calls"] += 1
         run = self.run
         if run is not None and not run.checked:
-            if run.trace is not None or run.left is None:  # the first pass of a run: every sibling runs
+            if not run.passed:  # the first pass of a run: every sibling runs as itself
                 if run.trace is not None:
                     raise run.refuse(f"the parent did not call {run.paths[len(run.trace)]!r} after the others")
                 return self._check_pass(args, kwargs)

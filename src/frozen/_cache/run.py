@@ -24,6 +24,7 @@ connection, a list of hidden states. A later call that breaks the sequence is re
 
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any
 
@@ -59,11 +60,13 @@ class RunState:
         self.paths = paths  # the siblings' paths, in order
         self.owns = owns  # what stood in each sibling's forward before the cache (None: the class's)
         self.checked = False  # the parent was seen calling the siblings in sequence
+        self.passed = False  # the checked pass reached the last sibling (what it left is checked next)
         self.trace: list[Any] | None = None  # during the checked pass: the outputs so far (weakly)
         self.extra: tuple[tuple, dict] = ((), {})  # the first sibling's other arguments
         self.pending: tuple[Any, int | None, int] | None = None  # (the run's output, its version, next sibling)
         self.left: weakref.ref | None = None  # the last sibling's input after the checked pass: must die
         self.keys: Any = None  # the keys of the checked pass's first call: its output is stored
+        self.compiled = False  # the checked pass runs under torch.compile: no check of what the parent keeps
 
     def refuse(self, why: str) -> CacheError:
         self.trace = self.pending = None
@@ -98,9 +101,22 @@ def run_forward(state: RunState, modules: list[nn.Module], args: tuple, kwargs: 
     return out
 
 
+def _compiled_caller() -> bool:
+    """Whether a ``torch.compile``d frame called this one (its graph breaks resume in ``torch_dynamo_resume_in_...``)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name.startswith("torch_dynamo_resume_in_"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def start_check(state: RunState, module: nn.Module, args: tuple, kwargs: dict) -> Any:
     """The checked pass: the first sibling runs for real; the links check what the parent does next."""
     state.trace, state.extra, state.pending = [], (args[1:], dict(kwargs)), None
+    # Compiled, the frames that resume after each graph break hold the values passed between the siblings:
+    # only the order of the calls and what each receives can be checked then, not what the parent keeps.
+    state.compiled = _compiled_caller()
     out = _plain(module, state.owns[0], args, kwargs)
     state.trace.append(out)
     return out
@@ -112,7 +128,17 @@ def finish_check(state: RunState) -> None:
         raise state.refuse(
             f"after the run, the parent still held the input of {state.paths[-1]!r} (the output of {state.paths[-2]!r})"
         )
-    state.left, state.checked = None, True
+    state.left, state.checked, state.passed = None, True, False
+
+
+_UNTRACED: list[Any] = []
+
+
+def _untraced() -> Any:
+    """``RunLink.call`` excluded from tracing, made at the first compiled call (``torch._dynamo`` is heavy to import)."""
+    if not _UNTRACED:
+        _UNTRACED.append(torch.compiler.disable(lambda link, args, kwargs: link.call(args, kwargs)))
+    return _UNTRACED[0]
 
 
 class RunLink:
@@ -128,8 +154,13 @@ class RunLink:
         head = self.head()
         return (Passthrough, (self.module_ref(), head.run.owns[self.index] if head is not None else None))
 
-    @torch.compiler.disable  # like the part: its state would become guards of a compiled graph
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():  # like the part: a graph break, its state would become guards
+            return _untraced()(self, args, kwargs)
+        return self.call(args, kwargs)
+
+    def call(self, args: tuple, kwargs: dict) -> Any:
+        """Pass the run's output on, or run the sibling as itself (see the module docstring)."""
         head = self.head()
         module = self.module_ref()
         state: RunState | None = head.run if head is not None else None
@@ -163,10 +194,12 @@ class RunLink:
         trace[-1] = weakref.ref(trace[-1])  # the parent holds its current value; frozen holds none
         # an in-place sibling (ReLU(inplace=True)) returns its input: that object is the current one
         alive = [state.paths[i] for i, ref in enumerate(trace[:-1]) if ref() is not None and ref() is not args[0]]
-        if alive:
+        state.compiled = state.compiled or _compiled_caller()
+        if alive and not state.compiled:
             raise state.refuse(f"the parent kept the output of {alive[0]!r}")
         if last:
-            state.left, state.trace = trace[-1], None  # type: ignore[assignment]
+            state.left, state.trace = (None if state.compiled else trace[-1]), None  # type: ignore[assignment]
+            state.passed = True
             head.store_checked(out)  # type: ignore[union-attr]
         else:
             trace.append(out)
