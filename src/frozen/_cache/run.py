@@ -103,7 +103,7 @@ def run_forward(state: RunState, modules: list[nn.Module], args: tuple, kwargs: 
 
 def _compiled_caller() -> bool:
     """Whether a ``torch.compile``d frame called this one (its graph breaks resume in ``torch_dynamo_resume_in_...``)."""
-    frame = sys._getframe(1)
+    frame: Any = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name.startswith("torch_dynamo_resume_in_"):
             return True
