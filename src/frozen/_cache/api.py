@@ -19,9 +19,9 @@ from .._checks import check_model
 from .._core import iter_module_uses, settle, trainable_ids
 from .._errors import UnknownPathError, closest
 from ..distributed import watch_loads
+from .args import CacheError, forward_parameters
 from .handle import CacheHandle
 from .hooks import INNER_HOOKS, refuse_inner_hooks, refuse_run_hooks
-from .keys import CacheError, forward_parameters
 from .part import GRAD_INPUTS, Part
 from .run import RunLink, RunState, run_members
 from .store import STORES, Store, check_disk, parse_budget

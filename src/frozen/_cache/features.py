@@ -17,7 +17,7 @@ from torch import nn
 from .._checks import check_model
 from .._core import iter_module_uses
 from .._errors import UnknownPathError, closest
-from .keys import CacheError
+from .args import CacheError
 from .out import flatten, rebuild
 from .run import run_members
 

@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .keys import CacheError
+from .args import CacheError
 
 __all__ = [
     "INNER_HOOKS",

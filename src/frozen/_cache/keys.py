@@ -30,15 +30,15 @@ tensor unchanged uses them instead of hashing it -- a chain of cached layers has
 from __future__ import annotations
 
 import hashlib
-import inspect
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 import torch
 
 from .._core import same_tensor, tensor_entry
-from .._errors import FrozenError
+from .args import CacheError as CacheError
+from .args import check_arguments
 from .digest import hash_rows, host_u64, lanes, mix
 
 __all__ = [
@@ -47,14 +47,12 @@ __all__ = [
     "SampleIds",
     "call_keys",
     "derive",
-    "forward_parameters",
     "remember",
     "row_hash",
     "sample_keys",
 ]
 
 _DIGEST = 16
-_STATIC = (type(None), bool, int, float, str, torch.dtype, torch.device)
 _MEMO: dict[int, tuple[tuple[Any, ...], np.ndarray]] = {}  # derived row keys of cached outputs
 _WHOLE: dict[int, tuple[tuple[Any, ...], bytes]] = {}  # host digests of whole (non-batch) tensors
 _WHOLE_DEVICE: dict[int, tuple[tuple[Any, ...], torch.Tensor]] = {}  # device hashes of whole tensors
@@ -65,10 +63,6 @@ ROW_HASH = "multilinear-2x64"  # the row hash (digest.py); its name is part of e
 def row_hash() -> str:
     """The name of the hash content keys use (``digest.hash_rows``), part of every key's context."""
     return ROW_HASH
-
-
-class CacheError(FrozenError):
-    """A part cannot be cached: not frozen, not batch-separable, or its inputs need gradients."""
 
 
 class SampleIds:
@@ -139,54 +133,6 @@ def sample_keys(ids: Any) -> SampleIds:
     )
 
 
-def _check_arguments(named: list[tuple[int | str, Any]], where: str) -> None:
-    """Refuse arguments a key cannot stand for: tensors that require grad, objects other than plain scalars."""
-    for name, value in named:
-        if isinstance(value, torch.Tensor) and value.requires_grad:
-            raise CacheError(
-                f"frozen.cache: the part at {where!r} received argument {name!r} that requires grad; a cached part "
-                f"must be a frozen prefix (its inputs constant). Cache a part earlier in the model; or, if the part "
-                f"also runs on constant inputs (a perceptual loss's feature net on targets), cache it with "
-                f"grad_inputs='pass' to run such calls plainly; or stop caching it: frozen.uncache(model, {where!r})."
-            )
-        if not isinstance(value, (torch.Tensor, *_STATIC)):
-            raise CacheError(
-                f"frozen.cache: the part at {where!r} received argument {name!r} of type {type(value).__name__}; "
-                f"expected tensors and plain scalars only (a cache object, a list of tensors... cannot be keyed). "
-                f"Pass such options as None (e.g. use_cache=False), or cache a smaller part."
-            )
-
-
-def forward_parameters(forward: Callable[..., Any]) -> tuple[list[str], set[str] | None]:
-    """``forward``'s parameters (the instance left out): those passed by position, in order, and every name.
-
-    A call names a positional argument by its index (``call_keys``); the first list turns
-    indices into parameter names. The instance is the first positional parameter of a
-    plain function, whatever its name (``def forward(s, x, w)``: dropping a parameter named
-    ``self`` instead shifted every position by one, and ``shared=("w",)`` split ``w``). The
-    set is ``None`` when any keyword is taken (``**kwargs``, or no signature to read).
-    Parameters after ``*args`` have no position.
-    """
-    try:
-        parameters = list(inspect.signature(forward).parameters.values())
-    except (TypeError, ValueError):  # no signature to read (a builtin)
-        return [], None
-    if (
-        inspect.isfunction(forward)
-        and parameters
-        and parameters[0].kind
-        in (
-            inspect.Parameter.POSITIONAL_ONLY,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        )
-    ):
-        parameters = parameters[1:]  # an unbound method's instance
-    positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return positional, None
-    return positional, {p.name for p in parameters if p.kind is not p.VAR_POSITIONAL}
-
-
 def _memo_get(memo: dict[int, tuple[tuple[Any, ...], Any]], tensor: torch.Tensor) -> Any:
     found = memo.get(id(tensor))
     return found[1] if found is not None and same_tensor(found[0], tensor) else None
@@ -240,7 +186,7 @@ def call_keys(
 
     The batch size is dimension 0 of the first tensor argument with at least one
     dimension; every tensor argument whose dimension 0 has that size is split by sample
-    (except ``shared``: positions and keyword names, see :func:`forward_parameters`), other
+    (except ``shared``: positions and keyword names, see ``args.forward_parameters``), other
     tensors and scalars are in the context. With ``ids`` (from :func:`sample_keys`) the
     batched tensors are not read: their row shapes and dtypes stand in the context.
 
@@ -250,7 +196,7 @@ def call_keys(
             another length than the batch.
     """
     named: list[tuple[int | str, Any]] = [*enumerate(args), *sorted(kwargs.items())]
-    _check_arguments(named, where)
+    check_arguments(named, where)
     tensors = [(n, a) for n, a in named if isinstance(a, torch.Tensor) and n not in shared]
     batch = next((t.shape[0] for _, t in tensors if t.dim() > 0), None)
     if batch is None:

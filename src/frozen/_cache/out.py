@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .keys import CacheError
+from .args import CacheError
 
 __all__ = ["assemble", "flatten", "rebuild", "signature"]
 

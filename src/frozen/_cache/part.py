@@ -2,18 +2,19 @@
 
 :func:`frozen.cache` puts a :class:`Part` in the part's ``module.__dict__["forward"]``
 (an instance attribute: no new module, no tree or ``state_dict`` change). It keys each
-sample by its inputs (``_cache_key.py``), replays stored rows and runs the part on the
-samples it has not seen, as one smaller batch.
+sample by its inputs (``keys.py``), replays stored rows (``table.py``, ``store.py``) and runs
+the part on the samples it has not seen, as one smaller batch (``fill.py``).
 
 Nothing in the core calls this module. Instead, each call compares a snapshot of the
 part -- every parameter and buffer (object, storage object, ``_version``, dtype, device,
-``requires_grad``; see ``_tensor_state.py``), every submodule's ``training`` flag and
+``requires_grad``; see ``watch.py``), every submodule's ``training`` flag and
 forward hooks -- with the one its entries were computed under (a hook inside the part is
-refused, ``_cache_hooks.py``). ``thaw`` (flags), ``load_state_dict`` and
+refused, ``hooks.py``). ``thaw`` (flags), ``load_state_dict`` and
 in-place updates (``_version``), ``.to()``/``.half()``/``.cuda()`` (new storage objects)
 and ``frozen.load_state`` all change it, and the part's entries are dropped before any
 is returned. Under FSDP2 the snapshot also covers the sharded parameters, and a
-``load_state_dict`` post-hook drops the entries after any load (``_fsdp_sources.py``).
+``load_state_dict`` post-hook drops the entries after any load (``distributed/_fsdp.py``);
+a fused optimizer step, which bumps no version, is seen by a global step hook.
 Writes through ``.data`` into the same storage are invisible to torch itself: call
 ``handle.clear()`` after those. A computation that advances torch's default generators
 or writes into its inputs is refused before anything is stored: a part that samples is
@@ -34,12 +35,13 @@ from torch import nn
 from .._core import ModuleRef, keeps_training_flag, trainable_ids, under_torch_func
 from .._freeze import is_frozen
 from ..distributed import sharded_sources, watch_loads
+from .args import CacheError, any_requires_grad, forward_parameters, input_grads_hint
+from .fill import mixed, store_rows
 from .hooks import hook_marks, refuse_inner_hooks, refuse_run_hooks, watch_steps
-from .keys import CacheError, call_keys, derive, forward_parameters, remember
-from .out import assemble, flatten, rebuild, signature
+from .keys import call_keys, derive, remember
+from .out import flatten, rebuild
 from .purity import check_rows, draws_randomly, generator_marks
 from .run import RunLink, RunState, finish_check, run_forward, start_check
-from .table import index_now, index_on
 from .watch import PartWatch
 
 __all__ = ["COUNTERS", "GRAD_INPUTS", "Part", "Passthrough"]
@@ -98,7 +100,7 @@ class Part:
         return list(zip(self.run.paths, [self.module, *(link.module_ref() for link in self.links)], strict=True))
 
     def forget(self) -> None:
-        """Distrust the snapshot: the next call drops this part's entries (after a load; see ``_fsdp_sources.py``)."""
+        """Distrust the snapshot: the next call drops this part's entries (after a load or a fused step)."""
         self.counts["invalidations"] += self.fingerprint is not None
         self.fingerprint = None
 
@@ -134,7 +136,7 @@ class Part:
             raise run.refuse(f"the parent did not call {run.paths[run.pending[2]]!r} after the others")
         # grad_inputs="pass": the part used as a frozen middle (a perceptual loss on generated images)
         # runs plainly, a white box; calls on constant inputs (the targets) still use the cache.
-        passed = self.handle.grad_inputs == "pass" and _any_requires_grad(args, kwargs)
+        passed = self.handle.grad_inputs == "pass" and any_requires_grad(args, kwargs)
         if passed or not self._cacheable_now():
             counts["bypassed"] += 1
             counts["forwards"] += 1
@@ -142,7 +144,7 @@ class Part:
         try:
             keys = call_keys(args, kwargs, self.path, self.handle.current_ids(), self.shared)
         except CacheError as error:
-            raise CacheError(f"{error}{_input_grads_hint(self.model())}") from None
+            raise CacheError(f"{error}{input_grads_hint(self.model())}") from None
         if keys.batch == 0:  # nothing to key or store: the part's own (empty) output
             counts["forwards"] += 1
             return self.plain(*args, **kwargs)
@@ -157,9 +159,9 @@ class Part:
             output = rebuild(table.signature[0], leaves)
         elif len(missing) == keys.batch:  # a fill: the part on the whole batch, one scatter per output tensor
             output, spec, leaves = self._compute(args, kwargs, keys)
-            self._store(table, keys.rows, spec, leaves)
+            store_rows(self, table, keys.rows, spec, leaves)
         else:
-            output, leaves = self._mixed(args, kwargs, keys, table, slots, missing)
+            output, leaves = mixed(self, args, kwargs, keys, table, slots, missing)
         if not keys.by_ids:
             for n, leaf in enumerate(leaves):
                 remember(leaf, derive(self.token, keys, n))
@@ -173,7 +175,7 @@ class Part:
         run = self.run
         assert run is not None
         self.counts["forwards"] += 1
-        passed = self.handle.grad_inputs == "pass" and _any_requires_grad(args, kwargs)
+        passed = self.handle.grad_inputs == "pass" and any_requires_grad(args, kwargs)
         if not passed and self._cacheable_now():
             keys = call_keys(args, kwargs, self.path, self.handle.current_ids(), self.shared)
             run.keys = keys if keys.batch else None
@@ -186,66 +188,7 @@ class Part:
             return
         spec, leaves = flatten(output, keys.batch, self.path)
         self.counts["misses"] += keys.batch
-        self._store(self.handle.store.table(self.prefix + keys.context, keys.by_ids), keys.rows, spec, leaves)
-
-    def _mixed(self, args: tuple, kwargs: dict, keys: Any, table: Any, slots: np.ndarray, missing: np.ndarray) -> Any:
-        """A batch of seen and new samples: the part on the new ones only, then one gather of them all."""
-        store = self.handle.store
-        sub_args, sub_kwargs = _subset(args, kwargs, keys.batched, missing)
-        try:
-            _, spec, computed = self._compute(sub_args, sub_kwargs, keys, len(missing))
-        except Exception as error:
-            if not isinstance(error, CacheError) and len(keys.batched) > 1:
-                error.add_note(self._split_hint(keys.batched, len(missing)))
-            raise
-        shapes = signature(spec, computed)
-        if table.signature != shapes:  # the same call context gave rows of another shape: start afresh
-            store.drop(keep=lambda key: key != table.key)
-            output, spec, leaves = self._compute(args, kwargs, keys)
-            self._store(store.table(table.key, keys.by_ids), keys.rows, spec, leaves)
-            return output, leaves
-        hits = np.flatnonzero(slots >= 0)
-        table, fresh = self._store(table, keys.rows[missing], spec, computed)  # this call's hits kept
-        slots[missing] = fresh
-        if (fresh >= 0).all():
-            leaves = store.read(table, slots)
-            return rebuild(spec, leaves), leaves
-        # Rows beyond the budget: read the hits now, then store the rest over the oldest rows, hits included.
-        device = computed[0].device
-        pieces = [(index_on(hits, device), store.read(table, slots[hits])), (index_on(missing, device), computed)]
-        leaves = assemble(shapes[1], keys.batch, pieces)
-        late = np.flatnonzero(fresh < 0)
-        index = index_on(late, device)
-        self._store(table, keys.rows[missing[late]], spec, [leaf.index_select(0, index) for leaf in computed], False)
-        return rebuild(spec, leaves), leaves
-
-    def _store(
-        self, table: Any, rows: np.ndarray, spec: Any, leaves: list[torch.Tensor], protect: bool = True
-    ) -> tuple[Any, np.ndarray]:
-        """Store ``leaves``' rows under ``rows``' keys (one scatter per tensor); return the table and each row's slot."""
-        store = self.handle.store
-        table = store.shape(table, signature(spec, leaves), leaves)
-        slots, first, inverse = table.insert(rows, store, protect)
-        per_row = slots[inverse]
-        if len(slots) == len(rows) and (slots >= 0).all():
-            store.write(table, per_row, leaves)
-        else:  # repeated samples in the batch, or rows beyond the budget: each stored key once
-            fits = slots >= 0
-            if fits.any():
-                index = index_now(first[fits], leaves[0].device)
-                store.write(table, slots[fits], [leaf.index_select(0, index) for leaf in leaves])
-        return table, per_row
-
-    def _split_hint(self, batched: list[tuple[int | str, torch.Tensor]], missing: int) -> str:
-        """Why a run on the missed samples alone may fail: an argument split by sample that all samples share."""
-        names = [self.argument_names[n] if isinstance(n, int) and n < len(self.argument_names) else n
-                 for n, _ in batched[1:]]  # fmt: skip
-        return (
-            f"frozen.cache: the part at {self.path!r} ran on the {missing} samples of the batch it had not seen, "
-            f"with every tensor argument whose dimension 0 equals the batch size split by sample -- here also "
-            f"{', '.join(map(repr, names))}. If one of them is shared by all samples (an attention mask of a "
-            f"sequence as long as the batch), name it: frozen.cache(model, {self.path!r}, shared=({names[0]!r},))."
-        )
+        store_rows(self, self.handle.store.table(self.prefix + keys.context, keys.by_ids), keys.rows, spec, leaves)
 
     def _cacheable_now(self) -> bool:
         """Check the part against its snapshot (dropping stale entries); whether this call may use the cache."""
@@ -348,36 +291,7 @@ class Part:
         self.bypass, self.fingerprint = False, fingerprint
 
 
-def _input_grads_hint(model: nn.Module | None) -> str:
-    """How to undo Hugging Face's ``enable_input_require_grads``, when that is why an input requires grad."""
-    if model is None or not getattr(model, "_require_grads_hooks", None):
-        return ""
-    return (
-        " Here Hugging Face's gradient checkpointing made the input embeddings' output require grad "
-        "(enable_input_require_grads, called by gradient_checkpointing_enable and by the Trainer with "
-        "gradient_checkpointing=True). A cached frozen prefix needs no input gradient, and non-reentrant "
-        "checkpointing (the default) works without it: call model.disable_input_require_grads() after "
-        "checkpointing is enabled (frozen.integrations.hf.FreezeCallback does it for the Trainer)."
-    )
-
-
 def _trainable_inside(handle: Any, model: nn.Module, parameters: Sequence[torch.Tensor]) -> bool:
     """Whether one of the part's ``parameters`` trains through another use (one walk of the model per step)."""
     ids = handle.trainable(model, trainable_ids)
     return any(id(p) in ids for p in parameters)
-
-
-def _any_requires_grad(args: tuple, kwargs: dict) -> bool:
-    return any(isinstance(a, torch.Tensor) and a.requires_grad for a in (*args, *kwargs.values()))
-
-
-def _subset(args: tuple, kwargs: dict, batched: list, rows: np.ndarray) -> tuple[tuple, dict]:
-    """The call's arguments restricted to ``rows`` of the batch (split tensors only): one gather each."""
-    positional, named = list(args), dict(kwargs)
-    for name, tensor in batched:
-        picked = tensor.index_select(0, index_now(rows, tensor.device))
-        if isinstance(name, int):
-            positional[name] = picked
-        else:
-            named[name] = picked
-    return tuple(positional), named

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .args import CacheError
 from .digest import host_bytes
-from .keys import CacheError
 from .out import flatten
 from .table import index_now
 

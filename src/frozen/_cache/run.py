@@ -16,7 +16,7 @@ their registration order, cached as one part that stores only the last one's out
 That is right only if the parent calls the siblings in sequence, each on the previous
 one's output and the same other arguments as the first, and keeps no intermediate
 output. So the first call of a run is a *checked* pass: every sibling runs for real, and
-the run is refused (:class:`~frozen._cache.keys.CacheError`, naming the siblings) if a
+the run is refused (:class:`frozen.CacheError`, naming the siblings) if a
 sibling is called out of order, on anything but its predecessor's output, or with other
 arguments, or if an intermediate output is still alive after the run -- a skip
 connection, a list of hidden states. A later call that breaks the sequence is refused too.
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .._core import ModuleRef, join
-from .keys import CacheError
+from .args import CacheError
 
 __all__ = ["RunLink", "RunState", "finish_check", "run_forward", "run_members", "start_check"]
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .._errors import FrozenError
-from .keys import CacheError
+from .args import CacheError
 from .table import Table, index_now
 
 __all__ = ["STORES", "Store", "parse_budget"]
