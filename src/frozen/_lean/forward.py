@@ -162,6 +162,7 @@ class LeanConv:
             if shards is None or self.state is None or not self.state.matches(tensors, flags):
                 self.plain, self.folding, self.weights = self._decide()
                 self.state = TensorState(tensors, flags)
+                watch_steps([t for t in tensors if isinstance(t, nn.Parameter)], self.forget)  # replaced ones too
             plain, folding, (weight, bias) = self.plain, self.folding, self.weights  # type: ignore[misc]
             if folding and not sequence:  # called outside its Sequential: the convolution's own output
                 folding, weight, bias = False, conv.weight, conv.bias
