@@ -41,3 +41,16 @@ def test_conjugate_and_negative_views_are_keyed_by_their_values() -> None:
         torch.testing.assert_close(model(plain.clone()), plain * model[0].phase)  # the same values: a hit
     stats = handle.stats()["0"]
     assert (stats["misses"], stats["hits"]) == (8, 8)
+
+
+def test_a_sample_twice_in_a_batch_is_stored_once_and_answers_both_rows() -> None:
+    torch.manual_seed(0)
+    model = frozen.freeze(nn.Sequential(nn.Sequential(nn.Linear(4, 3)), nn.Linear(3, 1)), "0")
+    handle = frozen.cache(model, "0")
+    x = torch.randn(3, 4)
+    batch = x[[0, 1, 0, 2, 1]]
+    want = nn.Linear.forward(model[0][0], batch)
+    torch.testing.assert_close(model[0](batch), want)
+    assert handle.stats()["0"]["entries"] == 3
+    torch.testing.assert_close(model[0](batch), want)  # every row a hit
+    assert handle.stats()["0"]["hits"] == 5

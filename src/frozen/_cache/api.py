@@ -277,9 +277,7 @@ def uncache(model: nn.Module, *paths: str) -> nn.Module:
         for hook in part.load_hooks:
             hook.remove()
         del handle.parts[p]
-        handle.store.drop(keep=lambda key, prefix=part.prefix: not key.startswith(prefix))
-        if not handle.parts:
-            handle.store.close()
+        handle.store.close(keep=lambda key, prefix=part.prefix: not key.startswith(prefix))
     return model
 
 

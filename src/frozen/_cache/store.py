@@ -111,13 +111,20 @@ class Store:
         return found
 
     def drop(self, keep: Any = None) -> None:
-        """Remove every table (or, with ``keep``, those whose key ``keep(key)`` rejects) and free its buffers."""
+        """Forget the rows of every table (or, with ``keep``, of those whose key ``keep(key)`` rejects).
+
+        The buffers stay, within the budget: a part invalidated by a changed weight refills the
+        same shapes, and allocating (and first touching) fresh buffers each time cost more than the
+        rows' copies. :meth:`close` frees them.
+        """
+        for key, table in self._tables.items():
+            if keep is None or not keep(key):
+                table.reset()
+
+    def close(self, keep: Any = None) -> None:
+        """Free the buffers of every table (or of those ``keep`` rejects) and delete their memory-mapped files."""
         for key in [k for k in self._tables if keep is None or not keep(k)]:
             self._release(key)
-
-    def close(self) -> None:
-        """Drop every table and delete the memory-mapped files, if any."""
-        self.drop()
 
     def tensors(self) -> list[torch.Tensor]:
         """The buffers of every table (tests: what the store keeps alive)."""

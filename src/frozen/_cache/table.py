@@ -90,12 +90,16 @@ class Table:
         without it, the caller has read them already.
         """
         keys = self._keys(rows)
-        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        order = np.argsort(first, kind="stable")  # distinct keys in batch order
-        distinct, first = unique[order], first[order]
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        inverse = rank[inverse.reshape(-1)]
+        if len(set(keys.tolist())) == len(keys):  # the usual case, no sample twice: no sort
+            distinct, first = keys, np.arange(len(keys))
+            inverse = first
+        else:
+            unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            order = np.argsort(first, kind="stable")  # distinct keys in batch order
+            distinct, first = unique[order], first[order]
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            inverse = rank[inverse.reshape(-1)]
         slots = self._take(len(distinct), store, self.tick if protect else self.tick + 1)
         stored = np.full(len(distinct), -1, np.int64)
         if len(slots):
@@ -188,6 +192,15 @@ class Table:
         self.occupied = np.concatenate([self.occupied, np.zeros(extra, bool)])
         self.owner = np.concatenate([self.owner, np.zeros(extra, self.owner.dtype)])
         self.capacity = capacity
+
+    def reset(self) -> None:
+        """Forget every stored row; keep the buffers (the next rows of the same shapes go there, no allocation)."""
+        self.top = self.count = 0
+        self.last_used[:] = 0
+        self.occupied[:] = False
+        self.index.clear()
+        self.dense = np.full(0, -1, np.int64)
+        self.queue = self.queued = np.zeros(0, np.int64)
 
     def nbytes(self) -> int:
         return self.count * self.row_bytes
