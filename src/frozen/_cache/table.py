@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Table"]
+__all__ = ["Table", "index_now", "index_on"]
 
 _FIRST = 64  # rows of a new table's first buffers, at least: four batches (a fill grows them rarely)
 _DENSE = 1 << 27  # sample ids below this index a dense array; others (and digested ids) a dict
