@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             left_out.append(f"`{scenario.key}` was left out: it requires {', '.join(gone)}, not installed here.")
             print(f"\n{scenario.title}: LEFT OUT: it requires {', '.join(gone)}", flush=True)
             continue
+        if device.type not in scenario.devices and not args.scenario:
+            left_out.append(f"`{scenario.key}` runs on {', '.join(scenario.devices)} only (its sizes)")
+            continue
         if args.quick and not scenario.quick and not args.scenario:
             left_out.append(f"`{scenario.key}` is not in `--quick`: {scenario.quick_note}")
             print(f"\n{scenario.title}: LEFT OUT of --quick: {scenario.quick_note}", flush=True)

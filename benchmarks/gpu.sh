@@ -2,12 +2,15 @@
 # Run every registered benchmark scenario on CUDA - the same scenarios as the CPU run
 # (frozen backbones, partial BERT, tied GPT-2, conv-BN middle, torch.compile, gradient
 # checkpointing with its recompute counts and saved-activation bytes, selectors, cached
-# prefixes, lean middles, rows: every family in benchmarks/harness/registry.py) - and write the same tables, verdicts
-# and chart to benchmarks/results/<card>/, after benchmarks/gpu_check.py passed on the card.
-# Distributed runs are not part of it.
+# prefixes, lean middles, rows: every family in benchmarks/harness/registry.py) plus the
+# GPU-only ones at the sizes people train (scenarios/real_sizes.py: ViT-B/16 probe, BERT-base,
+# GPT-2 small, ResNet-50 lean) - and write the same tables, verdicts and chart to
+# benchmarks/results/<card>/, after benchmarks/gpu_check.py passed on the card (it asserts,
+# among others, that a cached step keyed by sample ids never synchronises). Distributed runs
+# are not part of it.
 #
-#   benchmarks/gpu.sh                  # full suite on cuda (budget ~10 min on one card)
-#   QUICK=1 benchmarks/gpu.sh          # --quick: the short check for a lent card (~3 min)
+#   QUICK=1 benchmarks/gpu.sh          # --quick: everything, for a lent card (~8 min on an H100)
+#   benchmarks/gpu.sh                  # full rounds (~20 min)
 #   benchmarks/gpu.sh --scenario checkpointing   # extra arguments go to `python -m benchmarks`
 #   DEVICE=cpu benchmarks/gpu.sh --quick --scenario seed --out /tmp/bench   # dry run without a GPU
 #

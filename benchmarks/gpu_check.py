@@ -6,7 +6,8 @@ convolution as input gradient, output padding included), a bf16 frozen part that
 its storage type across ``.to()`` moves between devices, cache stores on the device, on
 the host and on disk with a device move invalidating them, autocast switched off inside
 a frozen wrapper, a lean middle under autocast and ``torch.func``, a cached part that
-draws on the card refused and ``grad_inputs="pass"``, and a compiled step. Every check
+draws on the card refused and ``grad_inputs="pass"``, a cached step keyed by sample ids that
+never synchronises (``torch.cuda.set_sync_debug_mode("error")``), and a compiled step. Every check
 trains with real steps and asserts frozen tensors bit-identical, frozen gradients ``None``
 and trainable tensors changed. It prints one line per check and exits 1 if any fails.
 """
@@ -216,6 +217,47 @@ def cache_refuses_card_draws_and_passes_gradient_inputs() -> str:
     _frozen_kept(model, "0", before)
     assert not torch.equal(generator.weight, start), "the generator did not train through the cached part"
     return "a card draw refused; grad_inputs='pass': generated inputs crossed the part, targets hit"
+
+
+@check
+def cached_step_with_sample_ids_never_synchronises() -> str:
+    """A training step whose cached prefix is keyed by sample ids: no wait for the card, hits, fills or both."""
+    model = frozen.freeze(_mlp().to(CUDA), "0")
+    handle = frozen.cache(model, "0", store="device")
+    optimizer = torch.optim.AdamW(frozen.trainable(model), lr=1e-2)
+    data = torch.randn(32, 16, device=CUDA)
+    with torch.no_grad():
+        plain = [nn.Linear.forward(model[0], data[i : i + 8]) for i in (0, 8, 16)]
+    # The batches and their host ids are made first: indexing a card tensor with host ids copies the ids.
+    batches = [(torch.arange(i, i + 8), data[i : i + 8]) for i in (0, 8, 0)]
+    mixed = torch.cat([torch.arange(4, 8), torch.arange(16, 20)])
+    batches.append((mixed, data[mixed.to(CUDA)]))
+
+    def step(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with handle.samples(rows):
+            out = model(x)
+        out.square().mean().backward()
+        optimizer.step()
+        return out
+
+    step(*batches[0])  # the first call checks the part and makes the store's buffers (one wait then)
+    torch.cuda.synchronize() if CUDA.type == "cuda" else None
+    checked = CUDA.type == "cuda"
+    if checked:
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        for rows, x in batches[1:]:  # a fill, a hit, a half-seen batch
+            step(rows, x)
+    finally:
+        if checked:
+            torch.cuda.set_sync_debug_mode("default")
+    stats = handle.stats()["0"]
+    assert (stats["misses"], stats["hits"]) == (8 + 8 + 4, 8 + 4), stats
+    with handle.samples(torch.arange(8, 16)):
+        torch.testing.assert_close(model[0](data[8:16]), plain[1])
+    what = "no synchronisation" if checked else "(dry run: synchronisation not checked on the CPU)"
+    return f"fill, hit and half-seen steps with sample ids: {what}; exact rows"
 
 
 @check

@@ -88,6 +88,8 @@ class Scenario:
             framework's own timing); then no step is timed, and its bars are on figures.
         requires: modules it needs beyond the suite's own (e.g. ``("jax",)``). When one cannot be
             found, a run of every scenario leaves it out and says so; asking for it by key is an error.
+        devices: the device types it runs on outside tiny mode (sizes made for a GPU take
+            minutes per step on a CPU); ``--scenario KEY`` runs it anyway.
     """
 
     key: str
@@ -106,3 +108,4 @@ class Scenario:
     notes: Callable[[ScenarioResult], list[str]] | None = None
     timed: bool = True
     requires: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ("cpu", "cuda")

@@ -26,6 +26,8 @@ FAMILIES: dict[str, str] = {
     "cache": "cached frozen prefixes over shuffled epochs (ViT probe, BERT and GPT-2 prefixes)",
     "lean": "lean frozen middles (input-gradient-only convolutions, BatchNorm folded)",
     "cache_perceptual": "a perceptual loss whose targets' features are cached",
+    "cache_host": "the host time a cached step with sample ids adds, batch 8 to 256",
+    "real_sizes": "the cache and lean at the sizes people train (ViT-B/16, BERT-base, GPT-2 small, ResNet-50): GPU",
     "rows": "row freezing of a GPT-2-sized tied embedding",
     "import_time": "`import frozen` after `import torch`, in fresh processes",
     # The JAX family: benchmarks/jax_mlp.py (standalone, `measure(size) -> dict`) is wired in

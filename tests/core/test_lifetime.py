@@ -139,7 +139,7 @@ def _weak_refs(model: nn.Module) -> list[weakref.ref]:
 def _stored_rows(model: nn.Module) -> list[torch.Tensor]:
     """The rows the model's caches hold (read from the stores directly)."""
     parts = [part for m in model.modules() if isinstance(part := m.__dict__.get("forward"), Part)]
-    return [row for part in parts for meta, _, _ in part.handle.store._entries.values() for row in meta]
+    return [buffer for part in parts for buffer in part.handle.store.tensors()]
 
 
 @pytest.mark.parametrize("build", BUILDS.values(), ids=BUILDS.keys())

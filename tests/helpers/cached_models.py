@@ -17,6 +17,9 @@ from transformers import ViTConfig, ViTModel
 import frozen
 
 TOL = {"rtol": 1.3e-6, "atol": 1e-5}
+# The first filling call of a cached part runs it once more, on the first half of its batch (the
+# row-separability check: row i of the output must depend on row i of the inputs only).
+CHECK = 1
 
 
 class Probe(nn.Module):
@@ -75,7 +78,7 @@ def cached_linear() -> tuple[nn.Sequential, list[int], torch.Tensor]:
     x = torch.randn(5, 4)
     model(x)
     model(x)
-    assert calls == [1]
+    assert calls == [1 + CHECK]
     return model, calls, x
 
 

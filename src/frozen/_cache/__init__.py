@@ -10,6 +10,7 @@ from .api import cache_stats as cache_stats
 from .api import uncache as uncache
 from .features import features as features
 from .hooks import observed_globally as observed_globally
+from .hooks import watch_steps as watch_steps
 
 __all__ = [
     "CacheError",
@@ -19,4 +20,5 @@ __all__ = [
     "features",
     "observed_globally",
     "uncache",
+    "watch_steps",
 ]

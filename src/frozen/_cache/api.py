@@ -18,11 +18,13 @@ from torch import nn
 from .._checks import check_model
 from .._core import View, find, install, iter_module_uses, remove, settle_flags
 from .._errors import UnknownPathError, closest
+from ..distributed import watch_loads
+from .args import CacheError, forward_parameters
 from .handle import CacheHandle
-from .hooks import INNER_HOOKS, refuse_inner_hooks
-from .keys import CacheError, forward_parameters
+from .hooks import INNER_HOOKS, refuse_inner_hooks, refuse_run_hooks
 from .part import GRAD_INPUTS, Part
-from .store import STORES, Store, parse_budget
+from .run import RunLink, RunState, run_members
+from .store import STORES, Store, check_disk, parse_budget
 
 __all__ = ["CacheError", "CacheHandle", "cache", "cache_stats", "uncache"]
 
@@ -63,6 +65,7 @@ def cache(
     inner_hooks: str = "refuse",
     grad_inputs: str = "refuse",
     shared: Sequence[str] = (),
+    verify: bool = True,
 ) -> CacheHandle:
     """Cache the outputs of the frozen parts at ``paths`` per sample; return a :class:`CacheHandle`.
 
@@ -76,7 +79,10 @@ def cache(
     Args:
         model: the model holding the parts.
         *paths: module paths of frozen parts that run before anything trains (their
-            inputs must not require grad), e.g. ``"backbone"`` or ``"embeddings", "encoder.layer.0"``.
+            inputs must not require grad), e.g. ``"backbone"`` or ``"embeddings", "encoder.layer.0"``;
+            or a run of siblings ``"first-last"`` (``"conv1-layer4"`` of a torchvision ResNet,
+            ``"encoder.layer.0-7"``) cached as one part that stores only the last one's output --
+            the parent must call them in sequence (checked on the first call).
         budget: the most bytes stored, an int or a string such as ``"2GB"`` or ``"512MiB"``;
             the least recently used samples are evicted beyond it.
         store: ``"cpu"`` (default), ``"device"`` (where the part computes) or ``"disk"``
@@ -98,6 +104,11 @@ def cache(
             ``shared=("mask",)`` for ``nn.TransformerEncoder`` with a causal mask over a
             sequence as long as the batch. Every other tensor whose dimension 0 is the
             batch size is taken as per-sample.
+        verify: check each part's first filling call for rows that depend on each other
+            (row i of a part's output must depend on row i of its inputs only: batch
+            centring, attention across the batch or a batch statistic would be replayed
+            into other batches): the first half of the batch runs once more, alone, and a
+            difference raises :class:`frozen.CacheError`. ``False`` skips that one extra run.
 
     The model is settled first (:func:`frozen.settle`, as ``freeze`` and ``thaw`` do): a
     ``Frozen(...)`` wrapper that is not settled detaches its parameters at every call, which
@@ -146,27 +157,46 @@ def cache(
             f"frozen.cache(..., path={path!r}): expected an existing directory, with store='disk' (got "
             f"store={store!r}). Pass store='disk' and a directory that exists, or leave path=None."
         )
+    if store == "disk":
+        check_disk(size, path, budget)
+    if not isinstance(verify, bool):
+        raise CacheError(f"frozen.cache(..., verify={verify!r}): expected True or False. Nothing was changed.")
     if not paths or not all(isinstance(p, str) and p for p in paths) or len(set(paths)) != len(paths):
         raise CacheError(f"frozen.cache(model, *paths): expected distinct non-empty module paths, got {paths!r}.")
     view = View(model)  # one walk for every path, and for settling
-    modules = [_module_at(view, p, "frozen.cache") for p in paths]
+    uses = view.uses
+    known = {u.path for u in uses}
+    runs = {p: run_members(p, uses) for p in paths if p not in known}  # "conv1-layer4": siblings as one part
+    groups = [[p] if runs.get(p) is None else runs[p][1] for p in paths]  # type: ignore[index]
+    members = [[_module_at(view, q, "frozen.cache") for q in group] for group in groups]
+    modules = [group[0] for group in members]
     _check_shared(shared, paths, modules)
-    for p, module in zip(paths, modules, strict=True):
-        if find(module, "forward", Part) is not None:
-            raise CacheError(
-                f"frozen.cache(model, {p!r}): that part is cached already. Call frozen.uncache(model, {p!r}) first."
-            )
+    for p, group, found in zip(paths, groups, members, strict=True):
+        for q, module in zip(group, found, strict=True):
+            if find(module, "forward", Part) is not None or find(module, "forward", RunLink) is not None:
+                raise CacheError(
+                    f"frozen.cache(model, {p!r}): {q!r} is cached already. Call frozen.uncache(model, ...) first."
+                )
         if inner_hooks == "refuse":
-            refuse_inner_hooks(module, p)
+            if len(group) == 1:
+                refuse_inner_hooks(found[0], p)
+            else:
+                refuse_run_hooks(list(zip(group, found, strict=True)))
     # As freeze and thaw do: unsettled, a Frozen(...) wrapper detaches its parameters and switches
     # its module to eval at every call, which the part's snapshot sees as a changed part -- every
     # call invalidated and recomputed, no hit ever.
     settle_flags(model, view=view)
-    handle = CacheHandle(Store(store, size, path), inner_hooks, grad_inputs, tuple(shared))
-    for index, (p, module) in enumerate(zip(paths, modules, strict=True)):
-        part = Part(handle, model, module, p, index)
+    handle = CacheHandle(Store(store, size, path), inner_hooks, grad_inputs, tuple(shared), verify)
+    for index, (p, group, found) in enumerate(zip(paths, groups, members, strict=True)):
+        part = Part(handle, model, found[0], p, index)
+        if len(group) > 1:  # a run: the siblings after the first pass its output along (run.py)
+            part.run = RunState(group)
+            part.links = [RunLink(part, m, i) for i, m in enumerate(found[1:], 1)]
+            part.load_hooks += watch_loads([sub for m in found[1:] for sub in m.modules()], part.forget)
         handle.parts[p] = part
-        install(module, part)  # the outermost layer of its forward, whatever stands there already
+        install(found[0], part)  # the outermost layer of its forward, whatever stands there already
+        for module, link in zip(found[1:], part.links, strict=True):
+            install(module, link)
     return handle
 
 
@@ -225,13 +255,13 @@ def uncache(model: nn.Module, *paths: str) -> nn.Module:
     for p in paths or tuple(parts):
         part = parts[p]
         remove(part.module, part)  # the layers behind it (lean, frozen's guard) stay as they are
+        for link in part.links:
+            remove(link.module_ref(), link)
         handle = part.handle
         for hook in part.load_hooks:
             hook.remove()
         del handle.parts[p]
-        handle.store.drop(keep=lambda key, prefix=part.prefix: not key.startswith(prefix))
-        if not handle.parts:
-            handle.store.close()
+        handle.store.close(keep=lambda key, prefix=part.prefix: not key.startswith(prefix))
     return model
 
 

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from .keys import sample_keys
+from .hooks import STEPS
+from .keys import SampleIds, sample_keys
 from .store import Store
 
 if TYPE_CHECKING:
@@ -32,16 +33,23 @@ class CacheHandle:
     """
 
     def __init__(
-        self, store: Store, inner_hooks: str = "refuse", grad_inputs: str = "refuse", shared: tuple[str, ...] = ()
+        self,
+        store: Store,
+        inner_hooks: str = "refuse",
+        grad_inputs: str = "refuse",
+        shared: tuple[str, ...] = (),
+        verify: bool = True,
     ) -> None:
         self._store = store
+        self.verify = verify  # check each part's first filling call for rows that depend on each other
         self.inner_hooks = inner_hooks  # "refuse" or "skip" forward hooks inside a part (_cache_hooks.py)
         self.grad_inputs = grad_inputs  # "refuse" or "pass" (run plainly) calls whose inputs require grad
         self.shared = shared  # names of forward parameters every sample of a call shares (never split)
         # Weak: each part is held by its module (its forward); a part holding the handle and the
         # handle the part kept both, and the stored rows, in a cycle after the model was deleted.
         self.parts: weakref.WeakValueDictionary[str, Part] = weakref.WeakValueDictionary()
-        self._ids: ContextVar[list[bytes] | None] = ContextVar(f"frozen_cache_ids_{id(self)}", default=None)
+        self._ids: ContextVar[SampleIds | None] = ContextVar(f"frozen_cache_ids_{id(self)}", default=None)
+        self._trainable: tuple[Any, set[int]] | None = None  # (stamp, ids): one walk of the model per step
 
     @contextmanager
     def samples(self, ids: Any) -> Iterator[None]:
@@ -74,9 +82,20 @@ class CacheHandle:
         finally:
             self._ids.reset(token)
 
-    def current_ids(self) -> list[bytes] | None:
-        """The sample-id keys of the innermost :meth:`samples` block around this call, if any."""
+    def current_ids(self) -> SampleIds | None:
+        """The sample ids of the innermost :meth:`samples` block around this call, if any."""
         return self._ids.get()
+
+    def trainable(self, model: Any, walk: Any) -> set[int]:
+        """``walk(model)`` (the ids of its trainable parameters), remembered until the next optimizer step.
+
+        Each part asks when its snapshot changed: at the first call, a model cached at 40
+        places walked itself 40 times.
+        """
+        stamp = (id(model), STEPS[0])
+        if self._trainable is None or self._trainable[0] != stamp:
+            self._trainable = (stamp, walk(model))
+        return self._trainable[1]
 
     @property
     def store(self) -> Store:

@@ -24,16 +24,31 @@ count as inside. :func:`frozen.lean` asks the same of global hooks (:func:`obser
 from __future__ import annotations
 
 import functools
+import operator
+import weakref
+from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import nn
 from torch.nn.modules import module as module_globals
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .keys import CacheError
+from .args import CacheError
 
-__all__ = ["INNER_HOOKS", "hook_marks", "observed_globally", "refuse_inner_hooks"]
+__all__ = [
+    "INNER_HOOKS",
+    "hook_marks",
+    "observed_globally",
+    "STEPS",
+    "refuse_inner_hooks",
+    "refuse_run_hooks",
+    "watch_steps",
+]
 
 INNER_HOOKS = ("refuse", "skip")  # frozen.cache(..., inner_hooks=): refuse hooks inside a part, or let hits skip them
+_PRE_HOOKS = operator.attrgetter("_forward_pre_hooks")
+_HOOKS = operator.attrgetter("_forward_hooks")
 _SKIPPABLE = ("frozen.", "torch.distributed.", "torch.nn.utils.prune", "torch.utils.module_tracker")
 
 
@@ -70,15 +85,22 @@ def observed_globally() -> tuple[int, ...]:
     return tuple(i for _, i, _ in _global_hooks())
 
 
-def hook_marks(modules: list[nn.Module]) -> tuple:
+def hook_marks(modules: list[nn.Module], every: bool = False) -> tuple:
     """What a call compares to tell that hooks were added or removed inside a part (``modules``, root first).
+
+    The root's own hooks are left out (they run on a hit, and may come and go freely) unless
+    ``every``: a run of siblings, where only some of the first's and last's hooks run.
 
     Hook ids are never reused (``RemovableHandle`` counts up), so equal ids are the same
     hooks. Exempt global hooks are left out: ``FlopCounterMode`` adds and removes some at
     every use, and counting them would drop the part's entries each time.
     """
     marks: list[Any] = [observed] if (observed := observed_globally()) else []
-    for index, m in enumerate(modules[1:], 1):  # not the root's: they run on a hit, and may come and go freely
+    start = 0 if every else 1
+    inner = modules[start:]
+    if not any(map(bool, map(_PRE_HOOKS, inner))) and not any(map(bool, map(_HOOKS, inner))):
+        return tuple(marks)  # the usual case, at every call: two C-level passes, no Python loop
+    for index, m in enumerate(inner, start):
         if m._forward_pre_hooks or m._forward_hooks:
             marks.append((index, tuple(m._forward_pre_hooks), tuple(m._forward_hooks)))
     return tuple(marks)
@@ -98,6 +120,32 @@ def _observing_hooks(module: nn.Module) -> list[tuple[str, str, Any]]:
         for kind, hooks in (("forward pre-hook", sub._forward_pre_hooks), ("forward hook", sub._forward_hooks)):
             found += [(name, kind, hook) for hook in hooks.values() if not machinery_hook(hook)]
     return found
+
+
+def refuse_run_hooks(members: list[tuple[str, nn.Module]]) -> None:
+    """:func:`refuse_inner_hooks` for a run of siblings cached as one part (``run.py``).
+
+    Inside every sibling as for a part; on the siblings themselves, every hook but the first
+    one's pre-hooks (they see its real input) and the last one's forward hooks (they see the
+    run's output): the others would see the run's output passed along, or not run at all.
+    """
+    last = len(members) - 1
+    for index, (path, root) in enumerate(members):
+        refuse_inner_hooks(root, path)
+        kinds = []
+        if index > 0:
+            kinds.append(("forward pre-hook", root._forward_pre_hooks))
+        if index < last:
+            kinds.append(("forward hook", root._forward_hooks))
+        for kind, hooks in kinds:
+            found = [hook for hook in hooks.values() if not machinery_hook(hook)]
+            if found:
+                raise CacheError(
+                    f"frozen.cache: the {kind} {_named(found[0])} on {path!r}, inside the cached run "
+                    f"{members[0][0]!r} ... {members[-1][0]!r}, would not see that module's own values (a run "
+                    f"passes its last output along). Cache the siblings up to {path!r} and from it as separate "
+                    f"parts, or remove the hook; or, if hits may skip it, pass frozen.cache(..., inner_hooks='skip')."
+                )
 
 
 def refuse_inner_hooks(module: nn.Module, path: str) -> None:
@@ -124,3 +172,47 @@ def refuse_inner_hooks(module: nn.Module, path: str) -> None:
         f"skip it (it counts or profiles real runs), pass frozen.cache(..., inner_hooks='skip'). ({len(found)} "
         f"such hook(s) inside the part in all.)"
     )
+
+
+# -- optimizer steps that no version counter shows --------------------------------------
+
+_WATCHED: dict[int, list[tuple[weakref.ref, weakref.WeakMethod]]] = {}
+_STEP_HOOK: list[Any] = []  # the one global optimizer step post-hook, registered at first use
+STEPS = [0]  # optimizer steps seen since then: what a per-step memo compares
+
+
+def watch_steps(params: Iterable[torch.Tensor], forget: Any) -> None:
+    """Call ``forget()`` after any optimizer step that may have changed one of ``params``.
+
+    Fused optimizer kernels (``torch.optim.Adam(..., fused=True)``, SGD's too) write the
+    parameters without bumping their ``_version``: a cached part kept answering with the
+    old weights' outputs, and a lean convolution with its old folded weights. One global
+    post-hook (``torch.optim.optimizer.register_optimizer_step_post_hook``) looks, after
+    each step, at the parameters the step had a gradient for -- the only ones torch's
+    optimizers touch -- and tells their watchers. ``forget`` is held weakly.
+    """
+    if not _STEP_HOOK:
+        _STEP_HOOK.append(register_optimizer_step_post_hook(_after_step))
+    method = weakref.WeakMethod(forget)
+    if len(_WATCHED) > 4096:  # drop what died (parameters, or watchers)
+        for key in [k for k, v in _WATCHED.items() if not any(r() is not None and m() is not None for r, m in v)]:
+            del _WATCHED[key]
+    for param in params:
+        entries = _WATCHED.setdefault(id(param), [])
+        entries[:] = [(r, m) for r, m in entries if r() is param and m() is not None]
+        if not any(m == method for _, m in entries):
+            entries.append((weakref.ref(param), method))
+
+
+def _after_step(optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+    STEPS[0] += 1
+    if not _WATCHED:
+        return
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if param.grad is None:
+                continue  # torch's optimizers skip a parameter without a gradient
+            for ref, method in _WATCHED.get(id(param), ()):
+                forget = method() if ref() is param else None
+                if forget is not None:
+                    forget()

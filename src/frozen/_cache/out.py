@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from .keys import CacheError
+from .args import CacheError
 
-__all__ = ["assemble", "flatten", "rebuild"]
+__all__ = ["assemble", "flatten", "rebuild", "signature"]
 
 
 def flatten(output: Any, batch: int, where: str) -> tuple[Any, list[torch.Tensor]]:
@@ -69,23 +69,21 @@ def rebuild(spec: Any, leaves: list[torch.Tensor]) -> Any:
     return build(spec)
 
 
-def assemble(spec: Any, rows: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
-    """Stack per-sample ``rows`` (one tuple per sample) into batched leaves on their devices."""
-    devices = []
+def signature(spec: Any, leaves: list[torch.Tensor]) -> tuple:
+    """What stored rows of an output must share to stack: its structure and each tensor's row shape, dtype, device."""
+    return spec, tuple((tuple(leaf.shape[1:]), leaf.dtype, leaf.device) for leaf in leaves)
 
-    def walk(node: Any) -> None:
-        if node[0] == "T":
-            devices.append(node[1])
-        elif node[0] == "S":
-            for n in node[2]:
-                walk(n)
-        elif node[0] == "D":
-            for n in node[3]:
-                walk(n)
 
-    walk(spec)
+def assemble(shapes: tuple, batch: int, pieces: list[tuple[torch.Tensor, list[torch.Tensor]]]) -> list[torch.Tensor]:
+    """Batched leaves of ``batch`` rows from ``pieces``: ``(positions, leaves)`` pairs, rows put at ``positions``.
+
+    For a batch whose rows are not all in one table (some did not fit in the budget): two
+    scatters per output tensor, whatever the batch size.
+    """
     leaves = []
-    for i, device in enumerate(devices):
-        stacked = torch.stack([r[i] for r in rows])
-        leaves.append(stacked if stacked.device == device else stacked.to(device, non_blocking=True))
+    for i, (row_shape, dtype, device) in enumerate(shapes):
+        out = torch.empty((batch, *row_shape), dtype=dtype, device=device)
+        for positions, rows in pieces:
+            out.index_copy_(0, positions, rows[i] if rows[i].device == device else rows[i].to(device))
+        leaves.append(out)
     return leaves

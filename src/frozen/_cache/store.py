@@ -1,28 +1,37 @@
-"""Where cached samples live: on the device, in CPU memory, or in a memory-mapped file.
+"""Where cached outputs live: on the device, in CPU memory, or in memory-mapped files, within one budget.
 
-Every store holds entries (one sample's output rows) under a byte budget and evicts the
-least recently used entries to make room. An entry larger than the whole budget is not
-stored (the sample is recomputed each time it is seen).
+A :class:`Store` holds the :class:`~frozen._cache.table.Table` of every part and call
+context of one :func:`frozen.cache` call, and the buffers behind them: per table and
+output tensor, one contiguous buffer of rows -- where the part computed them
+(``"device"``), in CPU memory (``"cpu"``; page-locked when the part runs on a GPU, so that
+copies to and from the card need not wait), or in a memory-mapped file (``"disk"``, which
+reads and writes whole batches of rows with numpy's fancy indexing). Buffers start at
+``max(batch, 64)`` rows and double while the budget allows; beyond it a table evicts its
+least recently used rows. A table that cannot hold a single row (a new call context once
+the budget is spent) takes the room of the least recently used other table.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
-from collections import OrderedDict
+import weakref
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._errors import FrozenError
+from .args import CacheError
+from .table import Table, index_now
 
 __all__ = ["STORES", "Store", "parse_budget"]
 
 STORES = ("device", "cpu", "disk")
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_ALIGN = 64  # offsets in the file are aligned so that every dtype can view its bytes
 
 
 def parse_budget(budget: object) -> int:
@@ -43,141 +52,174 @@ def parse_budget(budget: object) -> int:
     )
 
 
+def check_disk(budget: int, directory: str | None, shown: object) -> None:
+    """Refuse a disk budget the file system cannot hold (before, the first forward failed with ``OSError``)."""
+    where = directory or tempfile.gettempdir()
+    free = shutil.disk_usage(where).free
+    if budget > free:
+        raise CacheError(
+            f"frozen.cache(..., store='disk', budget={shown!r}): the file system of {where!r} has {free / 1e9:.1f} GB "
+            f"free, expected at least the budget ({budget / 1e9:.1f} GB). Pass a smaller budget, or path= a "
+            f"directory on a larger file system. Nothing was changed."
+        )
+
+
+def _close_files(files: list[Any]) -> None:
+    for handle in files:
+        handle.close()
+    files.clear()
+
+
 class Store:
-    """Entries ``key -> rows`` (a tuple of tensors) within ``budget`` bytes, least recently used evicted.
+    """The tables of one :func:`frozen.cache` call within ``budget`` bytes.
 
     Args:
         kind: ``"device"`` (rows stay where the part computed them), ``"cpu"`` or ``"disk"``.
-        budget: the most bytes the entries may take.
-        directory: for ``"disk"``, the directory of the memory-mapped file (a temporary one if ``None``).
+        budget: the most bytes the buffers may take.
+        directory: for ``"disk"``, the directory of the memory-mapped files (a temporary one if ``None``).
     """
 
     def __init__(self, kind: str, budget: int, directory: str | None = None) -> None:
         self.kind = kind
         self.budget = budget
-        self.nbytes = 0
+        self.reserved = 0  # bytes of the buffers' capacity
         self.evictions = 0
-        self._entries: OrderedDict[bytes, tuple[Any, int, Any]] = OrderedDict()
-        self._file: tempfile._TemporaryFileWrapper | None = None
-        self._map: Any = None  # a numpy.memmap once the disk store opens its file
-        self._free: list[tuple[int, int]] = []  # (offset, size) of the free blocks of the file, by offset
+        self._tables: dict[bytes, Table] = {}
+        self._used: dict[bytes, int] = {}  # table key -> the store's clock at its last use
+        self._clock = 0
         self._directory = directory
+        self._files: list[Any] = []  # the temporary files of a "disk" store: closed (deleted) with it
+        weakref.finalize(self, _close_files, self._files)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(t.count for t in self._tables.values())
 
-    def get(self, key: bytes) -> tuple[Any, tuple[torch.Tensor, ...]] | None:
-        """Return ``(tag, rows)`` stored under ``key`` (most recently used now), or ``None``."""
-        found = self._entries.get(key)
-        if found is None:
-            return None
-        self._entries.move_to_end(key)
-        return found[2], (self._read(found[0]) if self.kind == "disk" else found[0])
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored rows."""
+        return sum(t.nbytes() for t in self._tables.values())
 
-    def stage(self, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``leaves`` on the device this store keeps rows on (host stores: the CPU), one move per leaf."""
-        return leaves if self.kind == "device" else [leaf.detach().cpu() for leaf in leaves]
-
-    def put(self, key: bytes, rows: tuple[torch.Tensor, ...], tag: Any = None) -> None:
-        """Store copies of ``rows`` (and ``tag``) under ``key``, evicting old entries to stay within the budget."""
-        size = sum(_padded(r.numel() * r.element_size()) for r in rows)
-        if key in self._entries or size > self.budget:
-            return
-        while self._entries and self.nbytes + size > self.budget:
-            self._evict()
-        if self.kind == "disk":
-            meta = self._write(rows, size)
-            while meta is None and self._entries:  # fragmented: free more until a block fits
-                self._evict()
-                meta = self._write(rows, size)
-            if meta is None:
-                return
-        else:
-            device = "cpu" if self.kind == "cpu" else None
-            meta = tuple(r.detach().to(device, copy=True) for r in rows)
-        self._entries[key] = (meta, size, tag)
-        self.nbytes += size
+    def table(self, key: bytes, by_ids: bool) -> Table:
+        """The table under ``key`` (a part's prefix and a call context), made empty if new."""
+        self._clock += 1
+        self._used[key] = self._clock
+        found = self._tables.get(key)
+        if found is None or found.by_ids is not by_ids:
+            if found is not None:
+                self._release(key)
+            found = self._tables[key] = Table(key, by_ids)
+        return found
 
     def drop(self, keep: Any = None) -> None:
-        """Remove every entry (or, with ``keep``, those whose key ``keep(key)`` rejects)."""
-        for key in [k for k in self._entries if keep is None or not keep(k)]:
-            meta, size, _ = self._entries.pop(key)
-            self._release(meta)
-            self.nbytes -= size
+        """Forget the rows of every table (or, with ``keep``, of those whose key ``keep(key)`` rejects).
 
-    def close(self) -> None:
-        """Drop every entry and delete the memory-mapped file, if any."""
-        self.drop()
-        self._map = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        The buffers stay, within the budget: a part invalidated by a changed weight refills the
+        same shapes, and allocating (and first touching) fresh buffers each time cost more than the
+        rows' copies. :meth:`close` frees them.
+        """
+        for key, table in self._tables.items():
+            if keep is None or not keep(key):
+                table.reset()
 
-    def _evict(self) -> None:
-        _, (meta, size, _) = self._entries.popitem(last=False)
-        self._release(meta)
-        self.nbytes -= size
-        self.evictions += 1
+    def close(self, keep: Any = None) -> None:
+        """Free the buffers of every table (or of those ``keep`` rejects) and delete their memory-mapped files."""
+        for key in [k for k in self._tables if keep is None or not keep(k)]:
+            self._release(key)
 
-    def _release(self, meta: Any) -> None:
+    def tensors(self) -> list[torch.Tensor]:
+        """The buffers of every table (tests: what the store keeps alive)."""
+        return [b for t in self._tables.values() for b in t.buffers if isinstance(b, torch.Tensor)]
+
+    def _release(self, key: bytes) -> None:
+        table = self._tables.pop(key)
+        self._used.pop(key, None)
+        self.reserved -= table.capacity * table.row_bytes
+        for buffer in table.buffers:
+            if isinstance(buffer, tuple):
+                buffer[0].close()  # the temporary file: deleted
+                self._files.remove(buffer[0])
+        table.buffers = []
+
+    # -- buffers ------------------------------------------------------------------------
+
+    def shape(self, table: Table, signature: Any, leaves: list[torch.Tensor]) -> Table:
+        """``table`` ready for outputs of ``signature``; a new table if it held another signature."""
+        if table.signature == signature:
+            return table
+        if table.signature is not None:
+            self._release(table.key)
+            table = self._tables[table.key] = Table(table.key, table.by_ids)
+        table.signature = signature
+        table.row_bytes = sum(leaf[0].numel() * leaf.element_size() if len(leaf) else 0 for leaf in leaves)
+        table.row_bytes = max(table.row_bytes, 1)
+        return table
+
+    def grow(self, table: Table, wanted: int) -> None:
+        """Grow ``table``'s buffers towards ``wanted`` rows, as far as the budget allows."""
+        affordable = table.capacity + (self.budget - self.reserved) // table.row_bytes
+        if affordable <= table.capacity and table.capacity == 0:
+            self._steal(table)  # a table that cannot hold one row takes the oldest other table's room
+            affordable = (self.budget - self.reserved) // table.row_bytes
+        capacity = min(wanted, affordable)
+        if capacity <= table.capacity:
+            return
+        self.reserved += (capacity - table.capacity) * table.row_bytes
+        _, shapes = table.signature
+        table.buffers = [self._resized(table, i, shape, capacity) for i, shape in enumerate(shapes)]
+        table.resize(capacity)
+
+    def _steal(self, table: Table) -> None:
+        others = sorted((self._used.get(k, 0), k) for k, t in self._tables.items() if t is not table and t.capacity)
+        for _, key in others:
+            if self.reserved + table.row_bytes <= self.budget:
+                return
+            self.evictions += self._tables[key].count
+            self._release(key)  # its part makes a new one at its next call
+
+    def _resized(self, table: Table, index: int, shape: Any, capacity: int) -> Any:
+        row_shape, dtype, device = shape
+        old = table.buffers[index] if index < len(table.buffers) else None
         if self.kind == "disk":
-            for offset, size, _, _ in meta:
-                self._give_back(offset, size)
-
-    def _open(self) -> Any:
-        import numpy as np  # only the disk store needs it: `import frozen` works without numpy
-
-        if self._map is None:
-            self._file = tempfile.NamedTemporaryFile(prefix="frozen-cache-", suffix=".bin", dir=self._directory)
-            os.truncate(self._file.name, self.budget)
-            self._map = np.memmap(self._file.name, dtype=np.uint8, mode="r+", shape=(self.budget,))
-            self._free = [(0, self.budget)]
-        return self._map
-
-    def _write(self, rows: tuple[torch.Tensor, ...], size: int) -> tuple | None:
-        memory = self._open()
-        start = self._take(size)
-        if start is None:
-            return None
-        import numpy as np
-
-        meta, offset = [], start
-        for row in rows:
-            flat = row.detach().cpu().contiguous().reshape(-1)
-            data = flat.view(torch.uint8).numpy() if flat.numel() else np.empty(0, np.uint8)
-            memory[offset : offset + data.size] = data
-            meta.append((offset, _padded(data.size), row.dtype, tuple(row.shape)))
-            offset += _padded(data.size)
-        return tuple(meta)
-
-    def _read(self, meta: tuple) -> tuple[torch.Tensor, ...]:
-        import numpy as np
-
-        assert self._map is not None
-        rows = []
-        for offset, _size, dtype, shape in meta:
-            count = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
-            raw = torch.from_numpy(np.asarray(self._map[offset : offset + count]))
-            rows.append(raw.view(dtype).reshape(shape).clone())  # a later put may reuse these bytes
-        return tuple(rows)
-
-    def _take(self, size: int) -> int | None:
-        for i, (offset, free) in enumerate(self._free):
-            if free >= size:
-                self._free[i : i + 1] = [(offset + size, free - size)] if free > size else []
-                return offset
-        return None
-
-    def _give_back(self, offset: int, size: int) -> None:
-        blocks = sorted([*self._free, (offset, size)])
-        merged: list[tuple[int, int]] = []
-        for start, length in blocks:  # coalesce neighbours so large entries fit again
-            if merged and merged[-1][0] + merged[-1][1] == start:
-                merged[-1] = (merged[-1][0], merged[-1][1] + length)
+            row_bytes = int(np.prod(row_shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+            if old is None:
+                handle = tempfile.NamedTemporaryFile(prefix="frozen-cache-", suffix=".bin", dir=self._directory)
+                self._files.append(handle)
             else:
-                merged.append((start, length))
-        self._free = merged
+                handle = old[0]
+            os.truncate(handle.name, max(capacity * row_bytes, 1))  # extends the file; its rows stay
+            return handle, np.memmap(handle.name, dtype=np.uint8, mode="r+", shape=(capacity, row_bytes))
+        where = device if self.kind == "device" else torch.device("cpu")
+        pinned = self.kind == "cpu" and device.type == "cuda"
+        with torch.inference_mode(False), torch.no_grad():
+            buffer = torch.empty((capacity, *row_shape), dtype=dtype, device=where, pin_memory=pinned)
+            if old is not None and table.top:
+                buffer[: table.top].copy_(old[: table.top])
+        return buffer
 
+    def write(self, table: Table, slots: np.ndarray, leaves: list[torch.Tensor]) -> None:
+        """Store row ``i`` of every leaf in slot ``slots[i]`` (one scatter per leaf)."""
+        for buffer, leaf in zip(table.buffers, leaves, strict=True):
+            if self.kind == "disk":
+                rows = leaf.detach().cpu().contiguous().view(torch.uint8).reshape(len(slots), -1)
+                buffer[1][slots] = rows.numpy()
+                continue
+            with torch.no_grad():
+                buffer.index_copy_(0, index_now(slots, buffer.device), leaf if leaf.device == buffer.device
+                                   else leaf.to(buffer.device))  # fmt: skip
 
-def _padded(nbytes: int) -> int:
-    return max(_ALIGN, -(-nbytes // _ALIGN) * _ALIGN)
+    def read(self, table: Table, slots: np.ndarray) -> list[torch.Tensor]:
+        """The rows in ``slots`` of every leaf, on the devices the part returned them on (one gather per leaf)."""
+        _, shapes = table.signature
+        leaves = []
+        for buffer, (row_shape, dtype, device) in zip(table.buffers, shapes, strict=True):
+            if self.kind == "disk":
+                raw = torch.from_numpy(np.take(buffer[1], slots, axis=0))
+                rows = raw.view(dtype).reshape(len(slots), *row_shape)
+                leaves.append(rows if device.type == "cpu" else rows.to(device))
+            elif buffer.device == device:
+                leaves.append(buffer.index_select(0, index_now(slots, device)))
+            else:  # a host store for a GPU part: gather into page-locked memory, copy without waiting
+                staged = torch.empty((len(slots), *row_shape), dtype=dtype, pin_memory=True)
+                torch.index_select(buffer, 0, index_now(slots, buffer.device), out=staged)
+                leaves.append(staged.to(device, non_blocking=True))
+        return leaves

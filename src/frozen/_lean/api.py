@@ -30,8 +30,10 @@ def _eligible(conv: nn.Module) -> bool:
     return type(conv) in _CONVS and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
-def _plan(model: nn.Module, path: str) -> list[tuple[nn.Module, nn.Module | None, nn.Module | None, str]]:
-    """``(conv, norm or None, ReLU or None, conv's path)`` for every eligible convolution under ``path``.
+def _plan(
+    model: nn.Module, path: str
+) -> list[tuple[nn.Module, nn.Module | None, nn.Module | None, str, nn.Module | None]]:
+    """``(conv, norm or None, ReLU or None, conv's path, its Sequential)`` for every eligible convolution under ``path``.
 
     Norms are given only where folding them is safe; ReLUs only where the convolution's
     output (through the norm, if any) goes to them alone.
@@ -44,6 +46,7 @@ def _plan(model: nn.Module, path: str) -> list[tuple[nn.Module, nn.Module | None
     where = {id(u.module): u.path for u in reversed(uses)}  # each module's first path
     norms: dict[int, nn.Module] = {}
     relus: dict[int, nn.Module] = {}
+    parents: dict[int, nn.Module] = {}  # the Sequential whose own forward feeds the norm and the ReLU
     for use in uses:
         seq = use.module
         if type(seq).forward is not nn.Sequential.forward or not isinstance(seq, nn.Sequential):
@@ -54,11 +57,12 @@ def _plan(model: nn.Module, path: str) -> list[tuple[nn.Module, nn.Module | None
             if id(first) not in convs or counts[id(first)] != 1:
                 continue
             following = children[index + 1 :]
+            parents[id(first)] = seq
             if isinstance(following[0], nn.modules.batchnorm._BatchNorm) and counts[id(following[0])] == 1:
                 norms[id(first)] = following.pop(0)
             if following and type(following[0]) is nn.ReLU and counts[id(following[0])] == 1:
                 relus[id(first)] = following[0]
-    return [(conv, norms.get(key), relus.get(key), where[key]) for key, conv in convs.items()]
+    return [(conv, norms.get(key), relus.get(key), where[key], parents.get(key)) for key, conv in convs.items()]
 
 
 def _check_paths(paths: tuple, function: str) -> None:
@@ -115,12 +119,13 @@ def lean(model: nn.Module, *paths: str) -> nn.Module:
             )
     settle(model)  # unsettled, a Frozen(...) wrapper's per-call detaching refolded at every call
     plans = [item for path in paths or ("",) for item in _plan(model, path)]
-    for conv, norm, relu, where in plans:
+    for conv, norm, relu, where, parent in plans:
         # Beside frozen's own stand-ins (its guard, a cache) lean takes its layer; an instance forward
         # of someone else's (Accelerate's hooks) would be skipped by the lean computation: left alone.
         if own_attribute(conv, "forward") is not None or find(conv, "forward", LeanConv) is not None:
             continue
         lean_conv = LeanConv(conv, norm, model, where)
+        lean_conv.parent = ModuleRef(parent)  # its shortcuts hold only inside this Sequential's forward
         install(conv, lean_conv)
         if norm is not None and "forward" not in norm.__dict__:
             install(norm, LeanNorm(norm, lean_conv))

@@ -12,16 +12,18 @@ they were made for; what they worked out is worked out again).
 
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._cache import observed_globally
+from .._cache import observed_globally, watch_steps
 from .._core import GuardedForward, ModuleRef, StandIn, TensorState, under_torch_func
 from ..distributed import sharded_sources, watch_loads
 from .fold import InputGradConv, InputGradConvJvp, autocast_operands, fold, foldable, kept_by_producer, state_of
+from .sequence import in_sequence, references_in_sequence
 
 __all__ = ["LeanConv", "LeanNorm", "LeanReLU"]
 
@@ -63,11 +65,17 @@ class LeanConv(StandIn):
         self.produced: tuple[weakref.ref, int] | None = None  # its last lean output, for a ReLU in place
         # FSDP2 loads into shards with version counters preserved: a load must refold (_fsdp_sources.py).
         self.load_hooks: list[Any] | None = self.watch()
+        self.parent = ModuleRef(None)  # the nn.Sequential the convolution and its norm sit in (set by lean)
 
     def watch(self) -> list[Any]:
-        """Forget the fold after any ``load_state_dict`` of the convolution or its norm; return the hook handles."""
-        conv, norm = self.conv, self.norm
-        return watch_loads([conv] if norm is None else [conv, norm], self.forget)
+        """Forget the fold after any ``load_state_dict`` of the convolution or its norm, or a fused step on them.
+
+        Returns the load hooks' handles. A fused optimizer step writes parameters without
+        bumping their version, so the snapshot alone would keep a stale fold.
+        """
+        modules = [self.conv] if self.norm is None else [self.conv, self.norm]
+        watch_steps([p for m in modules for p in m.parameters()], self.forget)
+        return watch_loads(modules, self.forget)
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy works out its own fold and watches its own modules' loads (at its first call);
@@ -102,12 +110,15 @@ class LeanConv(StandIn):
         return conv.__dict__.get("forward") is self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # Folded, the convolution returns BatchNorm's output: only right when its parent Sequential
+        # hands that output to the norm (a pass-through then) and to no one else (sequence.py).
+        sequence = self.norm_ref() is not None and not torch.compiler.is_compiling() and in_sequence(self.parent())
         guard = self.previous
         if isinstance(guard, GuardedForward):  # frozen's guard behind this: its slots still detach
-            return guard.around(self._run, x)
-        return self._run(x)
+            return guard.around(self._run, x, sequence)
+        return self._run(x, sequence)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, sequence: bool = True) -> torch.Tensor:
         conv = self.conv
         self.last = self.produced = None
         lean_input = x.requires_grad and torch.is_grad_enabled()
@@ -133,7 +144,10 @@ class LeanConv(StandIn):
             if shards is None or self.state is None or not self.state.matches(tensors, flags):
                 self.plain, self.folding, self.weights = self._decide()
                 self.state = TensorState(tensors, flags)
+                watch_steps([t for t in tensors if isinstance(t, nn.Parameter)], self.forget)  # replaced ones too
             plain, folding, (weight, bias) = self.plain, self.folding, self.weights  # type: ignore[misc]
+            if folding and not sequence:  # called outside its Sequential: the convolution's own output
+                folding, weight, bias = False, conv.weight, conv.bias
             # torch's own convolution where its saved input is a storage that is kept anyway
             lean_input = lean_input and not kept_by_producer(x)
         if plain:
@@ -189,7 +203,14 @@ class LeanReLU(_AfterConv):
     """
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fresh(self.conv.produced, x) and not self._watched():
+        # Overwritten only where nobody else can hold it: called by the parent Sequential's own
+        # forward (its loop variable is rebound at once), with no other reference (sequence.py).
+        if (
+            self.fresh(self.conv.produced, x)  # never under compile: it traces no refcount
+            and sys.getrefcount(x) <= references_in_sequence()
+            and not self._watched()
+            and in_sequence(self.conv.parent())
+        ):
             return torch.relu_(x)
         return self.plain(x)
 

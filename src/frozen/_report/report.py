@@ -7,12 +7,12 @@ Jupyter renders it as HTML (see ``_render.py``).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
 
-from .._cache import cache_stats
 from .._checks import check_model
 from .._core import View, switched_off
 from .._errors import FrozenError
@@ -197,8 +197,22 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
         trainable_bytes=sum(sizes[k][1] for k in trainable_keys),
         frozen_bytes=sum(sizes[k][1] for k in frozen_keys),
         depth=depth,
-        caches=cache_stats(model),
+        caches=_cache_stats(model),
     )
+
+
+def _cache_stats(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """``frozen.cache_stats(model)``, without importing the cache (and numpy) where nothing was ever cached.
+
+    A part can only be cached by ``frozen.cache``, whose import loads the cache package: until
+    then no model has a cached part, and the report (the Quickstart, ``python -m frozen report``)
+    runs with torch alone.
+    """
+    if __package__.rpartition(".")[0] + "._cache" not in sys.modules:
+        return {}
+    from .._cache import cache_stats
+
+    return cache_stats(model)
 
 
 class _Census:
