@@ -10,9 +10,10 @@ deterministic function of its inputs, so across epochs it recomputes the same va
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from .._checks import check_model
@@ -24,7 +25,7 @@ from .handle import CacheHandle
 from .hooks import INNER_HOOKS, refuse_inner_hooks, refuse_run_hooks
 from .part import GRAD_INPUTS, Part
 from .run import RunLink, RunState, run_members
-from .store import STORES, Store, check_disk, parse_budget
+from .store import STORES, Store, check_room, parse_budget
 
 __all__ = ["CacheError", "CacheHandle", "cache", "cache_stats", "uncache"]
 
@@ -157,8 +158,6 @@ def cache(
             f"frozen.cache(..., path={path!r}): expected an existing directory, with store='disk' (got "
             f"store={store!r}). Pass store='disk' and a directory that exists, or leave path=None."
         )
-    if store == "disk":
-        check_disk(size, path, budget)
     if not isinstance(verify, bool):
         raise CacheError(f"frozen.cache(..., verify={verify!r}): expected True or False. Nothing was changed.")
     if not paths or not all(isinstance(p, str) and p for p in paths) or len(set(paths)) != len(paths):
@@ -171,6 +170,7 @@ def cache(
     members = [[_module_at(view, q, "frozen.cache") for q in group] for group in groups]
     modules = [group[0] for group in members]
     _check_shared(shared, paths, modules)
+    check_room(store, size, path, _devices(m for group in members for m in group), budget)
     for p, group, found in zip(paths, groups, members, strict=True):
         for q, module in zip(group, found, strict=True):
             if find(module, "forward", Part) is not None or find(module, "forward", RunLink) is not None:
@@ -198,6 +198,11 @@ def cache(
         for module, link in zip(found[1:], part.links, strict=True):
             install(module, link)
     return handle
+
+
+def _devices(modules: Iterable[nn.Module]) -> set[torch.device]:
+    """The devices the parts' parameters and buffers are on (where a ``"device"`` store keeps rows)."""
+    return {t.device for m in modules for t in (*m.parameters(), *m.buffers())}
 
 
 def _check_shared(shared: Any, paths: tuple[str, ...], modules: list[nn.Module]) -> None:

@@ -27,7 +27,7 @@ from .._errors import FrozenError
 from .args import CacheError
 from .table import Table, index_now
 
-__all__ = ["STORES", "Store", "parse_budget"]
+__all__ = ["STORES", "Store", "check_room", "parse_budget"]
 
 STORES = ("device", "cpu", "disk")
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
@@ -52,16 +52,43 @@ def parse_budget(budget: object) -> int:
     )
 
 
-def check_disk(budget: int, directory: str | None, shown: object) -> None:
-    """Refuse a disk budget the file system cannot hold (before, the first forward failed with ``OSError``)."""
-    where = directory or tempfile.gettempdir()
-    free = shutil.disk_usage(where).free
-    if budget > free:
+def check_room(kind: str, budget: int, directory: str | None, devices: set[torch.device], shown: object) -> None:
+    """Refuse a budget the store can never hold, at ``cache()`` time (nothing changed yet).
+
+    Before, ``store="disk", budget="1000TB"`` was accepted and the first forward failed with
+    ``OSError: File too large``; a memory store grew until the allocator failed. The limits:
+    the free space of the file system (``"disk"``), the machine's physical memory (``"cpu"``,
+    and ``"device"`` for a part on the CPU), the card's memory (``"device"`` on a GPU).
+    """
+    if kind == "disk":
+        where = directory or tempfile.gettempdir()
+        room = shutil.disk_usage(where).free
+        what, fix = f"the file system of {where!r} has {room / 1e9:.1f} GB free", "or path= a larger file system"
+    else:
+        places = {d if kind == "device" else torch.device("cpu") for d in devices} or {torch.device("cpu")}
+        known = [(size, d) for d in places if (size := _memory(d)) is not None]
+        if not known:
+            return
+        room, device = min(known, key=lambda pair: pair[0])
+        what = f"{device} has {room / 1e9:.1f} GB of memory in all"
+        fix = "or store='disk'" if kind == "cpu" else "or store='cpu' or 'disk'"
+    if budget > room:
         raise CacheError(
-            f"frozen.cache(..., store='disk', budget={shown!r}): the file system of {where!r} has {free / 1e9:.1f} GB "
-            f"free, expected at least the budget ({budget / 1e9:.1f} GB). Pass a smaller budget, or path= a "
-            f"directory on a larger file system. Nothing was changed."
+            f"frozen.cache(..., store={kind!r}, budget={shown!r}): {what}, expected at least the budget "
+            f"({budget / 1e9:.1f} GB). Pass a smaller budget, {fix}. Nothing was changed."
         )
+
+
+def _memory(device: torch.device) -> int | None:
+    """Bytes of memory ``device`` has in all (``None``: unknown here)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            return None
+    return None
 
 
 def _close_files(files: list[Any]) -> None:
