@@ -42,7 +42,7 @@ class CacheHandle:
     ) -> None:
         self._store = store
         self.verify = verify  # check each part's first filling call for rows that depend on each other
-        self.inner_hooks = inner_hooks  # "refuse" or "skip" forward hooks inside a part (_cache_hooks.py)
+        self.inner_hooks = inner_hooks  # "refuse" or "skip" forward hooks inside a part (hooks.py)
         self.grad_inputs = grad_inputs  # "refuse" or "pass" (run plainly) calls whose inputs require grad
         self.shared = shared  # names of forward parameters every sample of a call shares (never split)
         # Weak: each part is held by its module (its forward); a part holding the handle and the

@@ -67,7 +67,7 @@ class Part(StandIn):
         self.prefix = index.to_bytes(4, "little")
         self.model = weakref.ref(model)
         self.fingerprint: PartWatch | None = None
-        self.hooks: tuple = ()  # the forward hooks on the part's modules at the fingerprint (_cache_hooks.py)
+        self.hooks: tuple = ()  # the forward hooks on the part's modules at the fingerprint (hooks.py)
         self.bypass = False
         self.token = os.urandom(16)
         self.counts = dict.fromkeys(COUNTERS, 0)
@@ -290,10 +290,8 @@ _COMPILE_DISABLED = False
 def _disable_compile() -> None:
     """Make ``Part.__call__`` run eagerly under ``torch.compile``, once, when the first part is built.
 
-    ``torch.compiler.disable`` imports ``torch._dynamo`` (about 900 modules, sympy
-    included), which a decorator in the class body would do at ``import frozen``.
-    Every :class:`Part` comes from ``__init__`` (a copy becomes a :class:`Passthrough`),
-    so no part is ever called before this has run.
+    ``torch.compiler.disable`` imports ``torch._dynamo`` (~900 modules): as a decorator it would
+    run at ``import frozen``. A copy becomes a ``Passthrough``, so no part is called before this.
     """
     global _COMPILE_DISABLED
     if not _COMPILE_DISABLED:
