@@ -132,11 +132,13 @@ def finish_check(state: RunState) -> None:
 _UNTRACED: list[Any] = []
 
 
-def _untraced() -> Any:
-    """``RunLink.call`` excluded from tracing, made at the first compiled call (``torch._dynamo`` is heavy to import)."""
+def _make_untraced() -> None:
+    """``RunLink.call`` excluded from tracing, made when the first link is (``torch._dynamo`` is heavy to import).
+
+    Made eagerly, never while tracing: torch 2.10's dynamo traced into the making and failed on it.
+    """
     if not _UNTRACED:
         _UNTRACED.append(torch.compiler.disable(lambda link, args, kwargs: link.call(args, kwargs)))
-    return _UNTRACED[0]
 
 
 class RunLink(StandIn):
@@ -152,10 +154,11 @@ class RunLink(StandIn):
         # Weak both ways: this lives in the sibling's __dict__, the part in the first sibling's.
         super().__init__(module)
         self.head, self.index = weakref.ref(head), index
+        _make_untraced()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if torch.compiler.is_compiling():  # like the part: a graph break, its state would become guards
-            return _untraced()(self, args, kwargs)
+            return _UNTRACED[0](self, args, kwargs)
         return self.call(args, kwargs)
 
     def call(self, args: tuple, kwargs: dict) -> Any:

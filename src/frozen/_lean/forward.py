@@ -61,7 +61,7 @@ class LeanConv(StandIn):
         self.plain = False  # thawed: the convolution's own forward
         self.folding = False
         self.weights: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        self.last: tuple[weakref.ref, int] | None = None  # the output the norm may pass through unchanged
+        self.last: tuple[weakref.ref, int | None] | None = None  # the output the norm may pass through unchanged
         self.produced: tuple[weakref.ref, int] | None = None  # its last lean output, for a ReLU in place
         # FSDP2 loads into shards with version counters preserved: a load must refold (_fsdp_sources.py).
         self.load_hooks: list[Any] | None = self.watch()
@@ -157,7 +157,9 @@ class LeanConv(StandIn):
         else:
             y = conv._conv_forward(x, weight, bias)
         if folding:
-            self.last = (weakref.ref(y), y._version)
+            # Compiled, a version counter is a data-dependent value (torch 2.10 broke the graph on
+            # comparing it): the very tensor is enough there, nothing runs between the two calls.
+            self.last = (weakref.ref(y), None if torch.compiler.is_compiling() else y._version)
         if not torch.compiler.is_compiling() and not under_torch_func() and outermost:
             self.produced = (weakref.ref(y), y._version)  # nothing saved it: a ReLU may overwrite it
         return y
@@ -179,8 +181,8 @@ class _AfterConv(StandIn):
         return self.call_previous(x)
 
     @staticmethod
-    def fresh(mark: tuple[weakref.ref, int] | None, x: torch.Tensor) -> bool:
-        return mark is not None and mark[0]() is x and x._version == mark[1]
+    def fresh(mark: tuple[weakref.ref, int | None] | None, x: torch.Tensor) -> bool:
+        return mark is not None and mark[0]() is x and (mark[1] is None or x._version == mark[1])
 
 
 class LeanNorm(_AfterConv):

@@ -17,6 +17,7 @@ tensor.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -121,7 +122,29 @@ def guard(ddp: DistributedDataParallel) -> DistributedDataParallel:
         setattr(ddp, _REDUCED, reducer_params(ddp.module, ddp.parameters_to_ignore))
         hook = ddp.register_forward_pre_hook(lambda module, args: check_ddp_consistent(module))
         setattr(ddp, _HOOK, hook)
+        _keep_buffer_versions(ddp)
     return ddp
+
+
+def _keep_buffer_versions(ddp: DistributedDataParallel) -> None:
+    """Make the buffer broadcast before each forward keep the buffers' version counters, as torch >= 2.13 does.
+
+    Up to torch 2.12, DDP's broadcast of rank 0's buffers (``broadcast_buffers=True``, the
+    default) wrote every buffer in place at every forward and bumped its version: a cached
+    part with a BatchNorm in it saw a changed part at every step and never hit. torch 2.13
+    wraps the broadcast in ``_unsafe_preserve_version_counter``; this does the same on the
+    releases before it, on the wrappers frozen builds or guards.
+    """
+    if torch.torch_version.TorchVersion(torch.__version__) >= "2.13":
+        return
+    held = weakref.ref(ddp)  # weak: the wrapper holds this function, no reference cycle
+
+    def keeping_versions(authoritative_rank: int) -> Any:
+        wrapper = held()
+        with torch.autograd._unsafe_preserve_version_counter(tuple(wrapper.modules_buffers)):
+            return type(wrapper)._sync_module_buffers(wrapper, authoritative_rank)
+
+    ddp._sync_module_buffers = keeping_versions  # type: ignore[method-assign]
 
 
 def wrap(module: nn.Module, **ddp_kwargs: Any) -> DistributedDataParallel:
