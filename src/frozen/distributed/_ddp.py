@@ -141,8 +141,9 @@ def _keep_buffer_versions(ddp: DistributedDataParallel) -> None:
 
     def keeping_versions(authoritative_rank: int) -> Any:
         wrapper = held()
+        assert wrapper is not None  # called by the wrapper itself
         with torch.autograd._unsafe_preserve_version_counter(tuple(wrapper.modules_buffers)):
-            return type(wrapper)._sync_module_buffers(wrapper, authoritative_rank)
+            return DistributedDataParallel._sync_module_buffers(wrapper, authoritative_rank)
 
     ddp._sync_module_buffers = keeping_versions  # type: ignore[method-assign]
 
