@@ -40,7 +40,7 @@ def bert() -> BertModel:
 
 def batch(seed: int, vocab: int) -> torch.Tensor:
     ids = torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(seed))
-    ids[:, : vocab - N] = torch.arange(N, vocab)[: 8]  # every added token is used
+    ids[:, : vocab - N] = torch.arange(N, vocab)[:8]  # every added token is used
     return ids
 
 

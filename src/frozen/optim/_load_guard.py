@@ -30,8 +30,8 @@ def guard_loads(optimizer: torch.optim.Optimizer) -> None:
     """Give ``optimizer`` the load pre-hook (once); ``frozen.optim`` calls this where it touches one."""
     # A wrapper (accelerate's AcceleratedOptimizer, Lightning's) loads through the optimizer it wraps,
     # and may not have run torch's __init__ itself: the hook goes on the innermost one.
-    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
-        optimizer = optimizer.optimizer
+    while isinstance(inner := getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = inner
     if getattr(optimizer, _MARK, False) or "_optimizer_load_state_dict_pre_hooks" not in vars(optimizer):
         return
     optimizer.register_load_state_dict_pre_hook(_refuse_other_layout)
