@@ -81,7 +81,10 @@ def _change(
 ) -> RowsChange:
     if id(param) not in changes:
         slots, current = rows_at(view, param, where, strict=strict)
-        mask = current.mask.clone() if current is not None else torch.zeros(param.shape[0], dtype=torch.bool)
+        if current is None:
+            mask = torch.zeros(param.shape[0], dtype=torch.bool)
+        else:  # the parameter may have been resized in place since its rows froze: they follow it
+            mask = current.fitted(param.shape[0], where, strict=strict)
         changes[id(param)] = RowsChange(param, path, slots, mask)
     return changes[id(param)]
 

@@ -39,10 +39,15 @@ class ZeroRows:
     holds no reference to the parameter (the parameter holds it).
     """
 
-    def __init__(self, frozen: torch.Tensor, every: bool) -> None:
-        self.frozen, self.every = frozen, every
+    def __init__(self, frozen: torch.Tensor, n: int, every: bool) -> None:
+        self.frozen, self.n, self.every = frozen, n, every
 
     def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        if grad.shape[0] != self.n:
+            # Resized in place since, and no forward of its module followed (a functional use):
+            # the frozen rows that still exist stay zero, added rows train; the step follows.
+            frozen = self.frozen[self.frozen < grad.shape[0]]
+            return grad.index_fill(0, frozen.to(grad.device), 0)
         return torch.zeros_like(grad) if self.every else grad.index_fill(0, self.frozen.to(grad.device), 0)
 
 
@@ -51,7 +56,11 @@ def _gone() -> None:
 
 
 class FrozenRows:
-    """The frozen rows of one parameter (see the module docstring). Immutable, but for its hook handle.
+    """The frozen rows of one parameter (see the module docstring).
+
+    Immutable, but for its hook handle and :meth:`follow_resize`: a parameter resized in place
+    (``resize_token_embeddings`` keeps the ``Parameter`` and swaps its ``.data``) is still the
+    same parameter in every slot, so its one record follows it there.
 
     Attributes:
         path: the parameter's first path where its rows were frozen (for messages).
@@ -84,7 +93,55 @@ class FrozenRows:
     def attach(self, param: torch.Tensor) -> None:
         """Put the gradient hook on ``param`` if it is this record's parameter, needs a gradient and has none."""
         if self.handle is None and param is self.param and param.requires_grad:
-            self.handle = param.register_hook(ZeroRows(self.frozen, bool(self.mask.all())))
+            self.handle = param.register_hook(ZeroRows(self.frozen, len(self.mask), bool(self.mask.all())))
+
+    def fitted(self, n: int, function: str, *, strict: bool = True) -> torch.Tensor:
+        """The frozen-rows mask for ``n`` rows, the parameter's count now (it may have been resized since).
+
+        Rows a resize added at the end train (the rule of ``docs/rows.md``); rows it cut are
+        gone. Cutting a frozen row is refused (``strict``), since the rows that stay would no
+        longer be the ones that were frozen by the user's count; a thaw (not strict) may cut.
+
+        Raises:
+            frozen.FrozenError: ``strict`` and the resize cut frozen rows.
+        """
+        old = len(self.mask)
+        if n >= old:
+            return torch.cat([self.mask, torch.zeros(n - old, dtype=torch.bool)]) if n > old else self.mask.clone()
+        cut = self.mask[n:].nonzero().flatten() + n
+        if strict and cut.numel():
+            shown = cut.tolist()[:8]
+            raise FrozenError(
+                f"{function}: the parameter at {self.path!r} was resized from {old} to {n} rows (e.g. by "
+                f"resize_token_embeddings), which cuts its frozen rows {shown}{' ...' if cut.numel() > 8 else ''}. "
+                f"Expected a row count that keeps every frozen row (at least {int(cut[-1]) + 1}). Resize to at "
+                f"least that many rows, or thaw the rows first (frozen.thaw(model, {self.path!r})) and freeze the "
+                f"ones you want again with frozen.freeze(model, frozen.Rows({self.path!r}, ...))."
+            )
+        return self.mask[:n].clone()
+
+    def resized(self, n: int, function: str) -> FrozenRows:
+        """This record as it holds for ``n`` rows, for questions: a detached copy (no hook, not indexed)."""
+        return self if n == len(self.mask) else FrozenRows(self.param, self.path, self.fitted(n, function))
+
+    def follow_resize(self, param: nn.Parameter, function: str) -> None:
+        """Make this record hold for ``param``'s row count now: new rows train, optimizer state follows.
+
+        Called by the first forward of a module holding the parameter (:func:`watch_slots`)
+        or the first optimizer step after the resize, whichever comes first.
+
+        Raises:
+            frozen.FrozenError: the resize cut frozen rows (:meth:`fitted`); nothing changes then.
+        """
+        with LOCK:
+            if param is not self.param or param.shape[0] == len(self.mask):
+                return
+            mask = self.fitted(param.shape[0], function)
+            old = self.layout
+            self.release()  # its hook zeroes the old rows
+            self.mask, self.frozen, self.layout = mask, mask.nonzero().flatten(), Layout.of(mask)
+            index_rows(param, self, old=old)  # optimizer state built for the old rows: widened to the new count
+            self.attach(param)
 
     def release(self) -> None:
         """Remove the gradient hook (the rows are thawed or frozen anew)."""
@@ -173,6 +230,7 @@ def watch_slots(module: nn.Module, _args: object) -> None:
         if not isinstance(param, nn.Parameter):
             continue  # absent, or a tensor torch.func's functional_call put there
         if param is rows.param:
+            rows.follow_resize(param, "frozen rows")  # resized in place since (resize_token_embeddings)
             rows.attach(param)  # requires_grad turned on by hand since: the hook it could not have before
             continue
         refuse_replaced(module, name, rows, param, "frozen rows")
@@ -194,5 +252,8 @@ def frozen_rows_in(view: View, function: str | None = None) -> dict[str, FrozenR
     for use, rows in view.rows():
         if function is not None and rows.param is not use.param and isinstance(use.param, nn.Parameter):
             refuse_replaced(use.owner, use.name, rows, use.param, function)
+        if rows.param is use.param and use.param.dim() > 0:
+            # resized in place and not followed yet: answer for the rows it has now
+            rows = rows.resized(use.param.shape[0], function or "frozen rows")
         found.setdefault(id(use.param), rows)
     return {path: found[id(p)] for path, p in view.named if id(p) in found}  # named_parameters() order

@@ -28,7 +28,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .._errors import FrozenError
 
-__all__ = ["LAYOUT_KEY", "Layout", "index_rows", "indexed_rows", "layout_of"]
+__all__ = ["LAYOUT_KEY", "Layout", "fit_rows", "index_rows", "indexed_rows", "layout_of"]
 
 LAYOUT_KEY = "frozen_rows_layout"
 
@@ -69,9 +69,20 @@ class Layout:
         return self.narrow(full).clone()
 
     def widen(self, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """A tensor shaped like ``like`` holding ``rows`` at the trainable rows and zeros elsewhere."""
-        full = torch.zeros_like(like, dtype=rows.dtype, device=rows.device)
-        return full.index_copy_(0, self.trainable.to(rows.device), rows)
+        """A tensor shaped like ``like`` holding ``rows`` at the trainable rows and zeros elsewhere.
+
+        ``like`` may have another number of rows than this layout (its parameter was resized
+        since, ``resize_token_embeddings``): rows past its end are cut, rows it added are zeros.
+        """
+        full = rows.new_zeros((self.n, *rows.shape[1:])).index_copy_(0, self.trainable.to(rows.device), rows)
+        return fit_rows(full, like.shape[0])
+
+
+def fit_rows(full: torch.Tensor, n: int) -> torch.Tensor:
+    """``full`` cut to its first ``n`` rows, or padded with rows of zeros up to ``n`` (the rows a resize added)."""
+    if full.shape[0] >= n:
+        return full[:n].clone() if full.shape[0] > n else full
+    return torch.cat([full, full.new_zeros((n - full.shape[0], *full.shape[1:]))])
 
 
 # The row records (``record.py``'s ``FrozenRows``) by parameter identity: an optimizer step sees
@@ -95,14 +106,15 @@ def indexed_rows(param: torch.Tensor) -> Any:
     return _INDEX.get(param)
 
 
-def index_rows(param: torch.Tensor, rows: Any) -> None:
+def index_rows(param: torch.Tensor, rows: Any, old: Layout | None = None) -> None:
     """Make ``rows`` (a row record with a ``layout``; ``None``: no row freezing) the one optimizers see for ``param``.
 
-    Optimizer state already narrowed to the old layout is widened back to the full shape
-    (zeros for rows that had none), so the next step narrows it to the new layout: rows
-    that keep training keep their state, rows that join start from zero state.
+    Optimizer state already narrowed to the old layout (``old``, default: the one indexed
+    now) is widened back to the full shape (zeros for rows that had none), so the next step
+    narrows it to the new layout: rows that keep training keep their state, rows that join
+    start from zero state.
     """
-    old = layout_of(param)
+    old = old if old is not None else layout_of(param)
     for optimizer in list(_SEEN):
         state = optimizer.state.get(param)
         if old is not None and state and state.get(LAYOUT_KEY) == old.key:
@@ -130,6 +142,10 @@ def _relayout(param: torch.Tensor, state: dict[str, Any], convert: Any, *, rows:
     """Convert every per-row tensor (``rows`` rows) in ``state``; drop the state if one has another shape."""
     shape = (rows, *param.shape[1:])
     per_row = {k for k, v in state.items() if isinstance(v, torch.Tensor) and v.dim() >= 1}
+    if not full:
+        for k in per_row:  # state of the whole tensor from before a resize: rows cut, added rows start at zero
+            if state[k].shape[1:] == param.shape[1:] and state[k].shape[0] != rows:
+                state[k] = fit_rows(state[k], rows)
     if any(state[k].shape != shape for k in per_row):
         state.clear()  # factored or flattened state (Adafactor, LBFGS): no row mapping, start fresh
         return
@@ -158,6 +174,11 @@ def _narrowed(optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tensor, Layo
     for group in optimizer.param_groups:
         for param in group["params"]:
             layout = layout_of(param)
+            if layout is not None and layout.n != param.shape[0]:
+                # Resized in place since (resize_token_embeddings swaps .data) and no forward of a
+                # module holding it followed yet: its record follows now, or refuses.
+                _INDEX[param].follow_resize(param, f"{type(optimizer).__name__}.step()")
+                layout = layout_of(param)
             if layout is not None and param.grad is not None:
                 _check_state(optimizer, param, layout)
                 found.append((param, layout))

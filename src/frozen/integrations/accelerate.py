@@ -16,7 +16,10 @@ own hooks:
   accelerate's own load puts every moment back on its parameter.
 
 Call it in every run, before ``load_state``; a checkpoint without ``frozen_state.pt`` loads
-as before. Importing this module imports ``accelerate``; ``import frozen`` does not.
+as before. Every optimizer ``frozen.optim.sync`` reshaped (and those prepared when this is
+called) refuses a plain load of a checkpoint with other groups with a ``FrozenError`` naming
+this helper, instead of torch's group-count error. Importing this module imports
+``accelerate``; ``import frozen`` does not.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 from torch import nn
 
 from .. import load_state, state
-from ..optim import PATHS_KEY, load_state_dict, paths_by_id
+from ..optim import PATHS_KEY, guard_loads, load_state_dict, paths_by_id
 from ._common import unwrap_model, unwrap_optimizer
 
 __all__ = ["register", "FILE"]
@@ -84,4 +87,6 @@ def register(accelerator: Any, model: nn.Module) -> tuple[Any, Any]:
             saved_layout = {"state": {}, "param_groups": groups, PATHS_KEY: layout["paths"]}
             load_state_dict(unwrap_optimizer(optimizer), inner, saved_layout)
 
+    for optimizer in accelerator._optimizers:  # prepared already: a plain load of another layout fails clearly
+        guard_loads(unwrap_optimizer(optimizer))
     return accelerator.register_save_state_pre_hook(save), accelerator.register_load_state_pre_hook(load)

@@ -18,6 +18,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from .._checks import check_model, check_optimizer
 from .._core import named_parameters, trainable_ids
 from .._errors import FrozenError
+from ._load_guard import guard_loads
 from ._sync import paths_by_id
 
 __all__ = ["state_dict", "load_state_dict", "PATHS_KEY", "STASH", "STASH_PREFIX"]
@@ -168,5 +169,6 @@ def load_state_dict(optimizer: torch.optim.Optimizer, model: nn.Module, saved: d
             optimizer.add_param_group({**options, "params": params})
         if "param_names" in optimizer.param_groups[index]:
             optimizer.param_groups[index]["param_names"][:] = list(paths)
+    guard_loads(optimizer)  # the layout is the saved one now: a later plain load of another one is refused clearly
     optimizer.load_state_dict({k: v for k, v in saved.items() if k != PATHS_KEY})
     return optimizer

@@ -13,6 +13,7 @@ from .._core import named_parameters, trainable_ids
 from .._errors import FrozenError
 from ..distributed import local_nbytes
 from ._groups import PARKED
+from ._load_guard import guard_loads
 
 __all__ = ["sync", "state_nbytes", "paths_by_id", "NEW_GROUP_NAME", "KEPT", "STATE_POLICIES"]
 
@@ -177,6 +178,7 @@ def sync(
             # Its curvature history (kept under its first parameter) has the old length.
             for param in optimizer.param_groups[0]["params"][:1]:
                 optimizer.state.pop(param, None)
+    guard_loads(optimizer)  # a checkpoint of another freeze state now fails naming the fix, not torch's count
     return optimizer
 
 
