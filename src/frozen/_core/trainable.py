@@ -7,21 +7,31 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from .flips import flipped_of, notice_flips
 from .record import switched_off
 from .tree import ModuleUse, ParamUse, iter_module_uses, param_uses_of
 
 __all__ = ["claimed_by_other_libraries", "frozen_by_other_libraries", "trainable_ids", "trainable_of"]
 
 
-def trainable_ids(model: nn.Module) -> set[int]:
-    """``id()`` of every parameter that is trainable in ``model`` (one walk; see :func:`trainable_of`)."""
+def trainable_ids(model: nn.Module, function: str | None = None) -> set[int]:
+    """``id()`` of every parameter that trains in ``model`` now (one walk; see :func:`trainable_of`).
+
+    That is the contract's set plus the parameters whose flag ``frozen`` turned off and someone
+    else turned back on (``flips.py``): they get a gradient. ``function`` (a public name such as
+    ``"frozen.optim.sync"``): warn, once per flip, about such parameters.
+    """
     uses = list(iter_module_uses(model))
     params = list(param_uses_of(uses))
-    return trainable_of(params, claimed_by_other_libraries(uses, params))
+    wanted = trainable_of(params, claimed_by_other_libraries(uses, params))
+    flipped = flipped_of(params, wanted)
+    if function is not None:
+        notice_flips(uses, params, flipped, function)
+    return wanted | flipped.keys()
 
 
 def trainable_of(params: Iterable[ParamUse], claimed: set[int]) -> set[int]:
-    """``id()`` of every parameter of the walked parameter uses ``params`` that trains.
+    """``id()`` of every parameter of the walked parameter uses ``params`` that the contract trains.
 
     A parameter is trainable when some non-frozen use reaches it and the user has not
     frozen it by hand. A flag the library itself turned off (by ``settle``/``freeze``)

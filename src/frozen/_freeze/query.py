@@ -47,6 +47,7 @@ def _named_trainable(view: View, function: str) -> list[tuple[str, nn.Parameter]
     # A row-frozen slot whose parameter was replaced by one that cannot take its rows (an
     # FSDP2 shard) is refused here, before an optimizer is built from the list.
     frozen_rows_in(view, function)
+    view.notice(function)
     return [(path, p) for path, p in view.named if id(p) in view.trainable]
 
 
@@ -78,6 +79,7 @@ def is_frozen(model: nn.Module, path: str = "") -> bool:
             f"frozen.is_frozen(model, path): expected path to be a str such as '0.weight', received {type(path).__name__}."
         )
     view = View(model)
+    view.notice("frozen.is_frozen")
     module_paths, param_paths = [], []
     for use in view.uses:
         module_paths.append(use.path)

@@ -14,7 +14,7 @@ from torch import nn
 
 from .._cache import cache_stats
 from .._checks import check_model
-from .._core import View, switched_off
+from .._core import View, switched_off, who_flipped
 from .._errors import FrozenError
 from .._rows import frozen_rows_in
 
@@ -32,7 +32,10 @@ class ReportRow:
         state: ``"trainable"`` (every parameter under it trains through this use),
             ``"frozen"`` (none does), ``"mixed"``, or ``"-"`` (no parameters, not frozen);
             ``"frozen here, trains via PATH"`` for a frozen use whose parameters still
-            train through another use (a tied weight: its values change).
+            train through another use (a tied weight: its values change). A frozen use holding a
+            parameter whose flag was switched back on outside ``frozen`` (it gets a gradient, see
+            :func:`frozen.settle`) adds why: ``"trainable (flag flipped by PEFT)"``, ``"mixed (flag
+            flipped outside frozen)"``.
         inference: ``"forced eval"`` when this use is frozen with ``mode="eval"`` (BatchNorm
             and Dropout keep inference behaviour while the model trains), ``"inherit"``
             for a frozen use with ``mode="inherit"``, ``"inherit, buffers may change"``
@@ -50,6 +53,7 @@ class ReportRow:
     dtype: str
     frozen_by: str = ""  # who keeps it frozen: "frozen", "peft" (another library), "hand" (requires_grad)
     frozen_rows: int = 0  # rows frozen with frozen.Rows in parameters under this path (they count as trainable)
+    flipped_by: str = ""  # a frozen use whose flags were switched back on outside frozen: "peft" or "outside"
 
     @property
     def eval_forced(self) -> bool:
@@ -185,7 +189,9 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
             f"frozen.report(model, depth={depth}): expected depth >= 0 (0 shows the model only, "
             f"1 its children too) or None for every row, received {depth}."
         )
-    census = _Census(View(model))
+    view = View(model)
+    view.notice("frozen.report")
+    census = _Census(view)
     rows = [_row(use, census) for use in census.uses if depth is None or _depth(use.path) <= depth]
     sizes, wanted = census.sizes, census.wanted
     trainable_keys = [key for key in sizes if key in wanted]
@@ -224,11 +230,14 @@ class _Census:
                 param.numel() * param.element_size(),
                 str(param.dtype).removeprefix("torch."),
             )
-            trains_here = not puse.frozen and key in self.wanted
+            # A flipped parameter trains through its frozen uses: none of them detaches it.
+            trains_here = key in self.wanted and (not puse.frozen or key in view.flipped)
             for prefix in _ancestors(puse.path):
                 held = self.under[prefix]
                 held[key] = held.get(key, False) or trains_here
         self.claimed = view.claimed
+        modules = {use.path: use.module for use in view.uses} if view.flipped else {}
+        self.flipped = {key: who_flipped(use, modules) for key, use in view.flipped.items()}
         named = dict(view.named)
         self.frozen_rows = {id(named[path]): int(r.mask.sum()) for path, r in frozen_rows_in(view).items()}
 
@@ -249,6 +258,11 @@ def _row(use: Any, census: _Census) -> ReportRow:
         # A frozen use whose parameters still train through another use: say which.
         via = {p for key in held if key in census.wanted for p in census.trained_at[key] if not p.startswith(inside)}
         state = f"frozen here, trains via {', '.join(sorted(via))}"
+    flipped_by = ""
+    whos = {census.flipped[key] for key in held if key in census.flipped} if use.frozen else set()
+    if whos:
+        flipped_by = "peft" if whos == {"PEFT"} else "outside"
+        state += " (flag flipped by PEFT)" if flipped_by == "peft" else " (flag flipped outside frozen)"
     dtypes = sorted({census.sizes[key][2] for key in held})
     return ReportRow(
         path=use.path,
@@ -260,6 +274,7 @@ def _row(use: Any, census: _Census) -> ReportRow:
         dtype=",".join(dtypes) if dtypes else "-",
         frozen_by=_frozen_by(use, state, held, census),
         frozen_rows=sum(census.frozen_rows.get(key, 0) for key in held),
+        flipped_by=flipped_by,
     )
 
 
