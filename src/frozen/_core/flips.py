@@ -1,12 +1,11 @@
-"""Flags flipped outside ``frozen``: a ``requires_grad`` the library turned off, turned on by someone else.
+"""Flags flipped outside ``frozen``: a parameter inside a frozen part that requires grad again.
 
-``settle`` is the only writer of ``requires_grad`` in the library, and the record says which
-flags it turned off (``record.switched_off``). Anyone else can still write them: the user's
-code (``model[0].weight.requires_grad_(True)``), PEFT's ``set_adapter`` /
-``enable_adapter_layers`` (they switch on every LoRA flag of the active adapter, inside frozen
-parts too), another library. A settled frozen use detaches only the parameters that train
-through another use, so such a parameter gets a gradient. The policy (docs/freeze.md, "Flags
-flipped outside frozen"):
+``settle`` is the only writer of ``requires_grad`` in the library: it turns off the flag of every
+parameter reached only through frozen uses. Anyone else can still write it: the user's code
+(``model[0].weight.requires_grad_(True)``), PEFT's ``set_adapter`` / ``enable_adapter_layers``
+(they switch on every LoRA flag of the active adapter, inside frozen parts too), another
+library. A settled frozen use detaches only the parameters that train through another use, so
+such a parameter gets a gradient. The policy (docs/freeze.md, "Flags flipped outside frozen"):
 
 * answers tell the truth: ``trainable``, ``is_frozen``, ``report``, ``explain``, ``grad`` and
   ``frozen.optim`` count it as training, because it does;
@@ -22,48 +21,60 @@ registry; it is not part of the freeze record, which queries never write.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .._errors import ForeignFlagWarning, warn_outside
-from .record import record_of, switched_off
+from .record import record_of
 from .tree import ModuleUse, ParamUse
 
-__all__ = ["flipped_of", "forget_flips", "has_flips", "notice_flips", "who_flipped"]
+__all__ = ["flipped_of", "forget_flips", "notice_flips", "who_flipped"]
 
 _TOLD: WeakIdKeyDictionary = WeakIdKeyDictionary()  # parameters whose current flip a warning named
 _SHOWN = 8  # paths named in one warning; the rest are counted
 
 
-def flipped_of(params: Iterable[ParamUse], wanted: set[int]) -> dict[int, ParamUse]:
-    """``id()`` -> first use of each parameter whose flag ``frozen`` turned off and someone turned on.
+def flipped_of(uses: list[ModuleUse], params: Iterable[ParamUse], wanted: set[int]) -> dict[int, ParamUse]:
+    """``id()`` -> first use of each parameter outside ``wanted`` that requires grad and gets a gradient.
 
     ``wanted`` is the contract's trainable set: a parameter outside it that requires grad is
-    reached only through frozen uses, none of which detaches it. Reads only.
+    reached only through frozen uses. It gets a gradient through a frozen use that ``settle``
+    planned (a ``Frozen`` wrapper's plan, the guard at the root of a part frozen in place)
+    and that does not detach it: a plan detaches only the parameters that train elsewhere.
+    A use no settle planned yet (a part marked a moment ago, a wrapper never settled) is not a
+    flip: it is what settling is for. Reads only; looks at the plans only when some parameter
+    outside ``wanted`` requires grad, which a settled model has none of.
     """
+    planned: dict[tuple[int, str], tuple[Any, bool]] | None = None
     found: dict[int, ParamUse] = {}
     for use in params:
         param = use.param
         key = id(param)
-        if key in wanted or key in found or not param.requires_grad:
+        if not param.requires_grad or key in wanted or key in found:
             continue
-        if switched_off(param, use.owner, use.name):
+        planned = _planned_slots(uses) if planned is None else planned
+        held, detached = planned.get((id(use.owner._parameters), use.name), (None, True))
+        if held is param and not detached:
             found[key] = use
     return found
 
 
-def has_flips(model: nn.Module) -> bool:
-    """Whether some parameter of ``model`` may be flipped: a cheap scan, no walk of the uses.
-
-    True for every flip (and for a copied model's slot entry not yet settled, which settling
-    clears), so a training-loop callback can settle only when this says so.
-    """
-    for module in model.modules():
-        for name, param in module._parameters.items():
-            if param is not None and param.requires_grad and switched_off(param, module, name):
-                return True
-    return False
+def _planned_slots(uses: list[ModuleUse]) -> dict[tuple[int, str], tuple[Any, bool]]:
+    """Every parameter slot a settled frozen use covers -> (the parameter it was settled with, detached)."""
+    planned: dict[tuple[int, str], tuple[Any, bool]] = {}
+    for use in uses:
+        record = record_of(use.module)
+        sources = [getattr(use.wrapper, "_plan", None), None if record is None else record.guard]
+        for source in sources:
+            if source is None:
+                continue
+            for index, (owner, name, param) in enumerate(source.slots):
+                _, before = planned.get((id(owner), name), (None, False))
+                # Detached by any use covering it: an outer one's detached alias is detached again inside.
+                planned[(id(owner), name)] = (param, before or index in source.detach)
+    return planned
 
 
 def who_flipped(use: ParamUse, modules: dict[str, nn.Module]) -> str:
@@ -119,15 +130,15 @@ def _warn(flipped: list[ParamUse], uses: list[ModuleUse], function: str, *, rest
         accept = _accept(group, {use.path: use for use in uses})
         if restored:
             message = (
-                f"{function}: set requires_grad=False again on {len(group)} parameter(s) frozen by frozen whose "
-                f"flag was switched on outside frozen, likely by {likely}: {paths}. They had been getting "
-                f"gradients. Settling makes every flag agree with what is frozen: a flag switched on outside "
-                f"frozen does not undo a freeze. To keep them training instead, {accept}."
+                f"{function}: set requires_grad=False again on {len(group)} parameter(s) reached only through "
+                f"frozen parts, whose flag was switched on outside frozen, likely by {likely}: {paths}. They had "
+                f"been getting gradients. Settling makes every flag agree with what is frozen: a flag switched "
+                f"on outside frozen does not undo a freeze. To keep them training instead, {accept}."
             )
         else:
             message = (
-                f"{function}: {len(group)} parameter(s) frozen by frozen have requires_grad=True again, switched "
-                f"on outside frozen, likely by {likely}: {paths}. No frozen use detaches them, so they get "
+                f"{function}: {len(group)} parameter(s) reached only through frozen parts have requires_grad=True, "
+                f"switched on outside frozen, likely by {likely}: {paths}. No frozen use detaches them, so they get "
                 f"gradients, and frozen.trainable, is_frozen, report and frozen.optim count them as trainable. "
                 f"Either re-freeze them: frozen.settle(model) turns the flags off again (so do the next "
                 f"frozen.freeze, thaw, load_state and a FreezeCallback step); or keep them training: {accept}."

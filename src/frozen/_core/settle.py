@@ -18,7 +18,7 @@ from .._checks import check_model
 from .._errors import FrozenError, TiedParameterError, TiedParameterWarning
 from ..distributed import watch
 from .call import UsePlan, keeps_training_flag, slots_of
-from .flips import forget_flips, has_flips
+from .flips import forget_flips
 from .record import LOCK, install_guard, is_marked, record_of, rows_of, set_switched_off
 from .record import switched_off as library_switched_off
 from .tree import ModuleUse, ParamUse, join
@@ -47,7 +47,7 @@ def settle(model: nn.Module) -> nn.Module:
           (after ``thaw``, or a new plain use) gets ``requires_grad=True`` back — the
           record follows the parameter object, wherever it moved;
         * a parameter the *user* set to ``requires_grad=False`` is never turned on;
-        * a parameter whose flag the library turned off and someone else turned back on
+        * a parameter reached only through frozen uses whose flag someone else turned on
           (``p.requires_grad_(True)``, PEFT's ``set_adapter``) is turned off again: only
           :func:`frozen.thaw` undoes a freeze. Settle warns with :class:`frozen.ForeignFlagWarning`
           naming it, unless an earlier call (``frozen.trainable``, ``report``...) already
@@ -118,12 +118,13 @@ def settle_flags(
 def settle_flips(model: nn.Module, function: str) -> bool:
     """Settle ``model`` when a flag the library turned off was turned on by someone else; return whether it did.
 
-    For a training loop's callback (each step): a cheap scan of the flags first, the walk and
-    the settling only when a flip is possible.
+    For a training loop's callback (each step): one walk of the model, settling only when it
+    finds a flip.
     """
-    if not has_flips(model):
+    view = View(model)
+    if not view.flipped:
         return False
-    settle_flags(model, function=function)
+    settle_flags(model, view=view, function=function)
     return True
 
 

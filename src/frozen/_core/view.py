@@ -32,8 +32,8 @@ class View:
         params: every parameter use, in model order (a tied parameter once per slot).
         claimed: ``id()`` of parameters another library keeps frozen (PEFT).
         wanted: ``id()`` of every parameter the contract trains: what ``settle`` makes the flags say.
-        flipped: ``id()`` -> first use of each parameter outside ``wanted`` whose flag ``frozen``
-            turned off and someone else turned back on (``flips.py``): it gets a gradient.
+        flipped: ``id()`` -> first use of each parameter outside ``wanted`` whose flag someone
+            else turned on inside a frozen part (``flips.py``): it gets a gradient.
         trainable: ``id()`` of every parameter that trains now: ``wanted`` and ``flipped``.
 
     Example:
@@ -67,7 +67,7 @@ class View:
         self.params: list[ParamUse] = list(param_uses_of(self.uses))
         self.claimed = claimed_by_other_libraries(self.uses, self.params)
         self.wanted = trainable_of(self.params, self.claimed)
-        self.flipped = flipped_of(self.params, self.wanted)
+        self.flipped = flipped_of(self.uses, self.params, self.wanted)
         self.trainable = self.wanted | self.flipped.keys()
         for cached in ("named", "first_paths", "param_paths"):
             self.__dict__.pop(cached, None)
