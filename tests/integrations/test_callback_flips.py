@@ -45,14 +45,17 @@ class FlipAfterFirstStep(TrainerCallback):
         self.seen.append((graded, {id(p) for p in frozen.trainable(model)}, held(optimizer)))
 
 
-def test_hf_freeze_callback_turns_a_flipped_flag_off_at_the_next_step(tmp_path):
+@pytest.mark.parametrize("when", ["after step 1", "before train()"])
+def test_hf_freeze_callback_turns_a_flipped_flag_off_at_the_next_step(tmp_path, when):
     model = tiny_bert()
     flipper = FlipAfterFirstStep()
     run = make_trainer(model, tmp_path, [HFFreezeCallback("bert.embeddings", "bert.encoder.layer.0"), flipper])
     before = model.get_parameter(QUERY).detach().clone()
-    with pytest.warns(
-        frozen.ForeignFlagWarning, match=r"FreezeCallback\.on_step_begin: set requires_grad=False again.*"
-    ):
+    if when == "before train()":
+        flipper.on_step_end = lambda *args, **kwargs: None
+        model.get_parameter(QUERY).requires_grad_(True)  # after the callback froze it at Trainer(...)
+    by = r"FreezeCallback\.on_step_begin" if when == "after step 1" else r"FreezeCallback \(training start\)"
+    with pytest.warns(frozen.ForeignFlagWarning, match=by + r": set requires_grad=False again.*'" + QUERY + "'"):
         run.train()
     assert len(flipper.seen) == 4  # 16 samples, batches of 4
     for graded, listed, in_optimizer in flipper.seen:

@@ -38,6 +38,11 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
     """Return the parameters trainable in ``model`` (see :func:`named_trainable`).
 
     This is the list to give an optimizer: ``torch.optim.AdamW(frozen.trainable(model))``.
+
+    It is what gets a gradient now. A parameter inside a frozen part whose ``requires_grad``
+    someone else switched on (``p.requires_grad_(True)``, PEFT's ``set_adapter``) gets one, so
+    it is listed, and the first call that sees it warns with :class:`frozen.ForeignFlagWarning`
+    (once per flip); :func:`frozen.settle` turns the flag off again, :func:`frozen.thaw` keeps it.
     """
     check_model(model, "frozen.trainable")
     return [p for _, p in _named_trainable(View(model), "frozen.trainable")]
