@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from .flips import flipped_of, notice_flips
+from .flips import flipped_of, notice_flips, who_flipped
 from .record import record_of, rows_of
 from .trainable import claimed_by_other_libraries, trainable_of
 from .tree import ModuleUse, ParamUse, iter_module_uses, param_uses_of
@@ -69,12 +69,19 @@ class View:
         self.wanted = trainable_of(self.params, self.claimed)
         self.flipped = flipped_of(self.uses, self.params, self.wanted)
         self.trainable = self.wanted | self.flipped.keys()
-        for cached in ("named", "first_paths", "param_paths"):
+        for cached in ("named", "first_paths", "param_paths", "flipped_by"):
             self.__dict__.pop(cached, None)
 
-    def notice(self, function: str) -> None:
-        """Warn, once per flip, about the flipped parameters (``function``: the public call asking)."""
+    def notice(self, function: str) -> View:
+        """Warn, once per flip, about the flipped parameters (``function``: the public call asking); return ``self``."""
         notice_flips(self.uses, self.params, self.flipped, function)
+        return self
+
+    @cached_property
+    def flipped_by(self) -> dict[int, str]:
+        """``id()`` of each flipped parameter -> ``"peft"`` (in a PEFT adapter or tuner layer) or ``"outside"``."""
+        modules = {use.path: use.module for use in self.uses} if self.flipped else {}
+        return {key: "peft" if who_flipped(use, modules) else "outside" for key, use in self.flipped.items()}
 
     @cached_property
     def named(self) -> list[tuple[str, nn.Parameter]]:

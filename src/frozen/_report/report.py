@@ -14,7 +14,7 @@ from torch import nn
 
 from .._cache import cache_stats
 from .._checks import check_model
-from .._core import View, switched_off, who_flipped
+from .._core import View, switched_off
 from .._errors import FrozenError
 from .._rows import frozen_rows_in
 
@@ -32,10 +32,8 @@ class ReportRow:
         state: ``"trainable"`` (every parameter under it trains through this use),
             ``"frozen"`` (none does), ``"mixed"``, or ``"-"`` (no parameters, not frozen);
             ``"frozen here, trains via PATH"`` for a frozen use whose parameters still
-            train through another use (a tied weight: its values change). A frozen use holding a
-            parameter whose flag was switched back on outside ``frozen`` (it gets a gradient, see
-            :func:`frozen.settle`) adds why: ``"trainable (flag flipped by PEFT)"``, ``"mixed (flag
-            flipped outside frozen)"``.
+            train through another use (a tied weight: its values change); ``"mixed (flag flipped
+            by PEFT)"`` for a frozen use with a flag switched on outside frozen (``flipped_by``).
         inference: ``"forced eval"`` when this use is frozen with ``mode="eval"`` (BatchNorm
             and Dropout keep inference behaviour while the model trains), ``"inherit"``
             for a frozen use with ``mode="inherit"``, ``"inherit, buffers may change"``
@@ -189,9 +187,7 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
             f"frozen.report(model, depth={depth}): expected depth >= 0 (0 shows the model only, "
             f"1 its children too) or None for every row, received {depth}."
         )
-    view = View(model)
-    view.notice("frozen.report")
-    census = _Census(view)
+    census = _Census(View(model).notice("frozen.report"))
     rows = [_row(use, census) for use in census.uses if depth is None or _depth(use.path) <= depth]
     sizes, wanted = census.sizes, census.wanted
     trainable_keys = [key for key in sizes if key in wanted]
@@ -236,8 +232,7 @@ class _Census:
                 held = self.under[prefix]
                 held[key] = held.get(key, False) or trains_here
         self.claimed = view.claimed
-        modules = {use.path: use.module for use in view.uses} if view.flipped else {}
-        self.flipped = {key: who_flipped(use, modules) for key, use in view.flipped.items()}
+        self.flipped = view.flipped_by
         named = dict(view.named)
         self.frozen_rows = {id(named[path]): int(r.mask.sum()) for path, r in frozen_rows_in(view).items()}
 
@@ -258,11 +253,9 @@ def _row(use: Any, census: _Census) -> ReportRow:
         # A frozen use whose parameters still train through another use: say which.
         via = {p for key in held if key in census.wanted for p in census.trained_at[key] if not p.startswith(inside)}
         state = f"frozen here, trains via {', '.join(sorted(via))}"
-    flipped_by = ""
     whos = {census.flipped[key] for key in held if key in census.flipped} if use.frozen else set()
-    if whos:
-        flipped_by = "peft" if whos == {"PEFT"} else "outside"
-        state += " (flag flipped by PEFT)" if flipped_by == "peft" else " (flag flipped outside frozen)"
+    flipped_by = "" if not whos else "peft" if whos == {"peft"} else "outside"
+    state += {"": "", "peft": " (flag flipped by PEFT)", "outside": " (flag flipped outside frozen)"}[flipped_by]
     dtypes = sorted({census.sizes[key][2] for key in held})
     return ReportRow(
         path=use.path,
