@@ -27,7 +27,9 @@ if TYPE_CHECKING:  # what the names are, for type checkers and readers; loaded o
     from ._core import RecompileWarning as RecompileWarning
     from ._core import reserve_recompiles as reserve_recompiles
     from ._core import settle as settle
+    from ._errors import ForeignFlagWarning as ForeignFlagWarning
     from ._errors import FrozenError as FrozenError
+    from ._errors import FrozenWarning as FrozenWarning
     from ._errors import InvalidModeError as InvalidModeError
     from ._errors import NonScalarLossError as NonScalarLossError
     from ._errors import SelectorError as SelectorError
@@ -72,7 +74,9 @@ _WHERE = {
     "RecompileWarning": "._core",
     "reserve_recompiles": "._core",
     "settle": "._core",
+    "ForeignFlagWarning": "._errors",
     "FrozenError": "._errors",
+    "FrozenWarning": "._errors",
     "InvalidModeError": "._errors",
     "NonScalarLossError": "._errors",
     "SelectorError": "._errors",
@@ -138,8 +142,10 @@ __all__ = [
     "uncache",
     "unlean",
     "Explanation",
+    "ForeignFlagWarning",
     "Frozen",
     "FrozenError",
+    "FrozenWarning",
     "InvalidModeError",
     "NonScalarLossError",
     "RecompileWarning",

@@ -4,17 +4,23 @@ Every error the library raises on bad input is a :class:`FrozenError` (a
 ``ValueError``). Where the *type* of an argument is wrong, it is an
 :class:`ArgumentTypeError`, which is also a ``TypeError`` (so ``except TypeError``
 keeps working). Messages name the argument or path, what was expected, what was
-received, and the fix.
+received, and the fix. Every warning is a :class:`FrozenWarning`, so one filter
+(``warnings.simplefilter("error", frozen.FrozenWarning)``) covers them all.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
+import sys
+import warnings
 from collections.abc import Iterable
 
 __all__ = [
     "ArgumentTypeError",
+    "ForeignFlagWarning",
     "FrozenError",
+    "FrozenWarning",
     "InvalidModeError",
     "NonScalarLossError",
     "SelectorError",
@@ -22,6 +28,7 @@ __all__ = [
     "TiedParameterWarning",
     "UnknownPathError",
     "closest",
+    "warn_outside",
 ]
 
 
@@ -68,5 +75,33 @@ class TiedParameterError(FrozenError):
     """``freeze`` would reach a parameter or module that an unselected part also uses."""
 
 
-class TiedParameterWarning(UserWarning):
+class FrozenWarning(UserWarning):
+    """Base class of every warning ``frozen`` gives (a ``UserWarning``)."""
+
+
+class TiedParameterWarning(FrozenWarning):
     """``freeze(..., tied="freeze")`` froze a parameter an unselected part also uses."""
+
+
+class ForeignFlagWarning(FrozenWarning):
+    """A ``requires_grad`` flag ``frozen`` turned off was turned back on by someone else.
+
+    The parameter then gets a gradient although a frozen use reaches it; ``frozen``'s
+    answers (``trainable``, ``is_frozen``, ``report``) say so, and the next ``settle``
+    turns the flag off again (docs/freeze.md, "Flags flipped outside frozen").
+    """
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_outside(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the first caller outside ``frozen``.
+
+    The same warning is reached through several public functions at different depths
+    (a query, ``settle``, a callback); a fixed ``stacklevel`` would point inside the library.
+    """
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

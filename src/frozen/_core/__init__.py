@@ -8,6 +8,7 @@ from .call import keeps_training_flag as keeps_training_flag
 from .call import under_torch_func as under_torch_func
 from .compiled import RecompileWarning as RecompileWarning
 from .compiled import reserve_recompiles as reserve_recompiles
+from .flips import who_flipped as who_flipped
 from .precision import floating_tensors as floating_tensors
 from .precision import lower_precision as lower_precision
 from .precision import restore_precision as restore_precision
@@ -23,6 +24,7 @@ from .record import switched_off as switched_off
 from .record import unmark as unmark
 from .settle import settle as settle
 from .settle import settle_flags as settle_flags
+from .settle import settle_flips as settle_flips
 from .snapshot import ModuleState as ModuleState
 from .snapshot import TensorState as TensorState
 from .snapshot import own_tensors as own_tensors
@@ -88,6 +90,7 @@ __all__ = [
     "settle",
     "set_rows",
     "settle_flags",
+    "settle_flips",
     "standing",
     "switched_off",
     "tensor_entry",
@@ -95,4 +98,5 @@ __all__ = [
     "trainable_of",
     "under_torch_func",
     "unmark",
+    "who_flipped",
 ]

@@ -17,10 +17,12 @@ import warnings
 import torch
 from torch import nn
 
+from .._errors import FrozenWarning
+
 __all__ = ["RecompileWarning", "is_compiled", "reserve_recompiles"]
 
 
-class RecompileWarning(UserWarning):
+class RecompileWarning(FrozenWarning):
     """A compiled model will see more freeze configurations than dynamo keeps graphs for."""
 
 

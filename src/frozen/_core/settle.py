@@ -18,13 +18,14 @@ from .._checks import check_model
 from .._errors import FrozenError, TiedParameterError, TiedParameterWarning
 from ..distributed import watch
 from .call import UsePlan, keeps_training_flag, slots_of
+from .flips import forget_flips
 from .record import LOCK, install_guard, is_marked, record_of, rows_of, set_switched_off
 from .record import switched_off as library_switched_off
 from .tree import ModuleUse, ParamUse, join
 from .view import View
 from .wrapper import Frozen
 
-__all__ = ["settle", "settle_flags"]
+__all__ = ["settle", "settle_flags", "settle_flips"]
 
 
 def settle(model: nn.Module) -> nn.Module:
@@ -46,6 +47,11 @@ def settle(model: nn.Module) -> nn.Module:
           (after ``thaw``, or a new plain use) gets ``requires_grad=True`` back — the
           record follows the parameter object, wherever it moved;
         * a parameter the *user* set to ``requires_grad=False`` is never turned on;
+        * a parameter reached only through frozen uses whose flag someone else turned on
+          (``p.requires_grad_(True)``, PEFT's ``set_adapter``) is turned off again: only
+          :func:`frozen.thaw` undoes a freeze. Settle warns with :class:`frozen.ForeignFlagWarning`
+          naming it, unless an earlier call (``frozen.trainable``, ``report``...) already
+          told of that flip; until settled, those calls count it as trainable, as it gets a gradient;
         * a module under a ``Frozen`` part in ``mode="eval"`` that is used only that way
           is put in eval mode once, so its calls need no per-call mode switching;
         * a ``Frozen`` use of a parameter that still trains through another use is a
@@ -70,7 +76,12 @@ def settle(model: nn.Module) -> nn.Module:
 
 
 def settle_flags(
-    model: nn.Module, *, user_frozen: Sequence[nn.Parameter] = (), pin: bool = True, view: View | None = None
+    model: nn.Module,
+    *,
+    user_frozen: Sequence[nn.Parameter] = (),
+    pin: bool = True,
+    view: View | None = None,
+    function: str = "frozen.settle",
 ) -> nn.Module:
     """:func:`settle`, after first setting ``requires_grad=False`` on ``user_frozen``.
 
@@ -79,11 +90,14 @@ def settle_flags(
     leaves every train/eval flag as it is: thawing restores modes exactly, and wrappers
     whose modules are in training mode switch them per call instead. ``view``: the
     caller's walk of ``model`` (:class:`View`), re-read here rather than walked again.
+    ``function``: the public call settling, named by a warning about flags flipped outside frozen.
     """
     with LOCK:
         view = View(model) if view is None else view.refresh()
         uses = view.uses
-        wanted = view.trainable - {id(p) for p in user_frozen}
+        user_ids = {id(p) for p in user_frozen}
+        wanted = view.wanted - user_ids
+        restored = {key: use for key, use in view.flipped.items() if key not in user_ids}
         _check_can_train(view.params, wanted)
         plans = _plan_wrappers(uses, wanted, pin)
         for wrapper, path, plan, _ in plans:
@@ -92,11 +106,26 @@ def settle_flags(
         for param in user_frozen:
             param.requires_grad = False  # the user's own flag, as saved
         _write_flags(view.params, wanted)
+        if restored:
+            forget_flips(uses, restored, function)
         _attach_rows(view.params)
         _apply_wrapper_plans(plans, uses)
         _guard_roots(uses, wanted)
         watch(model)  # a DistributedDataParallel built by hand over it: a stale reducer raises at its next forward
     return model
+
+
+def settle_flips(model: nn.Module, function: str) -> bool:
+    """Settle ``model`` when a flag the library turned off was turned on by someone else; return whether it did.
+
+    For a training loop's callback (each step): one walk of the model, settling only when it
+    finds a flip.
+    """
+    view = View(model)
+    if not view.flipped:
+        return False
+    settle_flags(model, view=view, function=function)
+    return True
 
 
 def _check_can_train(params: list[ParamUse], wanted: set[int]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from .flips import flipped_of, notice_flips, who_flipped
 from .record import record_of, rows_of
 from .trainable import claimed_by_other_libraries, trainable_of
 from .tree import ModuleUse, ParamUse, iter_module_uses, param_uses_of
@@ -30,7 +31,10 @@ class View:
         uses: every module use, ``named_modules()`` pre-order (a shared module once per path).
         params: every parameter use, in model order (a tied parameter once per slot).
         claimed: ``id()`` of parameters another library keeps frozen (PEFT).
-        trainable: ``id()`` of every parameter trainable in the model.
+        wanted: ``id()`` of every parameter the contract trains: what ``settle`` makes the flags say.
+        flipped: ``id()`` -> first use of each parameter outside ``wanted`` whose flag someone
+            else turned on inside a frozen part (``flips.py``): it gets a gradient.
+        trainable: ``id()`` of every parameter that trains now: ``wanted`` and ``flipped``.
 
     Example:
         >>> import torch
@@ -62,9 +66,22 @@ class View:
     def _derive(self) -> None:
         self.params: list[ParamUse] = list(param_uses_of(self.uses))
         self.claimed = claimed_by_other_libraries(self.uses, self.params)
-        self.trainable = trainable_of(self.params, self.claimed)
-        for cached in ("named", "first_paths", "param_paths"):
+        self.wanted = trainable_of(self.params, self.claimed)
+        self.flipped = flipped_of(self.uses, self.params, self.wanted)
+        self.trainable = self.wanted | self.flipped.keys()
+        for cached in ("named", "first_paths", "param_paths", "flipped_by"):
             self.__dict__.pop(cached, None)
+
+    def notice(self, function: str) -> View:
+        """Warn, once per flip, about the flipped parameters (``function``: the public call asking); return ``self``."""
+        notice_flips(self.uses, self.params, self.flipped, function)
+        return self
+
+    @cached_property
+    def flipped_by(self) -> dict[int, str]:
+        """``id()`` of each flipped parameter -> ``"peft"`` (in a PEFT adapter or tuner layer) or ``"outside"``."""
+        modules = {use.path: use.module for use in self.uses} if self.flipped else {}
+        return {key: "peft" if who_flipped(use, modules) else "outside" for key, use in self.flipped.items()}
 
     @cached_property
     def named(self) -> list[tuple[str, nn.Parameter]]:
@@ -98,11 +115,14 @@ class View:
         return [u for u in self.uses if u.path == use.path or u.path.startswith(inside)]
 
     def frozen_at(self, use: ModuleUse) -> bool:
-        """Whether the module ``use`` is frozen here: a frozen use, or parameters none of which train."""
-        if use.frozen:
-            return True
+        """Whether the module ``use`` is frozen here: a frozen use, or parameters none of which train.
+
+        A frozen use with a flipped parameter under it is not frozen: that parameter gets a gradient here.
+        """
         inside = f"{use.path}." if use.path else ""
         params = {id(p.param) for p in self.params if p.path.startswith(inside)}
+        if use.frozen:
+            return not (params & self.flipped.keys())
         return bool(params) and not (params & self.trainable)
 
     def rows(self) -> list[tuple[ParamUse, Any]]:

@@ -157,7 +157,7 @@ def freeze(
                 stacklevel=2,
             )
         apply_freeze(plan)
-        settle_flags(model, view=view)
+        settle_flags(model, view=view, function="frozen.freeze")
     return model
 
 

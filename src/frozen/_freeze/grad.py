@@ -53,6 +53,7 @@ def grad(
             f"a tensor of shape {tuple(loss.shape)}. Reduce it first, e.g. loss.sum() or loss.mean()."
         )
     view = View(model)
+    view.notice("frozen.grad")
     named, ids = view.named, view.trainable
     result: dict[str, torch.Tensor | None] = {path: None for path, _ in named}
     wanted = [(path, p) for path, p in named if id(p) in ids and p.requires_grad]

@@ -38,6 +38,11 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
     """Return the parameters trainable in ``model`` (see :func:`named_trainable`).
 
     This is the list to give an optimizer: ``torch.optim.AdamW(frozen.trainable(model))``.
+
+    It is what gets a gradient now. A parameter inside a frozen part whose ``requires_grad``
+    someone else switched on (``p.requires_grad_(True)``, PEFT's ``set_adapter``) gets one, so
+    it is listed, and the first call that sees it warns with :class:`frozen.ForeignFlagWarning`
+    (once per flip); :func:`frozen.settle` turns the flag off again, :func:`frozen.thaw` keeps it.
     """
     check_model(model, "frozen.trainable")
     return [p for _, p in _named_trainable(View(model), "frozen.trainable")]
@@ -47,6 +52,7 @@ def _named_trainable(view: View, function: str) -> list[tuple[str, nn.Parameter]
     # A row-frozen slot whose parameter was replaced by one that cannot take its rows (an
     # FSDP2 shard) is refused here, before an optimizer is built from the list.
     frozen_rows_in(view, function)
+    view.notice(function)
     return [(path, p) for path, p in view.named if id(p) in view.trainable]
 
 
@@ -78,6 +84,7 @@ def is_frozen(model: nn.Module, path: str = "") -> bool:
             f"frozen.is_frozen(model, path): expected path to be a str such as '0.weight', received {type(path).__name__}."
         )
     view = View(model)
+    view.notice("frozen.is_frozen")
     module_paths, param_paths = [], []
     for use in view.uses:
         module_paths.append(use.path)

@@ -137,7 +137,7 @@ def load_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
         for plan in plans:
             apply_freeze(plan)
         apply_rows(rows)
-        settle_flags(model, user_frozen=user_frozen, view=view)
+        settle_flags(model, user_frozen=user_frozen, view=view, function="frozen.load_state")
     return model
 
 

@@ -87,7 +87,7 @@ def thaw(model: nn.Module, *targets: Selector, exclude: Any = ()) -> nn.Module:
         row_changes = plan_thaw_rows(view, list(rows), covered, "frozen.thaw")
         apply_thaw(view, modules, slots)
         apply_rows(row_changes)
-        settle_flags(model, pin=False, view=view)
+        settle_flags(model, pin=False, view=view, function="frozen.thaw")
     return model
 
 

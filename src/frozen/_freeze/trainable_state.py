@@ -40,7 +40,7 @@ def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """
     check_model(model, "frozen.trainable_state_dict")
     full = model.state_dict(keep_vars=False)
-    ids = trainable_ids(model)
+    ids = trainable_ids(model, "frozen.trainable_state_dict")
     params = dict(named_parameters(model))
     kept = {path for path, p in params.items() if id(p) in ids}
     every_param = {path for path, _ in model.named_parameters(remove_duplicate=False)}

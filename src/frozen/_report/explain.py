@@ -27,13 +27,14 @@ from .._core import (
     record_of,
     switched_off,
     trainable_ids,
+    who_flipped,
 )
 from .._errors import UnknownPathError, closest
 from .._rows import frozen_rows
 
 __all__ = ["Explanation", "explain"]
 
-CAUSES = ("freeze", "wrapper", "param", "tied", "hand", "peft", "detached", "rows", "unused")
+CAUSES = ("freeze", "wrapper", "param", "tied", "hand", "peft", "flipped", "detached", "rows", "unused")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class Explanation:
             ``frozen.Frozen``), ``"param"`` (the parameter frozen on its own), ``"tied"``
             (frozen at this slot because a part sharing it was frozen, ``tied="freeze"``),
             ``"hand"`` (``requires_grad=False`` set outside ``frozen``), ``"peft"`` (kept
-            frozen by a PEFT tuner), ``"detached"`` (it trains, but a frozen use of it sees
+            frozen by a PEFT tuner), ``"flipped"`` (frozen, but its ``requires_grad`` was switched
+            back on outside ``frozen``: it gets a gradient and trains), ``"detached"`` (it trains, but a frozen use of it sees
             a constant), ``"rows"`` (rows frozen with ``frozen.Rows``) and ``"unused"`` (it
             trains: no gradient can only mean the forward does not use it).
         reasons: one sentence per cause, in the order of ``causes``.
@@ -100,15 +102,19 @@ def explain(model: nn.Module, path: str) -> Explanation:
     if target is None:
         raise UnknownPathError(_unknown(path, modules, params))
     uses = [use for use in params if use.param is target.param]
-    trains = id(target.param) in trainable_ids(model)
+    trains = id(target.param) in trainable_ids(model, "frozen.explain")
     found: list[tuple[str, str]] = []
-    for use in uses:
-        if use.frozen:
-            found += _frozen_use(use, uses, modules, trains)
-    if not trains and not any(use.frozen for use in uses):
-        found.append(_flag_off(target, model))
-    elif not trains and not target.param.requires_grad and not _library_off(uses):
-        found.append(_flag_off(target, model))  # frozen here, and off by hand too: thaw alone will not train it
+    if trains and all(use.frozen for use in uses):
+        # Only frozen uses reach it, yet it trains: its flag was switched back on outside frozen.
+        found.append(_flipped(target, uses, modules))
+    else:
+        for use in uses:
+            if use.frozen:
+                found += _frozen_use(use, uses, modules, trains)
+        if not trains and not any(use.frozen for use in uses):
+            found.append(_flag_off(target, model))
+        elif not trains and not target.param.requires_grad and not _library_off(uses):
+            found.append(_flag_off(target, model))  # frozen here, and off by hand too: thaw alone will not train it
     if trains:
         found += _rows(model, target)
         if not any(use.frozen for use in uses):
@@ -190,6 +196,20 @@ def _frozen_use(
             )
         )
     return reasons
+
+
+def _flipped(target: ParamUse, uses: list[ParamUse], modules: dict[str, ModuleUse]) -> tuple[str, str]:
+    who = who_flipped(target, {path: use.module for path, use in modules.items()})
+    likely = "PEFT (set_adapter / enable_adapter_layers)" if who else "your code or another library"
+    owner = target.path.rpartition(".")[0]
+    where = ", ".join(repr(u.path) for u in uses)
+    return (
+        "flipped",
+        f"frozen froze it (the frozen use at {where}) and turned requires_grad off, but it was switched back on "
+        f"outside frozen, likely by {likely}: no frozen use detaches it, so it gets a gradient and trains. "
+        f"Re-freeze it with frozen.settle(model) (the next frozen.freeze / thaw / FreezeCallback step does too), "
+        f"or keep it training with frozen.thaw(model, {owner!r}).",
+    )
 
 
 def _holds(module_use: ModuleUse, use: ParamUse) -> bool:

@@ -20,6 +20,11 @@ _STATE_STYLE = {"trainable": "green", "frozen": "cyan", "mixed": "yellow", "-": 
 _STATE_COLOUR = {"trainable": "#1a7f37", "frozen": "#0969da", "mixed": "#9a6700", "-": "#6e7781"}
 
 
+def _kind(state: str) -> str:
+    """The state without a note on why (``"trainable (flag flipped by PEFT)"`` -> ``"trainable"``)."""
+    return state.split(" (", 1)[0]
+
+
 def human_bytes(count: int) -> str:
     """``1536`` -> ``'1.5 KiB'``: binary units, one decimal, deterministic."""
     value = float(count)
@@ -88,7 +93,7 @@ def rich_renderable(report: Report) -> Any:
         )
     for row in report.rows:
         values = list(cells(row))
-        values[3] = f"[{_STATE_STYLE.get(row.state, '')}]{row.state}[/]"
+        values[3] = f"[{_STATE_STYLE.get(_kind(row.state), '')}]{row.state}[/]"
         if row.eval_forced:
             values[4] = "[magenta]forced eval[/]"
         table.add_row(*(v if i in (3, 4) else Text(v) for i, v in enumerate(values)))
@@ -102,7 +107,7 @@ def html_table(report: Report) -> str:
     for row in report.rows:
         tds = []
         for i, value in enumerate(cells(row)):
-            style = f' style="color:{_STATE_COLOUR.get(row.state, "inherit")}"' if i == 3 else ""
+            style = f' style="color:{_STATE_COLOUR.get(_kind(row.state), "inherit")}"' if i == 3 else ""
             align = ' align="right"' if i == 2 else ""
             tds.append(f"<td{style}{align}>{html.escape(value)}</td>")
         rows.append("<tr>" + "".join(tds) + "</tr>")

@@ -32,7 +32,8 @@ class ReportRow:
         state: ``"trainable"`` (every parameter under it trains through this use),
             ``"frozen"`` (none does), ``"mixed"``, or ``"-"`` (no parameters, not frozen);
             ``"frozen here, trains via PATH"`` for a frozen use whose parameters still
-            train through another use (a tied weight: its values change).
+            train through another use (a tied weight: its values change); ``"mixed (flag flipped
+            by PEFT)"`` for a frozen use with a flag switched on outside frozen (``flipped_by``).
         inference: ``"forced eval"`` when this use is frozen with ``mode="eval"`` (BatchNorm
             and Dropout keep inference behaviour while the model trains), ``"inherit"``
             for a frozen use with ``mode="inherit"``, ``"inherit, buffers may change"``
@@ -50,6 +51,7 @@ class ReportRow:
     dtype: str
     frozen_by: str = ""  # who keeps it frozen: "frozen", "peft" (another library), "hand" (requires_grad)
     frozen_rows: int = 0  # rows frozen with frozen.Rows in parameters under this path (they count as trainable)
+    flipped_by: str = ""  # a frozen use whose flags were switched back on outside frozen: "peft" or "outside"
 
     @property
     def eval_forced(self) -> bool:
@@ -185,7 +187,7 @@ def report(model: nn.Module, *, depth: int | None = None) -> Report:
             f"frozen.report(model, depth={depth}): expected depth >= 0 (0 shows the model only, "
             f"1 its children too) or None for every row, received {depth}."
         )
-    census = _Census(View(model))
+    census = _Census(View(model).notice("frozen.report"))
     rows = [_row(use, census) for use in census.uses if depth is None or _depth(use.path) <= depth]
     sizes, wanted = census.sizes, census.wanted
     trainable_keys = [key for key in sizes if key in wanted]
@@ -238,11 +240,13 @@ class _Census:
                 param.numel() * param.element_size(),
                 str(param.dtype).removeprefix("torch."),
             )
-            trains_here = not puse.frozen and key in self.wanted
+            # A flipped parameter trains through its frozen uses: none of them detaches it.
+            trains_here = key in self.wanted and (not puse.frozen or key in view.flipped)
             for prefix in _ancestors(puse.path):
                 held = self.under[prefix]
                 held[key] = held.get(key, False) or trains_here
         self.claimed = view.claimed
+        self.flipped = view.flipped_by
         named = dict(view.named)
         self.frozen_rows = {id(named[path]): int(r.mask.sum()) for path, r in frozen_rows_in(view).items()}
 
@@ -263,6 +267,9 @@ def _row(use: Any, census: _Census) -> ReportRow:
         # A frozen use whose parameters still train through another use: say which.
         via = {p for key in held if key in census.wanted for p in census.trained_at[key] if not p.startswith(inside)}
         state = f"frozen here, trains via {', '.join(sorted(via))}"
+    whos = {census.flipped[key] for key in held if key in census.flipped} if use.frozen else set()
+    flipped_by = "" if not whos else "peft" if whos == {"peft"} else "outside"
+    state += {"": "", "peft": " (flag flipped by PEFT)", "outside": " (flag flipped outside frozen)"}[flipped_by]
     dtypes = sorted({census.sizes[key][2] for key in held})
     return ReportRow(
         path=use.path,
@@ -274,6 +281,7 @@ def _row(use: Any, census: _Census) -> ReportRow:
         dtype=",".join(dtypes) if dtypes else "-",
         frozen_by=_frozen_by(use, state, held, census),
         frozen_rows=sum(census.frozen_rows.get(key, 0) for key in held),
+        flipped_by=flipped_by,
     )
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import freeze
 from .._checks import check_mode
+from .._core import settle_flips
 from .._errors import FrozenError
 from ..optim import STATE_POLICIES, sync
 from ..schedule import GradualUnfreezing, Stage
@@ -140,6 +141,9 @@ class CallbackPlan:
         is refused. Build them from ``frozen.trainable(part)`` instead.
         """
         raw = [unwrap_optimizer(o) for o in optimizers]
+        # A flag switched on inside a frozen part before training: off again, as at every step,
+        # so that the optimizer is synced to the plan's trainable set.
+        settle_flips(model, "FreezeCallback (training start)")
         if self.unfreeze and len(raw) != 1:
             raise FrozenError(
                 f"gradual unfreezing (unfreeze=...) needs exactly one optimizer to add thawed "

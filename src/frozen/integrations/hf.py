@@ -19,6 +19,10 @@ and adds gradual unfreezing:
   ``name`` and ``name/no_decay``, split by the same rule; the ``Trainer``'s scheduler
   is extended to them, from their own base rate (``lr_ratio`` times the first group's
   base rate), so the ratio holds at every step and the schedule factor applies once;
+* at each step (``on_step_begin``) a ``requires_grad`` flag ``frozen`` turned off and someone else
+  turned back on (PEFT's ``set_adapter``, a hand-written ``requires_grad_(True)``) is turned off
+  again (:func:`frozen.settle`, warning with :class:`frozen.ForeignFlagWarning`): the optimizer
+  and DDP's reducer hold the trainable set of the plan, and a flip would train outside both;
 * each thaw logs one line (logger ``"frozen"``, level INFO) with the new trainable count;
 * under DDP the ``Trainer`` wrapped the model before ``on_train_begin`` and keeps the
   wrapper in a local variable of its loop, so it cannot be rebuilt from a callback
@@ -51,7 +55,7 @@ from transformers import Trainer, TrainerCallback
 
 from .. import thaw
 from .._cache import cache_stats
-from .._core import named_parameters, trainable_ids
+from .._core import named_parameters, settle_flips, trainable_ids
 from .._errors import FrozenError
 from ..distributed import averaged_elsewhere
 from ..optim import PARKED, load_state_dict
@@ -200,6 +204,10 @@ class FreezeCallback(TrainerCallback):
                     param.grad = torch.zeros_like(param)
                 dist.all_reduce(param.grad)
                 param.grad /= world
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._model is not None:
+            settle_flips(self._model, "FreezeCallback.on_step_begin")
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any) -> None:
         if self.plan.unit == "epoch":

@@ -19,6 +19,11 @@ keep their identity, ``thaw`` restores exactly what was changed).
   taken from the rate the epoch trains with (``unit="step"``: ``on_train_batch_start``,
   to the global step).
 
+Before each training batch (``on_train_batch_start``) a ``requires_grad`` flag ``frozen`` turned
+off and someone else turned back on (PEFT's ``set_adapter``, a hand-written
+``requires_grad_(True)``) is turned off again (:func:`frozen.settle`, warning with
+:class:`frozen.ForeignFlagWarning`): it would train outside the optimizer and DDP's reducer.
+
 Its progress is saved in checkpoints (``state_dict``); a resumed run replays the
 stages already reached before Lightning restores the optimizer. Importing this
 module imports ``lightning``; ``import frozen`` does not.
@@ -35,7 +40,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback
 from torch.nn.parallel import DistributedDataParallel
 
-from .._core import iter_module_uses
+from .._core import iter_module_uses, settle_flips
 from .._errors import SelectorError
 from ..distributed import rewrap
 from ..schedule import Stage
@@ -196,6 +201,7 @@ class FreezeCallback(Callback):
             self._advance(trainer, trainer.current_epoch)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        settle_flips(pl_module, "FreezeCallback.on_train_batch_start")
         if self.plan.unit == "step":
             self._advance(trainer, trainer.global_step)
 

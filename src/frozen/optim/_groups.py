@@ -167,7 +167,7 @@ def param_groups(
         level_of, labels = _levels(model, parts, paths)
         lrs = _level_lrs(group_defaults.get("lr"), lr_decay, len(labels))
     selected = dict(zip(overrides, _resolve(model, list(overrides), "overrides", paths)))
-    ids = trainable_ids(model)
+    ids = trainable_ids(model, "frozen.optim.param_groups")
     groups: dict[tuple, dict[str, Any]] = {}
     for path, param in named:
         level = level_of.get(path, len(labels) - 1)

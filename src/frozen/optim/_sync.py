@@ -153,7 +153,7 @@ def sync(
     """
     _check_sync_arguments(optimizer, model, new_group, state)
     path_of = paths_by_id(optimizer, model, "frozen.optim.sync")
-    wanted = trainable_ids(model)
+    wanted = trainable_ids(model, "frozen.optim.sync")
     named = named_parameters(model)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     arriving = [p for _, p in named if id(p) in wanted and id(p) not in held]
