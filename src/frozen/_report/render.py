@@ -11,7 +11,8 @@ import html
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .report import Report, ReportRow
+    from .census import ReportRow
+    from .report import Report
 
 __all__ = ["COLUMNS", "human_bytes", "cells", "totals_lines", "plain_table", "rich_renderable", "html_table"]
 
