@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from frozen import cache, cache_stats
 
 from ..harness import Bar, Epochs, Scenario, Setup, Workload, apply_variant, classify, frozen_keys, models, replay
 
-__all__ = ["IDS", "REPLAY", "SCENARIOS", "cache_figures"]
+__all__ = ["IDS", "REPLAY", "SCENARIOS", "cache_figures", "cached_epochs"]
 
 CACHED = ("ideal", "freeze", "cache (fill)", "cache")
 REPLAY = "replay (bound)"
@@ -87,6 +88,52 @@ def cache_figures(model: nn.Module) -> Callable[[], dict[str, float | int | str]
     return figures
 
 
+def cached_epochs(
+    variant: str,
+    model: nn.Module,
+    epochs: Epochs,
+    optimizer: torch.optim.Optimizer,
+    handle: Any,
+    loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
+    classifies: bool,
+    keys: Callable[[], dict[str, torch.Tensor]],
+) -> Workload:
+    """The step every cached-prefix scenario times (here and in ``real_sizes.py``), for one variant.
+
+    ``cache`` and ``cache (ids)`` time epochs 2+ (one pass over the dataset filled the store
+    first), ``cache (fill)`` the first epoch (the store emptied before each step); ``cache
+    (ids)`` keys samples by their dataset rows inside ``handle.samples``. ``classifies``: the
+    model takes the batch's inputs and returns logits (else a language model's ``input_ids``).
+    """
+    first = epochs.first_batch()
+
+    def keyed() -> AbstractContextManager:
+        return handle.samples(epochs.host_rows) if variant == IDS and handle is not None else nullcontext()
+
+    def fill(batch: tuple[torch.Tensor, ...]) -> None:
+        with keyed():
+            loss_fn(model, batch)
+
+    if variant in ("cache", IDS):  # epochs 2+: one pass over the dataset (epoch 1's order) filled the store
+        epochs.fill(fill)
+
+    def step() -> None:
+        if variant == "cache (fill)" and handle is not None:
+            handle.store.drop()  # the first epoch: no sample seen before
+        optimizer.zero_grad(set_to_none=True)
+        batch = epochs.next()
+        with keyed():
+            loss = loss_fn(model, batch)
+        loss.backward()
+        optimizer.step()
+
+    def probe() -> torch.Tensor:
+        with torch.no_grad():
+            return model(*first[:-1]) if classifies else model(input_ids=first[0]).logits
+
+    return Workload(step, model, optimizer, keys, probe=probe, figures=cache_figures(model))
+
+
 def _cached_builder(
     make: Callable[[Setup], tuple[nn.Module, tuple[torch.Tensor, ...], int]],
     parts: Callable[[Setup], list[str]],
@@ -106,35 +153,8 @@ def _cached_builder(
         handle = cache(model, *cached(setup), budget="4GB", store="device") if variant.startswith("cache") else None
         if variant == REPLAY:
             replay(model, [model.get_submodule(p) for p in cached(setup)], epochs, loss_fn)
-        first = epochs.first_batch()
-
-        def keyed() -> AbstractContextManager:
-            return handle.samples(epochs.host_rows) if variant == IDS and handle is not None else nullcontext()
-
-        def fill(batch: tuple[torch.Tensor, ...]) -> None:
-            with keyed():
-                loss_fn(model, batch)
-
-        if variant in ("cache", IDS):  # epochs 2+: one pass over the dataset (epoch 1's order) filled the store
-            epochs.fill(fill)
-
-        def step() -> None:
-            if variant == "cache (fill)" and handle is not None:
-                handle.store.drop()  # the first epoch: no sample seen before
-            optimizer.zero_grad(set_to_none=True)
-            batch_ = epochs.next()
-            with keyed():
-                loss = loss_fn(model, batch_)
-            loss.backward()
-            optimizer.step()
-
-        def probe() -> torch.Tensor:
-            with torch.no_grad():
-                out = model(*first[:-1]) if loss_fn is classify else model(input_ids=first[0]).logits
-            return out
-
-        return Workload(step, model, optimizer, frozen_keys(model, parts(setup), variant), probe=probe,
-                        figures=cache_figures(model))  # fmt: skip
+        keys = frozen_keys(model, parts(setup), variant)
+        return cached_epochs(variant, model, epochs, optimizer, handle, loss_fn, loss_fn is classify, keys)
 
     return build
 

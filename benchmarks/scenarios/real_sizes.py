@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
@@ -32,7 +31,7 @@ import frozen
 from frozen import cache, lean
 
 from ..harness import Bar, Epochs, Scenario, Setup, Workload, apply_variant, frozen_keys, replay
-from .cache import IDS, REPLAY, cache_figures
+from .cache import IDS, REPLAY, cached_epochs
 
 __all__ = ["FLOOR", "SCENARIOS"]
 
@@ -148,36 +147,8 @@ def _builder(
         handle = cache(model, *cached(setup), budget="16GB", store="device") if variant.startswith("cache") else None
         if variant == REPLAY:
             replay(model, [model.get_submodule(p) for p in chain(setup)], epochs, loss_fn)
-        first = epochs.first_batch()
-
-        def keyed() -> AbstractContextManager:
-            return handle.samples(epochs.host_rows) if variant == IDS and handle is not None else nullcontext()
-
-        def fill(batch_: tuple[torch.Tensor, ...]) -> None:
-            with keyed():
-                loss_fn(model, batch_)
-
-        if variant in ("cache", IDS):  # epochs 2+: one pass over the dataset filled the store
-            epochs.fill(fill)
-
-        def step() -> None:
-            if variant == "cache (fill)" and handle is not None:
-                handle.store.drop()  # the first epoch: no sample seen before
-            optimizer.zero_grad(set_to_none=True)
-            batch_ = epochs.next()
-            with keyed():
-                loss = loss_fn(model, batch_)
-            loss.backward()
-            optimizer.step()
-
-        def probe() -> torch.Tensor:
-            with torch.no_grad():
-                if loss_fn is _classify:
-                    return model(*first[:-1])
-                return model(input_ids=first[0]).logits
-
-        return Workload(step, model, optimizer, frozen_keys(model, frozen_parts(setup), variant), probe=probe,
-                        figures=cache_figures(model))  # fmt: skip
+        keys = frozen_keys(model, frozen_parts(setup), variant)
+        return cached_epochs(variant, model, epochs, optimizer, handle, loss_fn, loss_fn is _classify, keys)
 
     return build
 
