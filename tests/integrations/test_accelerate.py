@@ -5,16 +5,13 @@ state is process-wide)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
+from fresh_process import run_loop
 
 SCRIPT = textwrap.dedent(
     """
@@ -59,16 +56,7 @@ SCRIPT = textwrap.dedent(
 
 
 def run(tmp_path: Path, mode: str) -> subprocess.CompletedProcess[str]:
-    script = tmp_path / "loop.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(script), mode, str(tmp_path / "ckpt")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    return run_loop(tmp_path, SCRIPT, mode)
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,13 @@ options by hand before ``load_state`` resumes bit for bit. Each run is a fresh P
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
+from fresh_process import run_loop
 
 SCRIPT = textwrap.dedent(
     """
@@ -103,12 +100,7 @@ SCRIPT = textwrap.dedent(
 
 
 def run(folder: Path, mode: str) -> subprocess.CompletedProcess[str]:
-    script = folder / "loop.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, str(script), mode, str(folder / "ckpt")], capture_output=True, text=True, env=env, timeout=300
-    )
+    done = run_loop(folder, SCRIPT, mode)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
