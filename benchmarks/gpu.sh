@@ -9,7 +9,7 @@
 # among others, that a cached step keyed by sample ids never synchronises). Distributed runs
 # are not part of it.
 #
-#   QUICK=1 benchmarks/gpu.sh          # --quick: everything, for a lent card (~8 min on an H100)
+#   QUICK=1 benchmarks/gpu.sh          # --quick: everything, for a lent card (estimated ~8 min on an H100)
 #   benchmarks/gpu.sh                  # full rounds (~20 min)
 #   benchmarks/gpu.sh --scenario checkpointing   # extra arguments go to `python -m benchmarks`
 #   DEVICE=cpu benchmarks/gpu.sh --quick --scenario seed --out /tmp/bench   # dry run without a GPU
