@@ -155,6 +155,13 @@ def test_a_layer_replaced_by_hand_takes_the_rows_at_its_paths():
     train(model, optimizer, 3)
     assert_rows_held(model.lm_head.weight, before)
 
+    model.lm_head = nn.Sequential(model.lm_head)  # a wrapper holding the layer: its rows stay with it
+    assert frozen.state(model)["rows"] == {"lm_head.0.weight": {"rows": N + ADDED, "frozen": [[0, 30]]}}
+    own = nn.Linear(16, N + ADDED, bias=False)
+    frozen.freeze(own, frozen.Rows("weight", [5]))
+    model.lm_head = own  # rows frozen on the new layer itself are its own: kept, not overwritten
+    assert frozen.state(model)["rows"] == {HEAD: {"rows": N + ADDED, "frozen": [[5, 6]]}}
+
 
 def test_a_layer_whose_rows_have_another_shape_is_refused_at_the_assignment():
     model = gpt2()
@@ -184,12 +191,15 @@ def test_bert_mlm_decoder_rows_carry_over_through_the_resize():
         tie_word_embeddings=False,
     )
     model = BertForMaskedLM(config)
-    path = "cls.predictions.decoder.weight"
-    frozen.freeze(model, frozen.Rows(path, range(0, 30)))
+    path, bias = "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"
+    frozen.freeze(model, frozen.Rows(path, range(0, 30)), frozen.Rows(bias, range(0, 30)))
     model.resize_token_embeddings(N + ADDED)  # default mean_resizing, as users run it
-    assert frozen.state(model)["rows"] == {path: {"rows": N + ADDED, "frozen": [[0, 30]]}}
+    decoder = model.cls.predictions.decoder
+    assert model.cls.predictions.bias is decoder.bias  # HF points the head's bias slot at the new bias
+    rows = frozen.state(model)["rows"]  # the new bias's first path is now that slot's
+    assert rows == {path: {"rows": N + ADDED, "frozen": [[0, 30]]}, "cls.predictions.bias": rows[path]}
     optimizer = torch.optim.AdamW(frozen.optim.param_groups(model, lr=1e-2, weight_decay=0.1))
-    weight = model.cls.predictions.decoder.weight
-    before = weight.detach().clone()
+    before = [decoder.weight.detach().clone(), decoder.bias.detach().clone()]
     train(model, optimizer, 3)
-    assert_rows_held(weight, before)
+    assert_rows_held(decoder.weight, before[0])
+    assert_rows_held(decoder.bias, before[1])
