@@ -42,7 +42,7 @@ def watch_replacements(write: Writer) -> None:
     if not _HANDLE:
 
         def hook(parent: nn.Module, name: str, new: nn.Module | None) -> None:
-            old = parent.__dict__.get("_modules", {}).get(name)
+            old = parent._modules.get(name)  # torch checked that parent is initialised before the hooks run
             if old is not None and isinstance(new, nn.Module) and old is not new:
                 carry_rows(old, new, write, f"{type(parent).__name__}.{name} = {type(new).__name__}(...)")
 
@@ -77,10 +77,10 @@ def carry_rows(old: nn.Module, new: nn.Module, write: Writer, where: str) -> Non
     if not found:
         return
     held: dict[str, nn.Parameter] = dict(new.named_parameters(remove_duplicate=False))
-    plan = []
+    plan: dict[int, tuple[nn.Parameter, Any]] = {}  # one write per parameter (tied in ``new``)
     for path, rows, before in found:
         param = held.get(path)
-        if param is None or param is before:
+        if param is None or param is before or id(param) in plan:
             continue  # gone, or the same parameter (its record and slots are its own)
         current = indexed_rows(param)
         if current is not None and current.param is param:
@@ -94,9 +94,9 @@ def carry_rows(old: nn.Module, new: nn.Module, write: Writer, where: str) -> Non
                 f"freeze rows of the new layer with frozen.freeze(model, frozen.Rows({rows.path!r}, ...)). "
                 f"Nothing was changed."
             )
-        plan.append((param, rows))
+        plan[id(param)] = (param, rows)
     with LOCK:
-        for param, rows in plan:
+        for param, rows in plan.values():
             n = param.shape[0]
             cut = n < len(rows.mask) and bool(rows.mask[n:].any())
             mask = rows.mask.clone() if cut else rows.fitted(n, where)
