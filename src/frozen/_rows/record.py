@@ -11,7 +11,8 @@ trains with its rows frozen from its first step, and no query has to restore any
 What the record drives: a gradient hook zeroing the frozen rows of every incoming gradient
 (held by its ``RemovableHandle``), the optimizer step narrowing (``step.py``, which indexes
 the records by parameter), and a forward pre-hook on each holding module (:func:`watch_slots`)
-that notices a parameter *replaced* in the slot since.
+that notices a parameter *replaced* in the slot since; a module replaced in its parent's slot
+hands its rows on to the new one (``carry.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch.utils.hooks import RemovableHandle
 from .._core import LOCK, View, rows_of, set_rows
 from .._errors import FrozenError
 from ..distributed import manages_parameter
+from .carry import watch_replacements
 from .step import Layout, index_rows, indexed_rows
 
 __all__ = ["FrozenRows", "frozen_rows_in", "refuse_sharded", "refuse_replaced", "watch_slots", "write_rows"]
@@ -167,6 +169,7 @@ def _activate(param: nn.Parameter, rows: FrozenRows | None) -> None:
     index_rows(param, rows)
     if rows is not None:
         rows.attach(param)
+        watch_replacements(write_rows)  # a module replaced in its slot hands its rows on (carry.py)
 
 
 def write_rows(param: nn.Parameter, path: str, slots: list[tuple[nn.Module, str]], mask: torch.Tensor) -> None:
