@@ -155,7 +155,8 @@ class LeanBatchNorm(StandIn):
         norm._check_input_dim(x)
         affine = self.affine.get(x.dtype)
         if affine is None:
-            affine = self.affine[x.dtype] = tuple(t.to(x.dtype) for t in scale_shift(norm))  # type: ignore[assignment]
+            scale, shift = scale_shift(norm)
+            affine = self.affine[x.dtype] = (scale.to(x.dtype), shift.to(x.dtype))
         return _apply(InputGradAffineJvp, x, *affine)
 
 
