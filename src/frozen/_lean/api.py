@@ -86,7 +86,8 @@ def lean(model: nn.Module, *paths: str) -> nn.Module:
     a frozen eval-mode ``BatchNorm`` right after such a convolution in an ``nn.Sequential``
     is folded into it (outputs and input gradients equal up to float rounding, ~1e-7
     relative in float32), and an ``nn.ReLU`` right after them runs in place on the
-    convolution's output, which nothing saved. ``Linear`` needs nothing: torch already
+    convolution's output, which nothing saved. Any other frozen eval-mode ``BatchNorm1d/2d/3d``
+    computes ``x * s + t`` per channel with a backward that saves only ``s`` (``norm.py``). ``Linear`` needs nothing: torch already
     saves only the weight when the weight needs no gradient. A module thawed later runs
     its plain forward.
     The model is settled first (:func:`frozen.settle`), as ``freeze`` and ``thaw`` do.
