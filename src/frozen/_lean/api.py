@@ -20,6 +20,7 @@ from .._core import ModuleRef, find, install, iter_module_uses, own_attribute, r
 from .._errors import ArgumentTypeError, FrozenError, UnknownPathError, closest
 from .._freeze import is_frozen
 from .forward import LeanConv, LeanNorm, LeanReLU
+from .norm import NORMS, LeanBatchNorm
 
 __all__ = ["lean", "unlean"]
 
@@ -85,7 +86,8 @@ def lean(model: nn.Module, *paths: str) -> nn.Module:
     a frozen eval-mode ``BatchNorm`` right after such a convolution in an ``nn.Sequential``
     is folded into it (outputs and input gradients equal up to float rounding, ~1e-7
     relative in float32), and an ``nn.ReLU`` right after them runs in place on the
-    convolution's output, which nothing saved. ``Linear`` needs nothing: torch already
+    convolution's output, which nothing saved. Any other frozen eval-mode ``BatchNorm1d/2d/3d``
+    computes ``x * s + t`` per channel with a backward that saves only ``s`` (``norm.py``). ``Linear`` needs nothing: torch already
     saves only the weight when the weight needs no gradient. A module thawed later runs
     its plain forward.
     The model is settled first (:func:`frozen.settle`), as ``freeze`` and ``thaw`` do.
@@ -119,6 +121,7 @@ def lean(model: nn.Module, *paths: str) -> nn.Module:
             )
     settle(model)  # unsettled, a Frozen(...) wrapper's per-call detaching refolded at every call
     plans = [item for path in paths or ("",) for item in _plan(model, path)]
+    first_paths = {id(u.module): u.path for u in reversed(list(iter_module_uses(model)))}
     for conv, norm, relu, where, parent in plans:
         # Beside frozen's own stand-ins (its guard, a cache) lean takes its layer; an instance forward
         # of someone else's (Accelerate's hooks) would be skipped by the lean computation: left alone.
@@ -128,13 +131,25 @@ def lean(model: nn.Module, *paths: str) -> nn.Module:
         lean_conv.parent = ModuleRef(parent)  # its shortcuts hold only inside this Sequential's forward
         install(conv, lean_conv)
         if norm is not None and "forward" not in norm.__dict__:
-            install(norm, LeanNorm(norm, lean_conv))
+            install(norm, LeanNorm(norm, lean_conv, model, first_paths[id(norm)]))
         elif norm is not None:
             lean_conv.norm_ref = ModuleRef(None)  # the norm's forward is someone else's: do not fold
             relu = None  # its input is then the norm's own output, never the convolution's
         if relu is not None and not relu.inplace and "forward" not in relu.__dict__:
             install(relu, LeanReLU(relu, lean_conv))
+    # Every other BatchNorm under the paths (no convolution folds it): input gradient only, saving its scale.
+    for use in iter_module_uses(model):
+        norm = use.module
+        if type(norm) not in NORMS or not any(_under(use.path, p) for p in paths or ("",)):
+            continue
+        if own_attribute(norm, "forward") is not None or find(norm, "forward", LeanBatchNorm) is not None:
+            continue  # someone else's forward (left alone, as for convolutions), or lean already
+        install(norm, LeanBatchNorm(norm, model, first_paths[id(norm)]))
     return model
+
+
+def _under(path: str, part: str) -> bool:
+    return not part or path == part or path.startswith(f"{part}.")
 
 
 def unlean(model: nn.Module, *paths: str) -> nn.Module:
@@ -152,11 +167,12 @@ def unlean(model: nn.Module, *paths: str) -> nn.Module:
         if paths and not any(use.path == p or use.path.startswith(f"{p}.") for p in paths):
             continue
         for found in standing(use.module, "forward"):
-            if not isinstance(found, LeanConv | LeanNorm | LeanReLU):
+            if not isinstance(found, LeanConv | LeanBatchNorm | LeanReLU):
                 continue
             remove(use.module, found)  # a cached part in front, frozen's guard behind: they stay
             if isinstance(found, LeanConv):
                 found.last = None  # a norm left lean alone then runs its plain forward
+            if isinstance(found, LeanConv | LeanBatchNorm):
                 for hook in found.load_hooks or ():
                     hook.remove()
     return model

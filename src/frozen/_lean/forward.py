@@ -23,6 +23,7 @@ from .._cache import observed_globally, watch_steps
 from .._core import GuardedForward, ModuleRef, StandIn, TensorState, under_torch_func
 from ..distributed import sharded_sources, watch_loads
 from .fold import InputGradConv, InputGradConvJvp, autocast_operands, fold, foldable, kept_by_producer, state_of
+from .norm import LeanBatchNorm
 from .sequence import in_sequence, references_in_sequence
 
 __all__ = ["LeanConv", "LeanNorm", "LeanReLU"]
@@ -185,13 +186,21 @@ class _AfterConv(StandIn):
         return mark is not None and mark[0]() is x and (mark[1] is None or x._version == mark[1])
 
 
-class LeanNorm(_AfterConv):
-    """The ``forward`` of a BatchNorm folded into the convolution before it: identity on that output."""
+class LeanNorm(LeanBatchNorm):
+    """The ``forward`` of a BatchNorm folded into the convolution before it: identity on that output.
+
+    Given anything else (the convolution did not fold, or was called outside its Sequential),
+    it is a :class:`LeanBatchNorm`: the input gradient only, saving the per-channel scale.
+    """
+
+    def __init__(self, module: nn.Module, conv: LeanConv, root: nn.Module | None = None, path: str = "") -> None:
+        super().__init__(module, root, path)
+        self.conv = conv
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fresh(self.conv.last, x):
+        if _AfterConv.fresh(self.conv.last, x):
             return x  # the convolution already applied this normalisation
-        return self.plain(x)
+        return super().__call__(x)
 
 
 class LeanReLU(_AfterConv):
