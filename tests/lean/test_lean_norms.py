@@ -251,8 +251,8 @@ def test_unlean_leaves_every_module_dict_as_before() -> None:
     assert all(isinstance(m.__dict__.get("forward"), LeanBatchNorm) for m in _norms(model, part))
 
 
-# dynamo (torch 2.13) warns that it instantiates torch.autograd.Function while tracing the lean
-# convolution's autograd function in a custom block's forward; the same happens without lean norms.
+# dynamo (torch 2.13) instantiates a custom torch.autograd.Function for its ctx while tracing it
+# inlined in a custom forward (side_effects.track_object_new) and warns about it itself.
 @pytest.mark.filterwarnings("ignore:<class 'torch.autograd.function.Function'> should not be instantiated")
 def test_a_compiled_lean_middle_of_custom_blocks_matches_eager_without_graph_break() -> None:
     import torch._dynamo

@@ -40,8 +40,9 @@ class LeanConv(StandIn):
     worked out once per state of the two modules and reused while a :class:`TensorState`
     snapshot of them matches: the per-call cost is that comparison, not the checks and the
     fold. Under ``torch.compile`` the snapshot (weak references, storages) would break the
-    graph, so the same decisions and the fold (a per-channel scale) are traced into it
-    instead, from the live parameters: dynamo guards the flags, the graph follows the values.
+    graph, so the same decisions are traced into it instead, from the live parameters: dynamo
+    guards the flags, the graph follows the values. Compiled, nothing folds (the caller, which
+    decides whether folding is safe, cannot be read while tracing): the norm is lean by itself.
 
     It computes the convolution itself instead of calling the layer behind it, through
     frozen's white-box guard when that stands there. The shortcuts on its output (the norm
@@ -97,12 +98,12 @@ class LeanConv(StandIn):
         """Refold at the next call (after a ``load_state_dict`` of the convolution or its norm)."""
         self.state = None
 
-    def _decide(self) -> tuple[bool, bool, tuple[torch.Tensor, torch.Tensor | None]]:
-        """``(plain, folding, (weight, bias))`` for the modules as they are now."""
+    def _decide(self, may_fold: bool = True) -> tuple[bool, bool, tuple[torch.Tensor, torch.Tensor | None]]:
+        """``(plain, folding, (weight, bias))`` for the modules as they are now (``may_fold=False``: no fold)."""
         conv = self.conv
         plain = any(p.requires_grad for p in conv.parameters())
         norm = self.norm
-        folding = not plain and norm is not None and foldable(norm) and not any(_watchers(conv, norm))
+        folding = may_fold and not plain and norm is not None and foldable(norm) and not any(_watchers(conv, norm))
         folding = folding and self.outermost(conv)
         return plain, folding, fold(conv, norm) if folding else (conv.weight, conv.bias)
 
@@ -127,7 +128,9 @@ class LeanConv(StandIn):
         outermost = False  # compiled, no ReLU runs in place (inductor fuses the pair itself)
         if torch.compiler.is_compiling():
             function = InputGradConv  # dynamo cannot trace a custom jvp
-            plain, folding, (weight, bias) = self._decide()
+            # No fold: who called can't be read while tracing, and a compiled loop over the children
+            # that kept taps read BatchNorm's output as the convolution's. The norm is lean alone.
+            plain, folding, (weight, bias) = self._decide(may_fold=False)
         elif torch.is_inference_mode_enabled():  # eager only: dynamo cannot trace this query
             # Nothing is saved for backward here, and the output is an inference tensor without a
             # version counter: the norm could not tell it unchanged, so it normalises by itself.
