@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from func_transforms import assert_same_under_transforms, transformed
 from quiet_loads import load_quietly
 from torch import nn
 from torch.nn import functional as F
@@ -363,8 +364,6 @@ def test_a_lean_middle_under_autocast_is_as_accurate_as_torch_autocast(dtype: to
 def test_lean_middle_under_torch_func_matches_the_plain_frozen_middle(monkeypatch) -> None:
     # Per-sample gradients (vmap of grad over functional_call), reverse- and forward-mode Jacobians:
     # the input-gradient-only convolution needs the setup_context form, a vmap rule and a jvp for these.
-    from torch.func import functional_call, grad, jacfwd, jacrev, vmap
-
     applied = [0]
     plain_apply = InputGradConvJvp.apply
     monkeypatch.setattr(InputGradConvJvp, "apply", lambda *a: applied.__setitem__(0, applied[0] + 1) or plain_apply(*a))
@@ -374,26 +373,9 @@ def test_lean_middle_under_torch_func_matches_the_plain_frozen_middle(monkeypatc
         model = frozen.freeze(_middle(), "1").eval()
         if leaned:
             lean(model, "1")
-        params = {k: v.detach() for k, v in model.named_parameters()}  # every parameter, frozen ones too
-        buffers = dict(model.named_buffers())
-
-        def run(p: dict, inputs: torch.Tensor, model: nn.Module = model, buffers: dict = buffers) -> torch.Tensor:
-            return functional_call(model, {**p, **buffers}, (inputs,))
-
-        def at_params(inputs: torch.Tensor, run=run, params: dict = params) -> torch.Tensor:
-            return run(params, inputs)
-
-        per_sample = vmap(grad(lambda p, xi, run=run: run(p, xi[None]).square().mean()), in_dims=(None, 0))(params, x)
-        results.append([per_sample, jacrev(at_params)(x[:1]), jacfwd(at_params)(x[:1])])
+        results.append(transformed(model, x))  # every parameter, frozen ones too
     assert applied[0] >= 3  # the lean convolution ran under each transform
-    (plain_grads, *plain_jacobians), (lean_grads, *lean_jacobians) = results
-    for name, value in plain_grads.items():
-        if name.startswith("1."):
-            assert lean_grads[name].abs().sum() == 0 == value.abs().sum(), name  # frozen: exactly zero
-        else:
-            torch.testing.assert_close(lean_grads[name], value, **TOL)
-    for got, want in zip(lean_jacobians, plain_jacobians, strict=True):
-        torch.testing.assert_close(got, want, **TOL)
+    assert_same_under_transforms(*results, frozen_prefix="1.", tol=TOL)
 
 
 def test_a_lean_middle_under_inference_mode_runs_plain_and_then_trains() -> None:

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from func_transforms import assert_same_under_transforms, transformed
 from torch import nn
 from transformers import ResNetConfig, ResNetForImageClassification
 
@@ -283,8 +284,6 @@ def test_a_compiled_lean_middle_of_custom_blocks_matches_eager_without_graph_bre
 # torch's own jvp decompositions (imported by the first jacfwd) still use torch.jit.script.
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_lean_norms_under_torch_func_match_the_plain_frozen_model(monkeypatch) -> None:
-    from torch.func import functional_call, grad, jacfwd, jacrev, vmap
-
     applied = _count(monkeypatch, InputGradAffineJvp)
     results = []
     for leaned in (False, True):
@@ -292,26 +291,9 @@ def test_lean_norms_under_torch_func_match_the_plain_frozen_model(monkeypatch) -
         frozen.freeze(model, part)
         if leaned:
             frozen.lean(model, part)
-        params = {k: v.detach() for k, v in model.named_parameters()}
-        buffers = dict(model.named_buffers())
-
-        def run(p: dict, inputs: torch.Tensor, model: nn.Module = model, buffers: dict = buffers) -> torch.Tensor:
-            return functional_call(model, {**p, **buffers}, (inputs,))
-
-        def at_params(inputs: torch.Tensor, run=run, params: dict = params) -> torch.Tensor:
-            return run(params, inputs)
-
-        per_sample = vmap(grad(lambda p, xi, run=run: run(p, xi[None]).square().mean()), in_dims=(None, 0))(params, x)
-        results.append([per_sample, jacrev(at_params)(x[:1]), jacfwd(at_params)(x[:1])])
+        results.append(transformed(model, x))
     assert applied[0] >= 2  # the lean norm ran under the transforms
-    (plain_grads, *plain_jacobians), (lean_grads, *lean_jacobians) = results
-    for name, value in plain_grads.items():
-        if name.startswith("1."):
-            assert lean_grads[name].abs().sum() == 0 == value.abs().sum(), name  # frozen: exactly zero
-        else:
-            torch.testing.assert_close(lean_grads[name], value, **TOL)
-    for got, want in zip(lean_jacobians, plain_jacobians, strict=True):
-        torch.testing.assert_close(got, want, **TOL)
+    assert_same_under_transforms(*results, frozen_prefix="1.", tol=TOL)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
