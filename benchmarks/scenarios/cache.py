@@ -26,7 +26,7 @@ from frozen import cache, cache_stats
 
 from ..harness import Bar, Epochs, Scenario, Setup, Workload, apply_variant, classify, frozen_keys, models, replay
 
-__all__ = ["IDS", "REPLAY", "SCENARIOS", "cache_figures", "cached_epochs"]
+__all__ = ["IDS", "REPLAY", "SCENARIOS", "cache_figures", "cache_variant", "cached_epochs", "frozen_on_epochs"]
 
 CACHED = ("ideal", "freeze", "cache (fill)", "cache")
 REPLAY = "replay (bound)"
@@ -88,6 +88,38 @@ def cache_figures(model: nn.Module) -> Callable[[], dict[str, float | int | str]
     return figures
 
 
+def frozen_on_epochs(
+    make: Callable[[Setup], tuple[nn.Module, tuple[torch.Tensor, ...], int]],
+    setup: Setup,
+    parts: list[str],
+    ideal: bool,
+) -> tuple[nn.Module, Epochs, list]:
+    """The model on the device with ``parts`` frozen (by hand if ``ideal``, else by frozen), its epochs, what trains."""
+    model, data, batch = make(setup)
+    model.to(setup.device)
+    epochs = Epochs(tuple(t.to(setup.device) for t in data), batch)
+    with warnings.catch_warnings():  # GPT-2: freezing wte freezes the tied lm_head too, as the ideal does
+        warnings.simplefilter("ignore", frozen.TiedParameterWarning)
+        params, _ = apply_variant(model, parts, "ideal" if ideal else "freeze")
+    return model, epochs, params
+
+
+def cache_variant(
+    model: nn.Module,
+    variant: str,
+    cached: list[str],
+    chain: list[str],
+    epochs: Epochs,
+    loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
+    budget: str,
+) -> Any:
+    """The cache handle of a ``cache*`` variant (on the device); for ``replay (bound)``, ``chain`` replayed."""
+    handle = cache(model, *cached, budget=budget, store="device") if variant.startswith("cache") else None
+    if variant == REPLAY:
+        replay(model, [model.get_submodule(p) for p in chain], epochs, loss_fn)
+    return handle
+
+
 def cached_epochs(
     variant: str,
     model: nn.Module,
@@ -143,16 +175,9 @@ def _cached_builder(
     """Builder: train the rest with AdamW while ``parts`` are frozen; cache variants cache ``cached``."""
 
     def build(variant: str, setup: Setup) -> Workload:
-        model, data, batch = make(setup)
-        model.to(setup.device)
-        epochs = Epochs(tuple(t.to(setup.device) for t in data), batch)
-        with warnings.catch_warnings():  # GPT-2: freezing wte freezes the tied lm_head too, as the ideal does
-            warnings.simplefilter("ignore", frozen.TiedParameterWarning)
-            params, _ = apply_variant(model, parts(setup), "ideal" if variant == "ideal" else "freeze")
+        model, epochs, params = frozen_on_epochs(make, setup, parts(setup), variant == "ideal")
         optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-        handle = cache(model, *cached(setup), budget="4GB", store="device") if variant.startswith("cache") else None
-        if variant == REPLAY:
-            replay(model, [model.get_submodule(p) for p in cached(setup)], epochs, loss_fn)
+        handle = cache_variant(model, variant, cached(setup), cached(setup), epochs, loss_fn, "4GB")
         keys = frozen_keys(model, parts(setup), variant)
         return cached_epochs(variant, model, epochs, optimizer, handle, loss_fn, loss_fn is classify, keys)
 

@@ -20,18 +20,17 @@ run on a GPU only (``devices``), through ``benchmarks/gpu.sh``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-import frozen
-from frozen import cache, lean
+from frozen import lean
 
-from ..harness import Bar, Epochs, Scenario, Setup, Workload, apply_variant, frozen_keys, replay
-from .cache import IDS, REPLAY, cached_epochs
+from ..harness import Bar, Epochs, Scenario, Setup, Workload, apply_variant, frozen_keys
+from .cache import IDS, REPLAY, cache_variant, cached_epochs, frozen_on_epochs
 
 __all__ = ["FLOOR", "SCENARIOS"]
 
@@ -135,18 +134,11 @@ def _builder(
     """Train the rest with AdamW while ``frozen_parts`` are frozen; cache ``cached``; ``chain``: the replay's modules."""
 
     def build(variant: str, setup: Setup) -> Workload:
-        model, data, batch = make(setup)
-        model.to(setup.device)
-        epochs = Epochs(tuple(t.to(setup.device) for t in data), batch)
-        with warnings.catch_warnings():  # GPT-2: freezing wte freezes the tied lm_head too, as the ideal does
-            warnings.simplefilter("ignore", frozen.TiedParameterWarning)
-            params, _ = apply_variant(model, frozen_parts(setup), "ideal" if variant in ("ideal", FLOOR) else "freeze")
+        model, epochs, params = frozen_on_epochs(make, setup, frozen_parts(setup), variant in ("ideal", FLOOR))
         if variant == FLOOR:
             return _floor(model, epochs, setup, frozen_parts(setup))
         optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
-        handle = cache(model, *cached(setup), budget="16GB", store="device") if variant.startswith("cache") else None
-        if variant == REPLAY:
-            replay(model, [model.get_submodule(p) for p in chain(setup)], epochs, loss_fn)
+        handle = cache_variant(model, variant, cached(setup), chain(setup), epochs, loss_fn, "16GB")
         keys = frozen_keys(model, frozen_parts(setup), variant)
         return cached_epochs(variant, model, epochs, optimizer, handle, loss_fn, loss_fn is _classify, keys)
 
@@ -229,7 +221,7 @@ def _middle_saved_bytes(model: nn.Module, images: torch.Tensor) -> int:
     The whole step's figure includes the trainable stem, stage 0 and stage 3, which lean never
     touches (54 % of the ideal's bytes at ResNet-50): this is the part lean is about.
     """
-    resnet = model.resnet  # type: ignore[union-attr]
+    resnet: Any = model.resnet  # transformers ResNetModel: its stages are attributes torch types loosely
     with torch.no_grad():
         hidden = resnet.encoder.stages[0](resnet.embedder(images))
     hidden.requires_grad_(True)
