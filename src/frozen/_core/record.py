@@ -155,6 +155,11 @@ def ensure_record(module: nn.Module) -> Record:
     if record is None:
         record = Record()
         attach_record(module, record)
+        # frozen governs a module in this process now: a plain optimizer load of a checkpoint saved at
+        # another freeze state must name the fix. Imported here: frozen.optim imports this package.
+        from ..optim._load_guard import guard_loads
+
+        guard_loads()
     return record
 
 

@@ -87,6 +87,5 @@ def register(accelerator: Any, model: nn.Module) -> tuple[Any, Any]:
             saved_layout = {"state": {}, "param_groups": groups, PATHS_KEY: layout["paths"]}
             load_state_dict(unwrap_optimizer(optimizer), inner, saved_layout)
 
-    for optimizer in accelerator._optimizers:  # prepared already: a plain load of another layout fails clearly
-        guard_loads(unwrap_optimizer(optimizer))
+    guard_loads()  # a plain load of another layout fails clearly, naming this helper
     return accelerator.register_save_state_pre_hook(save), accelerator.register_load_state_pre_hook(load)

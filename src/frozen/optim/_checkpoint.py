@@ -169,6 +169,6 @@ def load_state_dict(optimizer: torch.optim.Optimizer, model: nn.Module, saved: d
             optimizer.add_param_group({**options, "params": params})
         if "param_names" in optimizer.param_groups[index]:
             optimizer.param_groups[index]["param_names"][:] = list(paths)
-    guard_loads(optimizer)  # the layout is the saved one now: a later plain load of another one is refused clearly
+    guard_loads()  # the layout is the saved one now: a later plain load of another one is refused clearly
     optimizer.load_state_dict({k: v for k, v in saved.items() if k != PATHS_KEY})
     return optimizer

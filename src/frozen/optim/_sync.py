@@ -178,7 +178,7 @@ def sync(
             # Its curvature history (kept under its first parameter) has the old length.
             for param in optimizer.param_groups[0]["params"][:1]:
                 optimizer.state.pop(param, None)
-    guard_loads(optimizer)  # a checkpoint of another freeze state now fails naming the fix, not torch's count
+    guard_loads()  # a checkpoint of another freeze state now fails naming the fix, not torch's count
     return optimizer
 
 
