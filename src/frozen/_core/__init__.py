@@ -9,6 +9,7 @@ from .call import under_torch_func as under_torch_func
 from .compiled import RecompileWarning as RecompileWarning
 from .compiled import reserve_recompiles as reserve_recompiles
 from .flips import who_flipped as who_flipped
+from .optimizer_loads import guard_loads as guard_loads
 from .precision import floating_tensors as floating_tensors
 from .precision import lower_precision as lower_precision
 from .precision import restore_precision as restore_precision
@@ -68,6 +69,7 @@ __all__ = [
     "floating_tensors",
     "freeze_slot",
     "frozen_by_other_libraries",
+    "guard_loads",
     "install",
     "is_marked",
     "iter_module_uses",

@@ -36,6 +36,7 @@ from torch.utils.hooks import RemovableHandle
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .call import GuardedForward, Slots, keeps_training_flag
+from .optimizer_loads import guard_loads
 from .standins import RECORD, StandIn, attach_record, detach_record, install, remove
 
 __all__ = [
@@ -155,11 +156,7 @@ def ensure_record(module: nn.Module) -> Record:
     if record is None:
         record = Record()
         attach_record(module, record)
-        # frozen governs a module in this process now: a plain optimizer load of a checkpoint saved at
-        # another freeze state must name the fix. Imported here: frozen.optim imports this package.
-        from ..optim._load_guard import guard_loads
-
-        guard_loads()
+        guard_loads()  # frozen governs a module now: a plain optimizer load at another freeze state names the fix
     return record
 
 

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from .. import load_state, state
-from ..optim import PATHS_KEY, guard_loads, load_state_dict, paths_by_id
+from .._core import guard_loads
+from ..optim import PATHS_KEY, load_state_dict, paths_by_id
 from ._common import unwrap_model, unwrap_optimizer
 
 __all__ = ["register", "FILE"]

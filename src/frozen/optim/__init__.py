@@ -24,6 +24,5 @@ from ._checkpoint import PATHS_KEY as PATHS_KEY  # noqa: E402
 from ._checkpoint import STASH as STASH  # noqa: E402
 from ._checkpoint import STASH_PREFIX as STASH_PREFIX  # noqa: E402
 from ._groups import PARKED as PARKED  # noqa: E402
-from ._load_guard import guard_loads as guard_loads  # noqa: E402
 from ._sync import STATE_POLICIES as STATE_POLICIES  # noqa: E402
 from ._sync import paths_by_id as paths_by_id  # noqa: E402

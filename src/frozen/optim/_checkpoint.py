@@ -16,9 +16,8 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .._checks import check_model, check_optimizer
-from .._core import named_parameters, trainable_ids
+from .._core import guard_loads, named_parameters, trainable_ids
 from .._errors import FrozenError
-from ._load_guard import guard_loads
 from ._sync import paths_by_id
 
 __all__ = ["state_dict", "load_state_dict", "PATHS_KEY", "STASH", "STASH_PREFIX"]

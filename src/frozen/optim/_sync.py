@@ -9,11 +9,10 @@ import torch
 from torch import nn
 
 from .._checks import check_model, check_optimizer
-from .._core import named_parameters, trainable_ids
+from .._core import guard_loads, named_parameters, trainable_ids
 from .._errors import FrozenError
 from ..distributed import local_nbytes
 from ._groups import PARKED
-from ._load_guard import guard_loads
 
 __all__ = ["sync", "state_nbytes", "paths_by_id", "NEW_GROUP_NAME", "KEPT", "STATE_POLICIES"]
 
