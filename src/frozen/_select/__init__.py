@@ -7,11 +7,11 @@ from .blocks import Layout as Layout
 from .blocks import blocks as blocks
 from .blocks import head as head
 from .blocks import layout as layout
-from .select import NORM_TYPES as NORM_TYPES
+from .norms import NORM_TYPES as NORM_TYPES
+from .norms import is_norm as is_norm
 from .select import Selection as Selection
 from .select import Selector as Selector
 from .select import compile_pattern as compile_pattern
-from .select import is_norm as is_norm
 from .select import params as params
 from .select import resolve as resolve
 from .select import select as select

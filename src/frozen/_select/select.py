@@ -1,7 +1,7 @@
 """Selectors: which modules and parameters of a model a target names (contract S11).
 
 The language is documented in one place, ``docs/selectors.md``. A target is a dotted
-path pattern (matched against module *and* parameter paths, see ``_patterns.py``), a
+path pattern (matched against module *and* parameter paths, grammar in ``frozen._grammar``), a
 module type, a module or parameter object, a predicate ``(path, module) -> bool``, or
 ``params(...)``: a pattern or predicate ``(path, parameter) -> bool`` over parameters
 only. A target that names a module selects its whole subtree; one that names a
@@ -15,7 +15,6 @@ time linear in the number of module and parameter uses.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -24,49 +23,19 @@ from torch import nn
 from .._checks import check_model
 from .._core import ModuleUse, ParamUse, View
 from .._errors import ArgumentTypeError, SelectorError, closest
-from .patterns import ParamSelector, PathTree, Pattern, compile_pattern, params
+from .._grammar import Pattern
+from .norms import is_norm
+from .patterns import ParamSelector, PathTree, compile_pattern, params
 
 __all__ = [
-    "NORM_TYPES",
     "ParamSelector",
     "Selection",
     "Selector",
     "compile_pattern",
-    "is_norm",
     "params",
     "resolve",
     "select",
 ]
-
-# Every normalisation layer torch ships; is_norm adds the ones models define themselves.
-NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.RMSNorm,
-    nn.LocalResponseNorm,
-)
-# A class named like a norm: LlamaRMSNorm, T5LayerNorm, ScaleNorm, LayerNorm2d. Not
-# Wav2Vec2GroupNormConvLayer (a convolution) or Normalize: the name must end in Norm.
-_NORM_NAME = re.compile(r"Norm(\d+d)?$")
-
-
-def is_norm(module: nn.Module) -> bool:
-    """Whether ``module`` is a normalisation layer: the one rule of ``train_norms=True`` and of
-    ``frozen.optim.param_groups(no_decay_bias_and_norm=True)`` (``docs/selectors.md``).
-
-    An instance of torch's norm classes (:data:`NORM_TYPES`), or of a class whose name (or a
-    base class's) ends in ``Norm``, optionally with a dimension (``LayerNorm2d``), that holds
-    no parameter below it: Hugging Face's ``LlamaRMSNorm`` and ``T5LayerNorm`` are plain
-    ``nn.Module`` subclasses. A module named like a norm that holds layers with weights
-    (``PreNorm(dim, fn)``, ``AdaLayerNorm`` and its modulation ``Linear``) wraps a norm
-    rather than being one: keeping it trainable would keep ``fn`` trainable, and the norm
-    inside it is found on its own.
-    """
-    if isinstance(module, NORM_TYPES):
-        return True
-    named = any(_NORM_NAME.search(c.__name__) for c in type(module).__mro__ if c is not nn.Module)
-    return named and not any(True for child in module.children() for _ in child.parameters())
 
 
 def _norm_layer(path: str, module: nn.Module) -> bool:

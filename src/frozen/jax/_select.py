@@ -16,8 +16,8 @@ from typing import Any
 
 import equinox as eqx
 
+from .._grammar import Pattern, position
 from ._errors import SelectorError, closest
-from ._patterns import Pattern, position
 from ._tree import Walk, walk
 from ._wrapper import Frozen
 
@@ -61,7 +61,7 @@ def _describe(target: Any) -> str:
 def _hits(found: Walk, target: Any, function: str, role: str) -> list[bool]:
     entries = found.entries
     if isinstance(target, str):
-        pattern = Pattern(target, function, role)
+        pattern = Pattern(target, function, role, error=SelectorError)
         spans = _spans(found)
         masks = [pattern.start]
         for entry in entries[1:]:
