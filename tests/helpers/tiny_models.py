@@ -62,3 +62,17 @@ def two_layers() -> nn.Sequential:
     """A seeded ``Linear(4, 4) -> Linear(4, 2)``: the smallest model with a part to freeze and a part to train."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+
+
+class TiedVocabulary(nn.Module):
+    """An embedding and an output head sharing one weight (12 x 8), as GPT-2's wte and lm_head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(12, 8)
+        self.out = nn.Linear(8, 12, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.emb(ids)))

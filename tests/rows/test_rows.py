@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from optimizer_cases import CASES
+from tiny_models import TiedVocabulary
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -323,20 +324,6 @@ def test_bad_targets_raise_before_anything_changes():
     thaw_rows(model, "emb.weight")
 
 
-class _Tied(nn.Module):
-    """An embedding and an output head sharing one weight, as GPT-2's wte and lm_head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.emb = nn.Embedding(12, 8)
-        self.out = nn.Linear(8, 12, bias=False)
-        self.out.weight = self.emb.weight
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.emb(ids)))
-
-
 def _copies(model: nn.Module) -> dict[str, nn.Module]:
     buffer = io.BytesIO()
     torch.save(model, buffer)
@@ -348,7 +335,7 @@ def _copies(model: nn.Module) -> dict[str, nn.Module]:
 def test_a_copy_of_the_model_keeps_its_frozen_rows(how: str) -> None:
     # deepcopy and pickle rebuild parameters without the identity record and the gradient hook:
     # before the carriers, an EMA copy or a reloaded checkpoint silently trained every row.
-    model = frozen.freeze(_Tied(), Rows("emb.weight", trainable=[9, 10, 11]))
+    model = frozen.freeze(TiedVocabulary(), Rows("emb.weight", trainable=[9, 10, 11]))
     copied = _copies(model)[how]
     assert frozen_rows(copied)["emb.weight"].trainable.tolist() == [9, 10, 11]  # reported before any forward
     before = copied.emb.weight.detach().clone()
@@ -366,7 +353,7 @@ def test_a_copy_of_the_model_keeps_its_frozen_rows(how: str) -> None:
 
 
 def test_thawing_rows_removes_their_carriers_from_the_model_and_its_later_copies() -> None:
-    model = frozen.freeze(_Tied(), Rows("emb.weight", [0, 1]))
+    model = frozen.freeze(TiedVocabulary(), Rows("emb.weight", [0, 1]))
     carriers = [h for m in (model.emb, model.out) for h in m._forward_pre_hooks.values()]
     assert len(carriers) == 2 and all(h is _rows_record.watch_slots for h in carriers)
     frozen.thaw(model, "emb.weight")
@@ -375,7 +362,7 @@ def test_thawing_rows_removes_their_carriers_from_the_model_and_its_later_copies
 
 
 def test_a_carrier_refuses_a_replaced_parameter_with_other_rows() -> None:
-    model = frozen.freeze(_Tied(), Rows("emb.weight", [0, 1]))
+    model = frozen.freeze(TiedVocabulary(), Rows("emb.weight", [0, 1]))
     copied = copy.deepcopy(model)
     copied.emb.weight = nn.Parameter(torch.randn(20, 8))
     with pytest.raises(frozen.FrozenError, match=r"'emb.weight'.*shape \(20, 8\).*12 rows were frozen"):
@@ -388,7 +375,7 @@ def test_compiled_models_with_frozen_rows_trace_the_carrier_away_and_a_compiled_
 
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    model = frozen.freeze(_Tied(), Rows("emb.weight", trainable=[9, 10, 11]))
+    model = frozen.freeze(TiedVocabulary(), Rows("emb.weight", trainable=[9, 10, 11]))
     copied = copy.deepcopy(model)  # compiled before any eager forward: the hook is traced away there
     for each in (model, copied):
         before = each.emb.weight.detach().clone()
@@ -408,7 +395,7 @@ def test_a_functional_call_leaves_the_carriers_and_records_alone() -> None:
     # not freeze rows on them (it crashed on vmap's storage-less tensors) nor record them.
     from torch.func import functional_call, grad, vmap
 
-    model = frozen.freeze(_Tied(), Rows("emb.weight", [0, 1]))
+    model = frozen.freeze(TiedVocabulary(), Rows("emb.weight", [0, 1]))
     params = {k: v.detach() for k, v in model.named_parameters()}
     ids = torch.tensor([[0, 3], [1, 2]])
 

@@ -17,24 +17,11 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import TiedVocabulary
 from torch import nn
 
 import frozen
 from frozen._rows.rows import frozen_rows
-
-
-class Tied(nn.Module):
-    """An embedding and an output head sharing one weight, as GPT-2's wte and lm_head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.emb = nn.Embedding(12, 8)
-        self.out = nn.Linear(8, 12, bias=False)
-        self.out.weight = self.emb.weight
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.emb(ids)))
 
 
 def by_torch_save(model: nn.Module) -> nn.Module:
@@ -72,7 +59,7 @@ USES = {"forward": module_loss, "functional": functional_loss}
 @pytest.mark.parametrize("use", list(USES))
 @pytest.mark.parametrize("how", list(COPIES))
 def test_a_copy_trains_with_its_rows_frozen_from_the_first_step_without_asking_trainable(how, use) -> None:
-    model = frozen.freeze(Tied(), frozen.Rows("emb.weight", trainable=[9, 10, 11]))
+    model = frozen.freeze(TiedVocabulary(), frozen.Rows("emb.weight", trainable=[9, 10, 11]))
     copied = COPIES[how](model)
     weight = copied.emb.weight
     assert weight is copied.out.weight and weight is not model.emb.weight  # tied in the copy too
@@ -95,7 +82,7 @@ def test_a_compiled_copy_keeps_its_rows_without_an_eager_forward_or_trainable() 
     import torch._dynamo
 
     torch._dynamo.reset()
-    model = frozen.freeze(Tied(), frozen.Rows("emb.weight", trainable=[9, 10, 11]))
+    model = frozen.freeze(TiedVocabulary(), frozen.Rows("emb.weight", trainable=[9, 10, 11]))
     copied = copy.deepcopy(model)
     before = copied.emb.weight.detach().clone()
     optimizer = torch.optim.AdamW(copied.parameters(), lr=0.1, weight_decay=0.1)
@@ -110,8 +97,8 @@ def test_a_compiled_copy_keeps_its_rows_without_an_eager_forward_or_trainable() 
         frozen.thaw(each)
 
 
-def frozen_then_whole() -> Tied:
-    model = frozen.freeze(Tied(), frozen.Rows("emb.weight", [0, 1]))
+def frozen_then_whole() -> TiedVocabulary:
+    model = frozen.freeze(TiedVocabulary(), frozen.Rows("emb.weight", [0, 1]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", frozen.TiedParameterWarning)
         frozen.freeze(model, "")  # the whole model: the row-frozen weight needs no gradient now
@@ -140,7 +127,7 @@ def test_a_copy_of_a_model_frozen_whole_over_its_rows_runs_and_answers(how: str)
 def test_rows_copied_while_their_weight_needed_no_gradient_are_frozen_once_it_trains_again(how: str) -> None:
     # A Frozen wrapper over the embedding (settled: its weight needs no gradient) is copied, then
     # unwrapped in the copy: settling gives the copy's weight the gradient hook it could not take before.
-    model = Tied()
+    model = TiedVocabulary()
     model.out = nn.Linear(8, 12, bias=False)  # untied: the wrapper is the embedding's only use
     frozen.freeze(model, frozen.Rows("emb.weight", trainable=[9, 10, 11]))
     model.emb = frozen.Frozen(model.emb)
@@ -164,7 +151,7 @@ def test_rows_copied_while_their_weight_needed_no_gradient_are_frozen_once_it_tr
 
 
 def test_a_weight_turned_back_on_by_hand_gets_its_gradient_hook_at_the_next_forward() -> None:
-    model = frozen.freeze(Tied(), frozen.Rows("emb.weight", [0, 1]))
+    model = frozen.freeze(TiedVocabulary(), frozen.Rows("emb.weight", [0, 1]))
     model.emb.weight.requires_grad_(False)
     copied = copy.deepcopy(model)  # rebuilt while its weight needed no gradient: no hook yet
     copied.emb.weight.requires_grad_(True)
@@ -179,7 +166,7 @@ def test_a_freed_copy_leaves_no_row_freezing_behind() -> None:
     from frozen._rows import step
 
     gc.collect()  # row-frozen models other tests left to the cycle collector
-    model = frozen.freeze(Tied(), frozen.Rows("emb.weight", [0, 1]))
+    model = frozen.freeze(TiedVocabulary(), frozen.Rows("emb.weight", [0, 1]))
     copied = copy.deepcopy(model)
     assert len(step._INDEX) == 2 and step._HANDLES
     del copied

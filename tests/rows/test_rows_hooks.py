@@ -12,29 +12,18 @@ import io
 
 import pytest
 import torch
+from tiny_models import TiedVocabulary
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 import frozen
 
 
-class Tied(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.emb = nn.Embedding(12, 8)
-        self.out = nn.Linear(8, 12, bias=False)
-        self.out.weight = self.emb.weight
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.out(self.emb(ids))
-
-
-def hooks_of(model: Tied) -> tuple[int, int, int]:
+def hooks_of(model: TiedVocabulary) -> tuple[int, int, int]:
     return len(model.emb._forward_pre_hooks), len(model.out._forward_pre_hooks), len(model.emb.weight._backward_hooks)
 
 
-def hook_keys(model: Tied) -> set[tuple[int, int]]:
+def hook_keys(model: TiedVocabulary) -> set[tuple[int, int]]:
     """``(id of the hook dict, key)`` of every hook row freezing put on the model's modules and weight."""
     dicts = (model.emb._forward_pre_hooks, model.out._forward_pre_hooks, model.emb.weight._backward_hooks)
     return {(id(d), key) for d in dicts for key in d}
@@ -58,7 +47,7 @@ def removed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("on", ["the model", "a deepcopy", "a torch.load copy"])
 def test_thawing_rows_removes_every_hook_through_its_handle(removed: list, on: str) -> None:
-    original = frozen.freeze(Tied(), frozen.Rows("emb.weight", [0, 1]))
+    original = frozen.freeze(TiedVocabulary(), frozen.Rows("emb.weight", [0, 1]))
     model = {"the model": lambda m: m, "a deepcopy": copy.deepcopy, "a torch.load copy": loaded}[on](original)
     model(torch.tensor([[1, 2]])).sum().backward()  # a forward and a backward on it first
     assert hooks_of(model) == (1, 1, 1)  # one pre-hook per module holding the weight, one gradient hook
@@ -73,7 +62,7 @@ def test_thawing_rows_removes_every_hook_through_its_handle(removed: list, on: s
 
 
 def test_freezing_other_rows_replaces_the_gradient_hook_through_its_handle(removed: list) -> None:
-    model = frozen.freeze(Tied(), frozen.Rows("emb.weight", [0, 1]))
+    model = frozen.freeze(TiedVocabulary(), frozen.Rows("emb.weight", [0, 1]))
     weight_hooks = model.emb.weight._backward_hooks
     (first,) = weight_hooks
     frozen.freeze(model, frozen.Rows("emb.weight", [2]))
