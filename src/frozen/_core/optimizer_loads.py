@@ -45,9 +45,7 @@ def guard_loads() -> None:
     def load_state_dict(self: torch.optim.Optimizer, state_dict: Any) -> None:
         try:
             original(self, state_dict)
-        except FrozenError:
-            raise
-        except ValueError as error:
+        except ValueError as error:  # a FrozenError a pre-hook raised passes too: it never starts like torch's
             if not str(error).startswith(_TORCH_LAYOUT_ERRORS):
                 raise
             raise _layout_error(self, state_dict) from error
