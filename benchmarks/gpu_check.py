@@ -22,6 +22,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -32,6 +33,14 @@ import frozen  # noqa: E402
 # GPU_CHECK_DEVICE=cpu: a dry run of the script itself on a machine without a card.
 CUDA = torch.device(os.environ.get("GPU_CHECK_DEVICE", "cuda"))
 CHECKS: list[Callable[[], str]] = []
+
+
+def _as_if_pretrained(model: nn.Module) -> None:
+    """Running statistics that make a BatchNorm fold change the weights (fresh ones are the identity)."""
+    for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        assert norm.running_mean is not None and norm.running_var is not None
+        norm.running_mean.uniform_(-0.2, 0.2)
+        norm.running_var.uniform_(0.5, 2.0)
 
 
 def check(function: Callable[[], str]) -> Callable[[], str]:
@@ -63,11 +72,11 @@ def _mlp() -> nn.Sequential:
 def freeze_and_train_on_cuda() -> str:
     model = frozen.freeze(_mlp().to(CUDA), "0", "2")
     before = {p: copy.deepcopy(model.get_submodule(p).state_dict()) for p in ("0", "2")}
-    head = model[4].weight.detach().clone()
+    head = model.get_parameter("4.weight").detach().clone()
     _train(model, torch.randn(8, 16, device=CUDA))
     for part in ("0", "2"):
         _frozen_kept(model, part, before[part])
-    assert not torch.equal(model[4].weight, head), "the trainable head did not change"
+    assert not torch.equal(model.get_parameter("4.weight"), head), "the trainable head did not change"
     return "frozen parts bit-identical, head trained"
 
 
@@ -93,14 +102,11 @@ def lean_middle_matches_torch_with_cudnn() -> str:
     torch.manual_seed(0)
     blocks = [nn.Sequential(nn.Conv2d(8, 8, 3, stride=s, padding=1), nn.BatchNorm2d(8), nn.ReLU()) for s in (1, 2, 3)]
     reference = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), *blocks).to(CUDA)
-    for module in reference.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
+    _as_if_pretrained(reference)
     reference.eval()
     model = frozen.lean(frozen.freeze(copy.deepcopy(reference), "1", "2", "3"), "1", "2", "3")
     x = torch.randn(4, 3, 19, 19, device=CUDA)
-    grads = []
+    grads: list[torch.Tensor | None] = []
     for net in (reference, model):
         net[0].weight.grad = None
         net(x).square().sum().backward()
@@ -114,9 +120,7 @@ def lean_middle_matches_torch_with_cudnn() -> str:
 def lean_middle_under_autocast_and_torch_func() -> str:
     torch.manual_seed(0)
     blocks = [nn.Sequential(nn.Conv2d(8, 8, 3, stride=s, padding=1), nn.BatchNorm2d(8), nn.ReLU()) for s in (1, 2)]
-    for block in blocks:  # statistics that make the fold change the weights
-        block[1].running_mean.uniform_(-0.2, 0.2)
-        block[1].running_var.uniform_(0.5, 2.0)
+    _as_if_pretrained(nn.Sequential(*blocks))
     plain = frozen.freeze(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), *blocks, nn.Flatten()).to(CUDA), "1", "2")
     model = frozen.lean(copy.deepcopy(plain), "1", "2")
     x = torch.randn(4, 3, 16, 16, device=CUDA)
@@ -227,7 +231,7 @@ def cached_step_with_sample_ids_never_synchronises() -> str:
     optimizer = torch.optim.AdamW(frozen.trainable(model), lr=1e-2)
     data = torch.randn(32, 16, device=CUDA)
     with torch.no_grad():
-        plain = [nn.Linear.forward(model[0], data[i : i + 8]) for i in (0, 8, 16)]
+        plain = [nn.Linear.forward(cast(nn.Linear, model[0]), data[i : i + 8]) for i in (0, 8, 16)]
     # The batches and their host ids are made first: indexing a card tensor with host ids copies the ids.
     batches = [(torch.arange(i, i + 8), data[i : i + 8]) for i in (0, 8, 0)]
     mixed = torch.cat([torch.arange(4, 8), torch.arange(16, 20)])
@@ -264,12 +268,14 @@ def cached_step_with_sample_ids_never_synchronises() -> str:
 def compiled_step_keeps_frozen_parts() -> str:
     model = frozen.freeze(_mlp().to(CUDA), "0")
     before = copy.deepcopy(model[0].state_dict())
-    compiled = torch.compile(model)
+    compiled = cast(nn.Module, torch.compile(model))  # a module: torch.compile types it as a callable
     _train(compiled, torch.randn(8, 16, device=CUDA))
     _frozen_kept(model, "0", before)
     frozen.thaw(model, "0")
     _train(compiled, torch.randn(8, 16, device=CUDA), steps=1)
-    assert not torch.equal(model[0].weight, before["weight"]), "the thawed part did not train after thaw"
+    assert not torch.equal(model.get_parameter("0.weight"), before["weight"]), (
+        "the thawed part did not train after thaw"
+    )
     return "compiled steps left the frozen part bit-identical; after thaw it trained"
 
 

@@ -177,6 +177,7 @@ def _scenario(name: str, frozen: set[int], size: Size) -> dict[str, Any]:
         variant = build(MLP(size.width, key=km), frozen)  # each variant owns its arrays (donated below)
         compiled = jax.jit(variant.step, donate_argnums=0).lower(variant.carry, x, y).compile()
         text = compiled.as_text()
+        assert text is not None, f"{label}: XLA gave no text for the compiled step"
         shapes[label] = Counter(re.findall(r"= .*?([a-z][a-z0-9_-]*)\(", text))
         facts[label] = {
             "dots": len(re.findall(r"\bdot\(", text)),

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
+    "as_if_pretrained",
     "seed_model",
     "TextClassifier",
     "text_classifier",
@@ -223,10 +224,7 @@ def convbn_middle(batch: int = 8, size: int = 32, channels: int = 32, depth: int
     """A :class:`ConvBNMiddle` whose BatchNorms hold non-trivial running statistics, and a batch."""
     torch.manual_seed(0)
     model = ConvBNMiddle(channels, depth)
-    for module in model.middle.modules():
-        if isinstance(module, nn.BatchNorm2d):  # as if pretrained: eval-mode BN is then not the identity
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
+    as_if_pretrained(model.middle)
     return model, (torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,)))
 
 
@@ -257,3 +255,15 @@ def mlp_classifier(batch: int = 64, width: int = 256, depth: int = 4):
     backbone = nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(depth)])
     model = _Classifier(backbone, width, 10)
     return model, (torch.randn(batch, width), torch.randint(0, 10, (batch,)))
+
+
+def as_if_pretrained(model: nn.Module) -> None:
+    """Give every ``BatchNorm2d`` running statistics away from 0 and 1, as a pretrained network has.
+
+    A fresh BatchNorm in eval mode is the identity, so folding it (lean) or caching behind it
+    would be measured on a case no real model has.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d) and module.running_mean is not None and module.running_var is not None:
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)

@@ -51,11 +51,12 @@ def machine_slug(device: torch.device) -> str:
 def _bytes(n: int | None) -> str:
     if n is None:
         return "not measured"
+    size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    return str(size)
 
 
 def _ms(seconds: float) -> str:
@@ -228,10 +229,10 @@ def write_chart(results: list[ScenarioResult], path: Path, machine_line: str) ->
         return
     fig, axes = plt.subplots(len(results), 1, figsize=(8, 2.1 * len(results) + 0.8), squeeze=False)
     for ax, result in zip(axes[:, 0], results):
-        rows = [r for r in result.rows if r.vs_ideal is not None]
-        names = [r.variant for r in rows]
-        values = [r.vs_ideal[0] for r in rows]
-        errors = [[r.vs_ideal[0] - r.vs_ideal[1] for r in rows], [r.vs_ideal[2] - r.vs_ideal[0] for r in rows]]
+        shown = [(r.variant, r.vs_ideal) for r in result.rows if r.vs_ideal is not None]
+        names = [name for name, _ in shown]
+        values = [mid for _, (mid, _, _) in shown]
+        errors = [[mid - low for _, (mid, low, _) in shown], [high - mid for _, (mid, _, high) in shown]]
         colors = [
             "tab:blue" if n in FROZEN_PATHS else "tab:green" if n.startswith("ideal") else "tab:gray" for n in names
         ]

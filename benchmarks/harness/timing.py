@@ -58,7 +58,7 @@ class Workload:
     model: nn.Module
     optimizer: torch.optim.Optimizer | None
     frozen_state: Callable[[], dict[str, torch.Tensor]]
-    check: Callable[[], tuple[bool, str]] | None = None
+    check: Callable[[], tuple[bool | None, str]] | None = None  # None in the verdict: nothing to compare
     probe: Callable[[], torch.Tensor] | None = None
     figures: Callable[[], dict[str, float | int | str]] | None = None
     saved: bool = True

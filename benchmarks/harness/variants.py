@@ -26,6 +26,7 @@ The bars every family asks of the settled ``frozen`` paths live here too (:func:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,7 +81,7 @@ def _swap(model: nn.Module, path: str, new: nn.Module) -> None:
 
 
 def _wrap(model: nn.Module, parts: Sequence[str], dtype: torch.dtype | None, tied: str | None) -> None:
-    options = {k: v for k, v in (("dtype", dtype), ("tied", tied)) if v is not None}
+    options: dict[str, Any] = {k: v for k, v in (("dtype", dtype), ("tied", tied)) if v is not None}
     for part in parts:
         _swap(model, part, frozen.Frozen(model.get_submodule(part), **options))
 
@@ -115,8 +116,8 @@ def apply_variant(
             frozen.settle(model)
         chosen = frozen.trainable(model), []
     elif variant in ("freeze", "freeze bf16"):
-        options = {"dtype": torch.bfloat16} if variant.endswith("bf16") else {}
-        frozen.freeze(model, *parts, **options, **({"tied": tied} if tied else {}))
+        options: dict[str, Any] = {"dtype": torch.bfloat16} if variant.endswith("bf16") else {}
+        frozen.freeze(model, *parts, **options | ({"tied": tied} if tied else {}))
         chosen = frozen.trainable(model), []
     else:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS + LOW_PRECISION}")

@@ -40,7 +40,9 @@ class _Probe(nn.Module):
         super().__init__()
         from transformers import ViTConfig, ViTModel
 
-        size = dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+        size: dict[str, Any] = dict(
+            image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2
+        )
         if not tiny:
             size = dict(image_size=32, patch_size=4, hidden_size=192, num_hidden_layers=6, num_attention_heads=4)
         config = ViTConfig(**size, intermediate_size=4 * size["hidden_size"])

@@ -38,8 +38,8 @@ def _model(setup: Setup, reentrant: bool):
         max_position_embeddings=length,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
-        num_labels=2,
     )
+    config.num_labels = 2
     torch.manual_seed(0)
     model = BertForSequenceClassification(config)
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it (the old name warns)

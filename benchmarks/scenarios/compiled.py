@@ -6,8 +6,10 @@ The first step (forward and backward compilation) is untimed and reported as a f
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import torch
+from torch import nn
 
 from ..harness import Scenario, Setup, Workload, apply_variant, classify, frozen_keys, models, settled_bars
 
@@ -21,7 +23,8 @@ def _build_compiled(variant: str, setup: Setup) -> Workload:
     params, _ = apply_variant(model, ["backbone"], variant)
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     # Tiny mode (the smoke test) traces with dynamo only; inductor takes ~30 s per build on 2 cores.
-    compiled = torch.compile(model, backend="eager" if setup.tiny else "inductor")
+    # torch.compile of a module returns a module (OptimizedModule), typed as a plain callable.
+    compiled = cast(nn.Module, torch.compile(model, backend="eager" if setup.tiny else "inductor"))
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -36,7 +39,7 @@ def _build_compiled(variant: str, setup: Setup) -> Workload:
         with torch.no_grad():
             return compiled(batch[0])
 
-    figures = {"first step incl. compile (s)": round(first, 2)}
+    figures: dict[str, float | int | str] = {"first step incl. compile (s)": round(first, 2)}
     return Workload(step, model, optimizer, frozen_keys(model, ["backbone"], variant), None, probe, lambda: figures)
 
 

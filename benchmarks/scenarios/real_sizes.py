@@ -21,7 +21,7 @@ run on a GPU only (``devices``), through ``benchmarks/gpu.sh``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from frozen import lean
 
-from ..harness import Bar, Epochs, Scenario, Setup, Workload, apply_variant, frozen_keys
+from ..harness import Bar, Epochs, Scenario, Setup, Workload, apply_variant, frozen_keys, models
 from .cache import IDS, REPLAY, cache_variant, cached_epochs, frozen_on_epochs
 
 __all__ = ["FLOOR", "SCENARIOS"]
@@ -66,7 +66,7 @@ class Classifier(nn.Module):
         super().__init__()
         from transformers import BertConfig, BertModel
 
-        size = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
+        size: dict[str, Any] = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
         if not tiny:  # BERT-base
             size = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
         config = BertConfig(vocab_size=30522, max_position_embeddings=512, hidden_dropout_prob=0.0,
@@ -99,7 +99,9 @@ def _gpt2_data(setup: Setup) -> tuple[nn.Module, tuple[torch.Tensor, ...], int]:
 
     torch.manual_seed(0)
     batch, length = (2, 16) if setup.tiny else (16, 128)
-    size = dict(n_embd=32, n_layer=2, n_head=2) if setup.tiny else dict(n_embd=768, n_layer=12, n_head=12)
+    size: dict[str, Any] = (
+        dict(n_embd=32, n_layer=2, n_head=2) if setup.tiny else dict(n_embd=768, n_layer=12, n_head=12)
+    )
     config = GPT2Config(vocab_size=50257, n_positions=1024, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         tie_word_embeddings=True, use_cache=False, **size)  # fmt: skip
     model = GPT2LMHeadModel(config)
@@ -147,6 +149,7 @@ def _builder(
 
 def _floor(model: nn.Module, epochs: Epochs, setup: Setup, parts: list[str]) -> Workload:
     """The linear probe's floor: the backbone's CLS features computed once, the head trained on them."""
+    model = cast(Probe, model)  # only the probe scenario has a floor
     features = []
     with torch.no_grad():
         for rows in torch.arange(len(epochs.data[0])).split(epochs.batch):
@@ -181,10 +184,7 @@ def _lean_data(setup: Setup) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tenso
         batch, side = 32, 224
     config.num_labels = 1000
     model = ResNetForImageClassification(config)
-    for module in model.modules():  # as if pretrained: eval-mode BatchNorm is then not the identity
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
+    models.as_if_pretrained(model)
     return model, (torch.randn(batch, 3, side, side), torch.randint(0, 1000, (batch,)))
 
 
@@ -194,7 +194,7 @@ _MIDDLE = ["resnet.encoder.stages.1", "resnet.encoder.stages.2"]  # stem and sta
 def _build_lean(variant: str, setup: Setup) -> Workload:
     model, batch = _lean_data(setup)
     model.to(setup.device)
-    batch = tuple(t.to(setup.device) for t in batch)
+    batch = (batch[0].to(setup.device), batch[1].to(setup.device))
     params, _ = apply_variant(model, _MIDDLE, "ideal" if variant == "ideal" else "freeze")
     if variant == "lean":
         lean(model, *_MIDDLE)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,13 +40,15 @@ def _model(setup: Setup) -> GPT2LMHeadModel:
     from transformers import GPT2Config, GPT2LMHeadModel  # declared in `requires`: imported when it runs
 
     torch.manual_seed(0)
-    sizes = (
+    sizes: dict[str, Any] = (
         dict(vocab_size=1000, n_embd=32, n_head=2, bos_token_id=0, eos_token_id=0)
         if setup.tiny
         else dict(vocab_size=50257, n_embd=768, n_head=12)
     )
     config = GPT2Config(n_layer=1, n_positions=64, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0, **sizes)
-    return GPT2LMHeadModel(config).to(setup.device)
+    model = GPT2LMHeadModel(config)
+    model.to(setup.device)  # type: ignore[arg-type]  # transformers types its decorated .to as unbound
+    return model
 
 
 def _rows(vocab: int, variant: str) -> torch.Tensor:
@@ -78,7 +81,7 @@ def _build(variant: str, setup: Setup) -> Workload:
     weight = model.transformer.wte.weight
     frozen_mask = torch.ones(vocab, dtype=torch.bool, device=setup.device)
     frozen_mask[index] = False
-    frozen_state = dict
+    frozen_state: Callable[[], dict[str, Any]] = dict
     if variant == "separate":
         params, loss, constant, rows = _separate(model, index)
         frozen_state = lambda: {"wte (constant rows)": constant}  # noqa: E731

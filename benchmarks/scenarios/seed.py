@@ -120,7 +120,7 @@ def _cprofile(variant: str, steps: int) -> tuple[str, float]:
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("tottime").print_stats(10)
     stats.print_stats("frozen/_")  # every function of the library itself, however small
-    total = stats.total_tt
+    total = stats.total_tt  # type: ignore[attr-defined]  # pstats keeps it, undocumented
     # Keep the tables, drop pstats' preambles and absolute paths.
     tables = [
         part[part.index("   ncalls") :].rstrip() for part in out.getvalue().split("Ordered by") if "   ncalls" in part

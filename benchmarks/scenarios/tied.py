@@ -124,7 +124,9 @@ def _build_gpt2(variant: str, setup: Setup) -> Workload:
         for m in (model, reference):
             m.zero_grad(set_to_none=True)
             m(input_ids=ids, labels=ids).loss.backward()
-            grads.append(m.lm_head.weight.grad)
+            grad = m.get_parameter("lm_head.weight").grad
+            assert grad is not None, "lm_head's tied weight got no gradient"
+            grads.append(grad)
         same = torch.equal(*grads)
         return wpe_same and same, (
             f"wpe {'bit-identical' if wpe_same else 'CHANGED'}; tied wte/lm_head gradient "

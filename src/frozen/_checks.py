@@ -8,12 +8,15 @@ arguments before it mutates a model (validate, then mutate).
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import nn
 
 from ._errors import ArgumentTypeError, FrozenError, InvalidModeError
 
 __all__ = [
+    "ModelT",
     "MODES",
     "TIED_POLICIES",
     "WRAPPER_TIED_POLICIES",
@@ -24,6 +27,9 @@ __all__ = [
     "check_tied",
     "check_wrapper_tied",
 ]
+
+# The model a function changes in place and returns: its own type, so ``frozen.freeze(MyNet(), ...)`` stays a MyNet.
+ModelT = TypeVar("ModelT", bound=nn.Module)
 
 MODES = ("eval", "inherit")
 # tied= says what happens to a parameter a frozen part shares with a part that trains.

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import warnings
 
-from torch import nn
-
-from .._checks import check_mode, check_model, check_tied
+from .._checks import ModelT, check_mode, check_model, check_tied
 from .._core import LOCK, View
 from .._errors import FrozenError
 from .._select import layout, resolve
@@ -23,7 +21,7 @@ from .thaw import plan_thaw, thaw
 __all__ = ["freeze_to"]
 
 
-def freeze_to(model: nn.Module, n: int, *, mode: str = "eval", tied: str = "freeze") -> nn.Module:
+def freeze_to(model: ModelT, n: int, *, mode: str = "eval", tied: str = "freeze") -> ModelT:
     """Freeze the first ``n`` blocks of ``model`` and thaw everything after them; return ``model``.
 
     The blocks are :func:`frozen.blocks` ``(model)``: ``[stem, block_0, ..., block_{L-1},

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_dtype, check_mode, check_model, check_tied
+from .._checks import ModelT, check_dtype, check_mode, check_model, check_tied
 from .._core import (
     LOCK,
     ModuleUse,
@@ -54,14 +54,14 @@ class FreezePlan:
 
 
 def freeze(
-    model: nn.Module,
+    model: ModelT,
     *targets: Selector,
     exclude: Any = (),
     mode: str = "eval",
     tied: str = "freeze",
     train_norms: bool = False,
     dtype: torch.dtype | None = None,
-) -> nn.Module:
+) -> ModelT:
     """Freeze the selected parts of ``model`` in place; return ``model``.
 
     Every module of each selected part is marked frozen (see ``docs/freeze.md``): its

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import MODES, TIED_POLICIES, check_dtype, check_model
+from .._checks import MODES, TIED_POLICIES, ModelT, check_dtype, check_model
 from .._core import LOCK, ModuleUse, View, is_marked, join, record_of, settle_flags
 from .._core import switched_off as library_switched_off
 from .._errors import FrozenError, UnknownPathError, closest
@@ -105,7 +105,7 @@ def _slot_lists(view: View) -> dict[str, list[str]]:
     return lists
 
 
-def load_state(model: nn.Module, saved: dict[str, Any]) -> nn.Module:
+def load_state(model: ModelT, saved: dict[str, Any]) -> ModelT:
     """Make ``model``'s in-place freeze state the one :func:`state` returned; return ``model``.
 
     Meant for a freshly built model of the same structure (resuming a run): what is

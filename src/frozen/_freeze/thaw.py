@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from .._checks import check_model
+from .._checks import ModelT, check_model
 from .._core import (
     LOCK,
     View,
@@ -31,7 +31,7 @@ from .._select import Selection, Selector, resolve
 __all__ = ["apply_thaw", "plan_thaw", "thaw"]
 
 
-def thaw(model: nn.Module, *targets: Selector, exclude: Any = ()) -> nn.Module:
+def thaw(model: ModelT, *targets: Selector, exclude: Any = ()) -> ModelT:
     """Undo :func:`freeze` for the selected parts of ``model``; return ``model``.
 
     Each selected module frozen in place gets back exactly what freezing changed: its

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .._checks import check_model
+from .._checks import ModelT, check_model
 from .._core import ModuleRef, find, install, iter_module_uses, own_attribute, remove, settle, standing
 from .._errors import ArgumentTypeError, FrozenError, UnknownPathError, closest
 from .._freeze import is_frozen
@@ -79,7 +79,7 @@ def _check_paths(paths: tuple, function: str) -> None:
             )
 
 
-def lean(model: nn.Module, *paths: str) -> nn.Module:
+def lean(model: ModelT, *paths: str) -> ModelT:
     """Make the frozen parts at ``paths`` (none: the whole model) save less for backward; return ``model``.
 
     Frozen ``Conv1d/2d/3d`` compute only the input gradient and save no input activation;
@@ -152,7 +152,7 @@ def _under(path: str, part: str) -> bool:
     return not part or path == part or path.startswith(f"{part}.")
 
 
-def unlean(model: nn.Module, *paths: str) -> nn.Module:
+def unlean(model: ModelT, *paths: str) -> ModelT:
     """Undo :func:`lean` for the parts at ``paths`` (none: the whole model); return ``model``.
 
     Example:
