@@ -8,24 +8,30 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from transformers import BertForSequenceClassification
+    from transformers import BertConfig, BertForSequenceClassification
 
 
-def tiny_bert(*, layers: int = 2, vocab: int = 50) -> BertForSequenceClassification:
-    """A seeded two-label BERT classifier, hidden size 16, ``layers`` layers."""
-    from transformers import BertConfig, BertForSequenceClassification  # not for the torch-only models below
+def tiny_bert_config(*, layers: int = 2, vocab: int = 50, **extra: object) -> BertConfig:
+    """A BERT config of hidden size 16, 2 heads, 16 positions and ``layers`` layers; ``extra`` adds fields."""
+    from transformers import BertConfig  # not for the torch-only models below
 
-    torch.manual_seed(0)
-    config = BertConfig(
+    return BertConfig(
         vocab_size=vocab,
         hidden_size=16,
         num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=16,
-        num_labels=2,
+        **extra,
     )
-    return BertForSequenceClassification(config)
+
+
+def tiny_bert(*, layers: int = 2, vocab: int = 50) -> BertForSequenceClassification:
+    """A seeded two-label BERT classifier, hidden size 16, ``layers`` layers."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_bert_config(layers=layers, vocab=vocab, num_labels=2))
 
 
 class RandomTokens(torch.utils.data.Dataset):

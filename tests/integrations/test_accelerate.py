@@ -84,5 +84,10 @@ def test_an_accelerate_loop_resumed_after_a_thaw_in_a_fresh_process_is_bit_ident
 
 
 def test_without_it_load_state_fails_loudly_not_silently(saved):
+    """A fresh run whose optimizer frozen never touched: not torch's group count, a FrozenError naming the helper."""
     done = run(saved, "plain")
     assert done.returncode != 0 and "parameter group" in done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("frozen._errors.FrozenError: AdamW.load_state_dict(saved)"), done.stderr[-3000:]
+    assert "saved has 2 parameter group(s) of sizes [2, 2]" in error and "this optimizer has 1 of sizes [2]" in error
+    assert "frozen.integrations.accelerate.register(accelerator, model)" in error

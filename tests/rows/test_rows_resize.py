@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_bert_config
 from torch import nn
-from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+from transformers import BertModel, GPT2Config, GPT2LMHeadModel
 
 import frozen
 from frozen._core import rows_of
@@ -27,15 +28,7 @@ def gpt2() -> GPT2LMHeadModel:
 
 def bert() -> BertModel:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=N,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-    )
-    return BertModel(config)
+    return BertModel(tiny_bert_config(layers=1, vocab=N))
 
 
 def batch(seed: int, vocab: int) -> torch.Tensor:

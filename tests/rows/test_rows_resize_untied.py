@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_bert_config
 from torch import nn
-from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+from transformers import BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
 import frozen
 from frozen._core import rows_of
@@ -181,16 +182,7 @@ def test_a_layer_whose_rows_have_another_shape_is_refused_at_the_assignment():
 
 def test_bert_mlm_decoder_rows_carry_over_through_the_resize():
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=N,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        tie_word_embeddings=False,
-    )
-    model = BertForMaskedLM(config)
+    model = BertForMaskedLM(tiny_bert_config(layers=1, vocab=N, tie_word_embeddings=False))
     path, bias = "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"
     frozen.freeze(model, frozen.Rows(path, range(0, 30)), frozen.Rows(bias, range(0, 30)))
     model.resize_token_embeddings(N + ADDED)  # default mean_resizing, as users run it
